@@ -1,0 +1,83 @@
+"""The built-in SynthFace assets (tiny base model, judges, domain encoder): where they are, whether they are
+present, and how to rebuild a missing one with FaceSmith's own trainers (``facesmith assets --build``)."""
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .synthface.base_model import BASE_DIR, BUILTIN_MODELS
+
+log = logging.getLogger("facesmith")
+
+JUDGES_DIR = BUILTIN_MODELS / "facesmith" / "judges"
+ENCODER_DIR = BUILTIN_MODELS / "facesmith"
+
+
+@dataclass
+class Asset:
+    name: str
+    what: str
+    marker: Path            # the file whose presence means "built"
+    build_args: list[str]   # `facesmith ...` arguments that rebuild it
+
+    @property
+    def present(self) -> bool:
+        return self.marker.exists()
+
+
+def assets() -> list[Asset]:
+    return [
+        Asset("base", "tiny SynthFace text-to-image base model (diffusers folder)", BASE_DIR / "model_index.json",
+              ["train", "base", "--out", str(BASE_DIR)]),
+        Asset("judges", "identity recognizer + attribute classifier (+ ONNX for insightface)",
+              JUDGES_DIR / "attributes.safetensors", ["train", "judges", "--out", str(JUDGES_DIR)]),
+        Asset("domain-encoder", "E4T domain encoder + domain LoRA for synthface-base",
+              ENCODER_DIR / "e4t-synthface.safetensors",
+              ["train", "domain-encoder", "--synthface", "--base", "diffusers/synthface-base",
+               "--out", "e4t-synthface"]),
+    ]
+
+
+def missing() -> list[Asset]:
+    return [a for a in assets() if not a.present]
+
+
+def build(asset: Asset) -> None:
+    """Rebuild one asset with the same command that made the shipped files (slow on CPU: minutes)."""
+    cmd = [sys.executable, "-m", "facesmith.core.cli", *asset.build_args]
+    log.info("building %s: %s", asset.name, " ".join(cmd))
+    subprocess.run(cmd, check=True)
+
+
+def ensure_all(build_missing: bool = True) -> list[Asset]:
+    """Return the assets that are still missing after building the missing ones (in dependency order)."""
+    for a in assets():
+        if not a.present and build_missing:
+            build(a)
+    return missing()
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--build", action="store_true", help="train every missing asset (minutes on a CPU)")
+
+
+def main(args) -> int:
+    if args.build:
+        ensure_all(True)
+    width = max(len(a.name) for a in assets())
+    for a in assets():
+        state = "present" if a.present else "MISSING"
+        print(f"{a.name:<{width}}  {state:<8} {a.marker.parent}  ({a.what})")
+        if not a.present:
+            print(f"{'':<{width}}  rebuild: facesmith {' '.join(a.build_args)}")
+    return 0 if not missing() else 1
+
+
+def disk_size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+

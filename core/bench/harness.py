@@ -1,0 +1,64 @@
+"""``facesmith bench NAME --json OUT``: run one benchmark and write ``{"machine": ..., "metrics": {...}}``."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from importlib import import_module
+from pathlib import Path
+
+from ..formats import atomic_write_text
+
+log = logging.getLogger("facesmith.bench")
+
+BENCHMARKS = {
+    "base": "SynthFace judges and the tiny base model's prompt adherence",
+    "concept": "E4T (0 and k tuning steps) vs textual inversion vs an untrained encoder on held-out identities",
+}
+
+
+def machine() -> dict:
+    """What the figures were measured on."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
+            "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    return info
+
+
+def run_benchmark(name: str, quick: bool = False) -> dict:
+    if name not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
+    module = import_module(f".{name}", __package__)
+    t0 = time.time()
+    metrics = module.run(quick=quick)
+    return {"benchmark": name, "quick": quick, "seconds": round(time.time() - t0, 2), "machine": machine(),
+            "metrics": metrics}
+
+
+def add_arguments(p) -> None:
+    p.add_argument("name", choices=sorted(BENCHMARKS), help="; ".join(f"{k}: {v}" for k, v in BENCHMARKS.items()))
+    p.add_argument("--json", dest="json_out", help="write the result JSON here (refuses to overwrite without --force)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --json file")
+    p.add_argument("--quick", action="store_true", help="fewer samples (CI smoke run); figures are noisier")
+
+
+def main(args) -> int:
+    result = run_benchmark(args.name, quick=args.quick)
+    text = json.dumps(result, indent=2)
+    if args.json_out:
+        atomic_write_text(args.json_out, text + "\n", overwrite=args.force)
+        log.info("wrote %s", args.json_out)
+    print(text)
+    return 0

@@ -1,0 +1,49 @@
+"""The ``facesmith`` command line. Each sub-command lives in its own module with ``add_arguments`` and ``main``;
+this file only routes, importing the chosen module lazily so ``facesmith --help`` stays fast."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from importlib import import_module
+
+# name -> (module relative to this package, help)
+COMMANDS = {
+    "run": ("runner.command", "run a workflow JSON (UI or API format) headless"),
+    "convert": ("runner.command_convert", "convert a workflow saved by ComfyUI's editor (UI format) to API format"),
+    "demo": ("demo", "build/load the built-in SynthFace models and run every shipped workflow, with an HTML report"),
+    "synthface": ("synthface.command", "SynthFace domain tools (export a dataset folder)"),
+    "train": ("train_command", "train FaceSmith models (base, judges, domain-encoder)"),
+    "bench": ("bench.harness", "run a benchmark and write {machine, metrics} JSON"),
+    "assets": ("assets", "build or check the built-in SynthFace assets"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="facesmith", description="FaceSmith: faces in ComfyUI graphs, offline.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_mod, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=_mod)
+        # sub-command modules add their own arguments lazily
+        if name in sys.argv[1:2]:
+            import_module(f".{_mod}", __package__).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    sys.argv = [sys.argv[0]] + argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    if not args.command:
+        parser.print_help()
+        return 2
+    module = import_module(f".{args._module}", __package__)
+    return int(module.main(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Progress reporting and interruption for long engine work, independent of ComfyUI.
+
+Engine functions take ``progress: Progress | None``. A node passes one that drives ComfyUI's progress bar and
+checks its interrupt flag; the headless runner and the command line pass one that prints/tqdm's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+
+class Interrupted(RuntimeError):
+    """Raised inside engine loops when the user asked to stop (ComfyUI's cancel, Ctrl-C in the runner)."""
+
+
+@dataclass
+class Progress:
+    """Callbacks for one long task. ``update(done, total)`` may raise ``Interrupted``."""
+
+    on_update: Optional[Callable[[int, int], None]] = None
+    should_stop: Optional[Callable[[], bool]] = None
+    label: str = ""
+    _done: int = field(default=0, init=False)
+
+    def update(self, done: int, total: int) -> None:
+        self._done = done
+        if self.on_update is not None:
+            self.on_update(done, total)
+        self.check()
+
+    def check(self) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise Interrupted(f"{self.label or 'task'} interrupted at step {self._done}")
+
+
+def report(progress: Optional[Progress], done: int, total: int) -> None:
+    """Report ``done`` of ``total`` to ``progress`` if one was given."""
+    if progress is not None:
+        progress.update(done, total)
+
+
+def tqdm_progress(label: str, total: int | None = None) -> Progress:
+    """A Progress that draws a tqdm bar on stderr (command line and headless runner)."""
+    from tqdm import tqdm
+
+    bar = {"bar": None}
+
+    def on_update(done: int, tot: int) -> None:
+        if bar["bar"] is None:
+            bar["bar"] = tqdm(total=tot, desc=label, leave=False, dynamic_ncols=True)
+        b = bar["bar"]
+        b.total = tot
+        b.n = done
+        b.refresh()
+        if done >= tot:
+            b.close()
+
+    return Progress(on_update=on_update, label=label)

@@ -1,0 +1,122 @@
+"""SynthFace samples and dataset folders.
+
+A dataset folder is ``images/*.png`` plus ``metadata.jsonl`` with one JSON object per image using the Hugging Face
+imagefolder keys (``file_name``, ``text``) plus SynthFace labels. Trainers read real user datasets through the same
+:func:`read_dataset_folder` (which also accepts kohya-style ``image.png`` + ``image.txt`` caption pairs).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..progress import Progress, report
+from .captions import caption, random_mention
+from .render import ATTRIBUTES, random_attributes, render
+from .splits import SPLITS, identities, is_heldout_combo
+from .vqa import vqa_pairs
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+
+
+@dataclass
+class Sample:
+    image: np.ndarray  # uint8 HxWx3
+    caption: str
+    identity: int
+    attributes: dict
+    view: int
+
+
+def sample(rng: np.random.Generator, ids: list[int], size: int = 64, mention_p: float = 1.0,
+           exclude_heldout_combos: bool = True, subject: str = "a person") -> Sample:
+    """One random rendered sample from identities ``ids`` with a caption naming some attributes."""
+    identity = int(ids[int(rng.integers(len(ids)))])
+    while True:
+        attrs = random_attributes(rng)
+        if not (exclude_heldout_combos and is_heldout_combo(attrs)):
+            break
+    view = int(rng.integers(1 << 30))
+    mention = list(ATTRIBUTES) if mention_p >= 1.0 else random_mention(rng, mention_p)
+    return Sample(render(identity, attrs, size, view=view), caption(attrs, subject, mention), identity, attrs, view)
+
+
+def export(out_dir: str | os.PathLike, count: int, split: str = "train", size: int = 64, seed: int = 0,
+           mention_p: float = 1.0, progress: Progress | None = None) -> Path:
+    """Write ``count`` samples of ``split`` identities as a dataset folder. Refuses a folder that has one already."""
+    if split not in SPLITS:
+        raise ValueError(f"synthface export: --split must be one of {SPLITS}, got {split!r}")
+    if count < 1:
+        raise ValueError(f"synthface export: --count must be >= 1, got {count}")
+    out = Path(out_dir)
+    meta_path = out / "metadata.jsonl"
+    if meta_path.exists():
+        raise FileExistsError(f"synthface export: {meta_path} already exists; choose an empty folder")
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    ids = identities(split)
+    tmp = meta_path.with_suffix(".jsonl.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for i in range(count):
+            s = sample(rng, ids, size, mention_p, exclude_heldout_combos=(split == "train"))
+            name = f"images/{i:06d}.png"
+            Image.fromarray(s.image).save(out / name)
+            row = {"file_name": name, "text": s.caption, "identity": s.identity, "attributes": s.attributes,
+                   "view": s.view, "split": split, "vqa": vqa_pairs(s.identity, s.attributes)}
+            f.write(json.dumps(row) + "\n")
+            report(progress, i + 1, count)
+    os.replace(tmp, meta_path)
+    return out
+
+
+def read_dataset_folder(folder: str | os.PathLike) -> list[dict]:
+    """Rows ``{"path": Path, "text": str, ...labels}`` of a dataset folder (metadata.jsonl or image+.txt pairs)."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder {root} does not exist")
+    meta = root / "metadata.jsonl"
+    rows = []
+    if meta.exists():
+        for n, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{meta}:{n}: not valid JSON ({exc.msg})") from None
+            name = row.get("file_name") or row.get("file")
+            if not name:
+                raise ValueError(f"{meta}:{n}: missing 'file_name'")
+            path = (root / name).resolve()
+            if root.resolve() not in path.parents:
+                raise ValueError(f"{meta}:{n}: file_name {name!r} points outside the dataset folder")
+            if not path.exists():
+                raise FileNotFoundError(f"{meta}:{n}: image {name!r} not found")
+            rows.append(dict(row, path=path, text=row.get("text", "")))
+    else:
+        for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+            txt = path.with_suffix(".txt")
+            rows.append({"path": path, "file_name": str(path.relative_to(root)),
+                         "text": txt.read_text(encoding="utf-8").strip() if txt.exists() else ""})
+    if not rows:
+        raise ValueError(f"dataset folder {root} holds no images (expected metadata.jsonl or image files)")
+    return rows
+
+
+def load_images(rows: list[dict], size: int) -> np.ndarray:
+    """Load dataset rows as uint8 (N, size, size, 3), centre-cropped and resized."""
+    from PIL import Image
+
+    out = np.zeros((len(rows), size, size, 3), np.uint8)
+    for i, row in enumerate(rows):
+        im = Image.open(row["path"]).convert("RGB")
+        w, h = im.size
+        s = min(w, h)
+        im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)).resize((size, size), Image.BICUBIC)
+        out[i] = np.asarray(im)
+    return out

@@ -1,0 +1,58 @@
+"""The only place where node code touches ComfyUI internals (progress bar, interrupt flag).
+
+Outside ComfyUI (headless runner, tests) every function here degrades gracefully, so the same node classes run in
+both. Model folders are owned by ``core/paths.py``; ``register_comfy_folders`` wires it to ComfyUI's folder_paths.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+from ..core.progress import Interrupted, Progress
+
+log = logging.getLogger("facesmith")
+
+# The headless runner sets this to a factory(label) -> Progress, so nodes report per-step progress there too.
+_headless_progress_factory = None
+
+
+def set_headless_progress_factory(factory) -> None:
+    global _headless_progress_factory
+    _headless_progress_factory = factory
+
+
+def _comfy_interrupt_flag() -> bool:
+    try:
+        import comfy.model_management as mm  # type: ignore
+    except Exception:
+        return False
+    try:
+        mm.throw_exception_if_processing_interrupted()
+    except Exception:
+        return True
+    return False
+
+
+def node_progress(label: str) -> Progress:
+    """A Progress for one node execution: ComfyUI's ProgressBar + interrupt inside ComfyUI, tqdm outside."""
+    try:
+        import comfy.utils  # type: ignore
+
+        bars = {}
+
+        def on_update(done: int, total: int) -> None:
+            if "bar" not in bars:
+                bars["bar"] = comfy.utils.ProgressBar(total)
+            bars["bar"].update_absolute(done, total)
+
+        return Progress(on_update=on_update, should_stop=_comfy_interrupt_flag, label=label)
+    except Exception:
+        pass
+    if _headless_progress_factory is not None:
+        return _headless_progress_factory(label)
+    return Progress(label=label)
+
+
+def raise_if_interrupted() -> None:
+    if _comfy_interrupt_flag():
+        raise Interrupted("interrupted")

@@ -1,0 +1,112 @@
+"""The pack imports as ComfyUI imports it (by path, named after its folder, beside ComfyUI's own top-level
+``nodes`` module) and as ``facesmith``; every node class honours ComfyUI's node contract."""
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_like_comfyui(tmp_path: Path, folder_name: str = "comfyui-facesmith"):
+    custom_nodes = tmp_path / "custom_nodes"
+    custom_nodes.mkdir()
+    (custom_nodes / folder_name).symlink_to(ROOT, target_is_directory=True)
+    module_path = custom_nodes / folder_name
+    # ComfyUI's own top-level modules are importable while custom nodes load; ours must not collide with them.
+    saved = {k: sys.modules.get(k) for k in ("nodes", "core", "trainers")}
+    sys.modules["nodes"] = types.ModuleType("nodes")  # ComfyUI's nodes.py
+    sys.modules["nodes"].NODE_CLASS_MAPPINGS = {"KSampler": object}
+    try:
+        spec = importlib.util.spec_from_file_location(folder_name, module_path / "__init__.py",
+                                                      submodule_search_locations=[str(module_path)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[folder_name] = module
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+        for k in [k for k in sys.modules if k == folder_name or k.startswith(folder_name + ".")]:
+            del sys.modules[k]
+
+
+def test_imports_like_comfyui_by_path(tmp_path):
+    mod = _load_like_comfyui(tmp_path)
+    assert mod.NODE_CLASS_MAPPINGS, "no nodes exported"
+    assert set(mod.NODE_DISPLAY_NAME_MAPPINGS) <= set(mod.NODE_CLASS_MAPPINGS)
+    assert "FaceSmithGenerate" in mod.NODE_CLASS_MAPPINGS
+
+
+def test_imports_as_facesmith_and_every_node_module_loads():
+    import facesmith
+    from facesmith import nodes
+
+    assert nodes.LOAD_ERRORS == {}, nodes.LOAD_ERRORS
+    assert facesmith.NODE_CLASS_MAPPINGS is nodes.NODE_CLASS_MAPPINGS
+    for name in nodes._MODULES:
+        assert f"facesmith.nodes.{name}" in sys.modules
+
+
+def _node_items():
+    from facesmith import NODE_CLASS_MAPPINGS
+
+    return sorted(NODE_CLASS_MAPPINGS.items())
+
+
+@pytest.mark.parametrize("name,cls", _node_items())
+def test_node_contract(name, cls):
+    from facesmith import NODE_DISPLAY_NAME_MAPPINGS
+
+    assert name.startswith("FaceSmith"), name
+    assert name in NODE_DISPLAY_NAME_MAPPINGS and NODE_DISPLAY_NAME_MAPPINGS[name]
+    spec = cls.INPUT_TYPES()
+    assert isinstance(spec, dict) and set(spec) <= {"required", "optional", "hidden"}
+    for section in ("required", "optional"):
+        for inp, s in spec.get(section, {}).items():
+            assert isinstance(s, tuple) and 1 <= len(s) <= 2, (name, inp)
+            opts = s[1] if len(s) == 2 else {}
+            assert opts.get("tooltip"), f"{name}.{inp} has no tooltip"
+            if s[0] in ("INT", "FLOAT"):
+                assert "default" in opts and "min" in opts and "max" in opts, (name, inp)
+            if isinstance(s[0], list):
+                assert s[0], f"{name}.{inp}: empty combo"
+    assert isinstance(cls.RETURN_TYPES, tuple)
+    if hasattr(cls, "RETURN_NAMES"):
+        assert len(cls.RETURN_NAMES) == len(cls.RETURN_TYPES)
+    assert callable(getattr(cls, cls.FUNCTION))
+    assert cls.CATEGORY.startswith("FaceSmith")
+    assert isinstance(getattr(cls, "DESCRIPTION", None), str) and len(cls.DESCRIPTION) > 20
+
+
+def test_pyproject_lists_every_package():
+    import tomllib
+
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    listed = set(data["tool"]["setuptools"]["packages"])
+    found = {"facesmith"}
+    for init in ROOT.rglob("__init__.py"):
+        rel = init.parent.relative_to(ROOT)
+        if rel.parts and rel.parts[0] in ("tests", ".venv", "build") or any(p.startswith(".") for p in rel.parts):
+            continue
+        if rel.parts:
+            found.add("facesmith." + ".".join(rel.parts))
+    assert found == listed, f"missing: {found - listed}, stale: {listed - found}"
+    assert data["tool"]["comfy"]["PublisherId"] and data["tool"]["comfy"]["DisplayName"]
+    assert data["project"]["license"] == "GPL-3.0-or-later"
+
+
+def test_command_line_help():
+    out = subprocess.run([sys.executable, "-m", "facesmith.core.cli", "--help"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    for cmd in ("run", "demo", "bench", "train", "synthface"):
+        assert cmd in out.stdout

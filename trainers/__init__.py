@@ -1,0 +1,1 @@
+"""One training loop (``loop.py``) and one small objective module per method."""
