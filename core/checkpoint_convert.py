@@ -190,7 +190,13 @@ def open_clip_to_original(state_dict: Mapping[str, torch.Tensor], prefix: str) -
 
 
 def pipeline_to_original(pipe) -> dict[str, torch.Tensor]:
-    """A diffusers StableDiffusion(XL)Pipeline -> one original-layout state dict (UNet, VAE, text encoder(s))."""
+    """A diffusers StableDiffusion(XL)Pipeline -> one original-layout state dict (UNet, VAE, text encoder(s)).
+    LoRA/peft adapters must be fused and unloaded first (their extra weights have no place in this layout)."""
+    for part in ("unet", "text_encoder", "text_encoder_2"):
+        module = getattr(pipe, part, None)
+        if module is not None and any("lora_" in k or ".base_layer." in k for k in module.state_dict()):
+            raise ValueError(f"pipeline.{part} has LoRA adapters attached; fuse_lora() and unload_lora_weights() "
+                             "before saving it as a checkpoint")
     out = unet_to_original(pipe.unet.state_dict(), pipe.unet.config)
     out.update(vae_to_original(pipe.vae.state_dict(), pipe.vae.config))
     if getattr(pipe, "text_encoder_2", None) is not None:

@@ -121,7 +121,8 @@ def _check_bchw(images: torch.Tensor, expected: str) -> torch.Tensor:
 
 
 def unit_bchw_to_comfy(images: torch.Tensor) -> torch.Tensor:
-    """``(B, 3, H, W)`` in [0, 1] (diffusers' ``output_type="pt"``) -> ComfyUI IMAGE (float32, CPU, clamped, NaN -> 0)."""
+    """``(B, 3, H, W)`` in [0, 1] (diffusers' ``output_type="pt"``) -> ComfyUI IMAGE (float32, CPU, clamped,
+    NaN -> 0)."""
     x = _check_bchw(images, "[0, 1]")
     return torch.nan_to_num(x, nan=0.0).clamp(0, 1).permute(0, 2, 3, 1).contiguous()
 

@@ -85,7 +85,8 @@ def list_base_models() -> list[str]:
 
 
 def resolve_base_model(choice: str) -> Path:
-    """``"diffusers/<name>"`` or ``"checkpoints/<name>"`` -> its path (``FileNotFoundError`` names what was searched)."""
+    """``"diffusers/<name>"`` or ``"checkpoints/<name>"`` -> its path (``FileNotFoundError`` names what was
+    searched)."""
     kind, sep, name = str(choice).partition("/")
     if not sep or kind not in BASE_MODEL_KINDS or not name:
         raise ValueError(
@@ -103,7 +104,8 @@ def detect_arch_from_keys(keys) -> str:
     if has("conditioner.embedders.0.model."):
         raise ValueError("this looks like an SDXL refiner checkpoint; FaceSmith supports SD1.5 and SDXL base models")
     if has("cond_stage_model.model."):
-        raise ValueError("this looks like an SD2.x checkpoint (OpenCLIP text encoder); FaceSmith supports SD1.5 and SDXL")
+        raise ValueError("this looks like an SD2.x checkpoint (OpenCLIP text encoder); "
+                         "FaceSmith supports SD1.5 and SDXL")
     if has("cond_stage_model.transformer."):
         return "sd15"
     if has("model.diffusion_model."):
@@ -213,8 +215,19 @@ def compute_fingerprint(pipe, arch: str) -> str:
         ("text_encoder.tokens", pipe.text_encoder.get_input_embeddings().weight),
         ("vae.decoder.conv_out", pipe.vae.decoder.conv_out.weight),
     ]
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        tensors.append(("text_encoder_2.tokens", pipe.text_encoder_2.get_input_embeddings().weight))
+    mid_attentions = getattr(getattr(pipe.unet, "mid_block", None), "attentions", None)
+    if mid_attentions:  # attention weights: what LoRA-merged fine-tunes change
+        block = mid_attentions[0].transformer_blocks[0]
+        tensors += [("unet.mid.attn1.to_q", block.attn1.to_q.weight), ("unet.mid.attn2.to_k", block.attn2.to_k.weight)]
+    for part in ("text_encoder", "text_encoder_2"):
+        encoder = getattr(pipe, part, None)
+        if encoder is None:
+            continue
+        if part == "text_encoder_2":
+            tensors.append((f"{part}.tokens", encoder.get_input_embeddings().weight))
+        q_proj = next((m.weight for n, m in encoder.named_modules() if n.endswith("layers.0.self_attn.q_proj")), None)
+        if q_proj is not None:
+            tensors.append((f"{part}.layer0.q_proj", q_proj))
     with torch.no_grad():
         for name, t in tensors:
             sample = t.detach().reshape(-1)[:_FINGERPRINT_SAMPLE].to("cpu", torch.float16).numpy()
@@ -232,11 +245,27 @@ def _pipeline_class(arch: str):
     return getattr(diffusers, PIPELINE_CLASSES[arch])
 
 
+def _dtype_kwarg() -> str:
+    """diffusers renamed ``torch_dtype`` to ``dtype`` (deprecating the old name) in 2026; older ones only know
+    ``torch_dtype`` and would silently ignore ``dtype``."""
+    from diffusers.utils import deprecation_utils
+
+    return "dtype" if hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE") else "torch_dtype"
+
+
 def _load_kwargs(arch: str, dtype: torch.dtype) -> dict:
-    kwargs = {"torch_dtype": dtype, "local_files_only": True, "feature_extractor": None, "image_encoder": None}
+    kwargs = {_dtype_kwarg(): dtype, "local_files_only": True, "feature_extractor": None, "image_encoder": None}
     if arch == "sd15":
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     return kwargs
+
+
+def _weights_variant(folder: Path) -> Optional[str]:
+    """``"fp16"`` when the UNet is only there as ``diffusion_pytorch_model.fp16.safetensors`` (a common download)."""
+    unet = folder / "unet"
+    plain = any((unet / f"diffusion_pytorch_model.safetensors{x}").is_file() for x in ("", ".index.json"))
+    fp16 = any((unet / f"diffusion_pytorch_model.fp16.safetensors{x}").is_file() for x in ("", ".index.json"))
+    return "fp16" if fp16 and not plain else None
 
 
 def _load_diffusers_folder(folder: Path, arch: str, dtype: torch.dtype):
@@ -247,7 +276,11 @@ def _load_diffusers_folder(folder: Path, arch: str, dtype: torch.dtype):
             f"{folder} holds a {class_name}; FaceSmith loads {' and '.join(_ARCH_OF_CLASS)} base models"
         )
     arch = _arch_matches(arch, _ARCH_OF_CLASS[class_name], f"diffusers folder {folder.name}")
-    pipe = _pipeline_class(arch).from_pretrained(str(folder), use_safetensors=True, **_load_kwargs(arch, dtype))
+    kwargs = _load_kwargs(arch, dtype)
+    variant = _weights_variant(folder)
+    if variant:
+        kwargs["variant"] = variant
+    pipe = _pipeline_class(arch).from_pretrained(str(folder), use_safetensors=True, **kwargs)
     return pipe, arch
 
 

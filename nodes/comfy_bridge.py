@@ -56,3 +56,21 @@ def node_progress(label: str) -> Progress:
 def raise_if_interrupted() -> None:
     if _comfy_interrupt_flag():
         raise Interrupted("interrupted")
+
+
+class interruptible:
+    """Context manager for node bodies: an engine ``Interrupted`` (raised after the engine saved what it could,
+    e.g. a training checkpoint) becomes ComfyUI's own InterruptProcessingException inside ComfyUI, so ComfyUI
+    reports a cancel rather than an error; outside ComfyUI it propagates unchanged (the runner exits 130)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None and issubclass(exc_type, Interrupted):
+            try:
+                import comfy.model_management as mm  # type: ignore
+            except Exception:
+                return False
+            raise mm.InterruptProcessingException() from exc
+        return False

@@ -5,7 +5,7 @@ from ..core.generate import (
     MAX_BATCH, MAX_SIZE, MAX_STEPS, SCHEDULER_NAMES, SEED_MAX, Conditioner, GenerateRequest, InvalidRequest, generate,
 )
 from ..core.models import BasePipeline
-from .comfy_bridge import node_progress
+from .comfy_bridge import interruptible, node_progress
 from .loaders import PIPELINE_TYPE, input_error
 
 CONCEPT_TYPE = "FACESMITH_CONCEPT"
@@ -106,7 +106,8 @@ class FaceSmithGenerate:
             request.validate()
         except InvalidRequest as exc:
             raise input_error(node, exc.field, exc.reason) from exc
-        images = generate(pipeline, request, conditioners, progress=node_progress(node))
+        with interruptible():
+            images = generate(pipeline, request, conditioners, progress=node_progress(node))
         return (images,)
 
 

@@ -39,15 +39,15 @@ class FaceSmithLoadBaseModel:
     @classmethod
     def INPUT_TYPES(cls):
         models = list_base_models()
-        model_options = {
-            "tooltip": "Base model: 'diffusers/<folder>' (a diffusers pipeline folder) or 'checkpoints/<file>' "
-                       "(a single-file .safetensors checkpoint). Yours come first, then the built-in ones.",
-        }
-        if DEFAULT_BASE_MODEL in models:
-            model_options["default"] = DEFAULT_BASE_MODEL
+        if DEFAULT_BASE_MODEL not in models:  # not built yet: keep shipped workflows valid, loading says what to do
+            models.append(DEFAULT_BASE_MODEL)
         return {
             "required": {
-                "model": (models, model_options),
+                "model": (models, {
+                    "default": DEFAULT_BASE_MODEL,
+                    "tooltip": "Base model: 'diffusers/<folder>' (a diffusers pipeline folder) or 'checkpoints/<file>' "
+                               "(a single-file .safetensors checkpoint). Yours come first, then the built-in ones.",
+                }),
                 "arch": (list(ARCH_CHOICES), {
                     "default": "auto",
                     "tooltip": "Model family. 'auto' reads it from model_index.json or the checkpoint's weights; "
@@ -70,7 +70,9 @@ class FaceSmithLoadBaseModel:
         try:
             path = resolve_base_model(model)
         except (FileNotFoundError, ValueError) as exc:
-            raise input_error(node, "model", exc) from exc
+            hint = " (build the built-in SynthFace models with `facesmith assets --build`)" \
+                if model == DEFAULT_BASE_MODEL else ""
+            raise input_error(node, "model", f"{exc}{hint}") from exc
         try:
             dev = pick_device(device)
         except (RuntimeError, ValueError) as exc:

@@ -6,6 +6,7 @@ import argparse
 import copy
 import importlib
 import json
+import os
 import sys
 import types
 
@@ -123,6 +124,18 @@ class FakeSplit:  # OUTPUT_IS_LIST: one image in, two out as a list
         return ([images, 1.0 - images],)
 
 
+class FakeStop:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"images": ("IMAGE",)}}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "run"
+
+    def run(self, images):
+        raise KeyboardInterrupt
+
+
 class FakeBareReturn:
     @classmethod
     def INPUT_TYPES(cls):
@@ -143,6 +156,7 @@ class FakeProgressUser:
     RETURN_TYPES = ("IMAGE",)
     FUNCTION = "run"
     seen = []
+    env = []
 
     def run(self, images):
         bridge = sys.modules["facesmith.nodes.comfy_bridge"]
@@ -150,11 +164,12 @@ class FakeProgressUser:
         for i in range(3):
             p.update(i + 1, 3)
         FakeProgressUser.seen.append(p)
+        FakeProgressUser.env.append(os.environ.get("FACESMITH_OUTPUT"))
         return (images,)
 
 
 FAKES = {c.__name__: c for c in (FakeSource, FakeInvert, FakeBlend, FakeBoom, FakeVariant, FakeAny, FakeSplit,
-                                 FakeBareReturn, FakeProgressUser)}
+                                 FakeBareReturn, FakeProgressUser, FakeStop)}
 
 
 # ---------------------------------------------------------------------------------------------------------- fixtures
@@ -293,11 +308,7 @@ def test_ui_to_api_conversion(rn, classes, dirs):
     ui2["links"] = [dict(zip(("id", "origin_id", "origin_slot", "target_id", "target_slot", "type"), l))
                     for l in ui["links"]]
     assert _strip_meta(rn.to_api(ui2, classes)) == EXPECTED_UI_API
-    from facesmith.core.runner.comfy_core_nodes import directories
-
-    out, inp = dirs
-    with directories(out, inp, out.parent / "temp"):  # LoadImage checks its file in the input folder
-        rn.validate(api, classes)
+    rn.validate(api, classes, input_dir=dirs[1])  # LoadImage checks its file in the input folder
 
 
 def test_ui_workflow_runs_with_workflow_metadata(rn, classes, dirs):
@@ -309,6 +320,9 @@ def test_ui_workflow_runs_with_workflow_metadata(rn, classes, dirs):
     meta = _png_text(out / "ui_run_00001_.png")
     assert json.loads(meta["workflow"]) == ui
     assert _strip_meta(json.loads(meta["prompt"])) == EXPECTED_UI_API
+    # a PNG ComfyUI (or the runner) saved is a workflow too: its embedded editor graph runs again
+    res2 = rn.run_workflow(out / "ui_run_00001_.png", classes, out, input_dir=inp, progress=False)
+    assert _strip_meta(res2.prompt) == EXPECTED_UI_API and (out / "ui_run_00002_.png").is_file()
 
 
 def test_control_after_generate_mapping(rn, classes):
@@ -332,12 +346,15 @@ def test_ui_rejects_unknown_and_unsupported_nodes(rn, classes):
     ui["nodes"].append({"id": 20, "type": "IPAdapterAdvanced", "mode": 0, "widgets_values": [1.0]})
     ui["nodes"].append({"id": 21, "type": "0a1b2c3d-subgraph", "mode": 0})
     ui["definitions"] = {"subgraphs": [{"id": "0a1b2c3d-subgraph"}]}
+    ui["links"].append([30, 99, 0, 3, 1, "IMAGE"])  # from a node that is not in the file
+    ui["nodes"][2]["inputs"][1]["link"] = 30
     with pytest.raises(rn.WorkflowError) as ei:
         rn.to_api(ui, classes)
     text = str(ei.value)
     assert "node 20 (IPAdapterAdvanced)" in text and "ComfyUI_IPAdapter_plus" in text
     assert "node 21" in text and "subgraph" in text
-    assert {e.node_id for e in ei.value.errors} == {"20", "21"}
+    assert "node 3 (FakeBlend), input 'b'" in text and "node 99" in text
+    assert {e.node_id for e in ei.value.errors} == {"3", "20", "21"}
 
 
 # ---------------------------------------------------------------------------------------------------------- errors
@@ -439,7 +456,6 @@ def test_set_overrides(rn, classes, dirs, tmp_path, command, monkeypatch, capsys
                               overrides=["1.seed=77", "99.seed=1", "1.nope=2", "1.width=999", "2.images=3", "oops"]))
     err = capsys.readouterr().err
     assert code == 2
-    import os
     assert os.environ["FACESMITH_MODELS"] == str((tmp_path / "m").resolve())
     assert "node 99, input 'seed'" in err and "no node 99" in err
     assert "node 1 (FakeSource), input 'nope'" in err and "width, height, seed, color, strength" in err
@@ -474,6 +490,10 @@ def test_mid_run_failure_keeps_files_and_exits_nonzero(rn, classes, dirs, tmp_pa
     assert code == 1
     assert "node 3 (FakeBoom) failed: RuntimeError: boom" in err and "before_00002_.png" in err
     assert (out / "before_00002_.png").is_file() and not list(out.glob("after*"))
+    wf["3"]["class_type"] = "FakeStop"  # Ctrl-C inside a node
+    path.write_text(json.dumps(wf))
+    assert command.main(_args(workflow=str(path), out=str(out), input_dir=str(inp))) == 130
+    assert "node 3 (FakeStop) was interrupted" in capsys.readouterr().err
 
 
 def test_contract_violations_and_list_outputs(rn, classes, dirs):
@@ -505,11 +525,13 @@ def test_nodes_get_headless_progress_bars(rn, classes, dirs, monkeypatch):
           "2": {"class_type": "FakeProgressUser", "inputs": {"images": ["1", 0]}},
           "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}}}
     FakeProgressUser.seen.clear()
+    monkeypatch.delenv("FACESMITH_OUTPUT", raising=False)
     rn.run_workflow(wf, classes, out, input_dir=inp, progress=True)
     assert len(FakeProgressUser.seen) == 1
     p = FakeProgressUser.seen[0]
     assert p.label == "[2/3] FakeProgressUser" and p.on_update is not None  # a tqdm bar, numbered like the line
     assert bridge._headless_progress_factory is None  # restored after the run
+    assert FakeProgressUser.env[-1] == str(out.resolve())  # FaceSmith nodes saving files write under --out
 
 
 def test_check_only_and_cli_routing(rn, classes, dirs, tmp_path, command, monkeypatch, capsys):

@@ -1,10 +1,10 @@
 """Tiny SD-1.5- and SDXL-shaped pipelines with random weights, for fast tests (no network, no real weights).
 
-Importing this module also makes the pack importable as ``facesmith`` (the name it has when pip-installed) without
-running the pack's ``__init__`` (which imports every node module), and caps torch at one thread.
+Importing this module also makes sure the pack is importable as ``facesmith`` (its name when pip-installed) and caps
+torch at one thread.
 
 - ``build_tiny_sd15()`` / ``build_tiny_sdxl()``: in-memory pipelines (UNet block_out_channels (32, 64), tiny VAE with
-  f=2, CLIP text encoders of width 32/48, a byte-level CLIP tokenizer with no merges);
+  f=2, CLIP text encoders of width 32/48 over the real CLIP vocabulary from assets/clip_tokenizer);
 - ``save_tiny_sd15(dir)`` / ``save_tiny_sdxl(dir)``: the same as a diffusers folder (safetensors);
 - ``save_tiny_checkpoint(pipe, path)``: a single-file checkpoint in the original (LDM) key layout;
 - ``copy_config_folder(src, dst)``: only the configs/tokenizer/scheduler of a diffusers folder (what a single-file
@@ -26,8 +26,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _ensure_pack() -> None:
+    """Import the pack as ``facesmith`` (pip install -e . makes it that); without an install, register it as a bare
+    package pointing at the repository (its ``__init__`` is not run), as ``tests/conftest.py`` does."""
     if "facesmith" in sys.modules:
         return
+    try:
+        import facesmith  # noqa: F401
+        return
+    except ImportError:
+        for key in [k for k in sys.modules if k == "facesmith" or k.startswith("facesmith.")]:
+            del sys.modules[key]
     spec = importlib.machinery.ModuleSpec("facesmith", None, is_package=True)
     module = importlib.util.module_from_spec(spec)
     module.__path__ = [str(REPO)]
@@ -37,50 +45,14 @@ def _ensure_pack() -> None:
 _ensure_pack()
 
 
-def import_node_module(name: str):
-    """Import ``facesmith.nodes.<name>``. Until every module listed in ``nodes/__init__.py`` exists, the package
-    ``__init__`` cannot run; then ``facesmith.nodes`` is set up as a bare package so one node module can be tested."""
-    import importlib
-
-    try:
-        importlib.import_module("facesmith.nodes")
-    except ModuleNotFoundError as exc:
-        if not (exc.name or "").startswith("facesmith.nodes."):
-            raise
-        for key in [k for k in sys.modules if k == "facesmith.nodes" or k.startswith("facesmith.nodes.")]:
-            del sys.modules[key]
-        spec = importlib.machinery.ModuleSpec("facesmith.nodes", None, is_package=True)
-        module = importlib.util.module_from_spec(spec)
-        module.__path__ = [str(REPO / "nodes")]
-        sys.modules["facesmith.nodes"] = module
-    return importlib.import_module(f"facesmith.nodes.{name}")
-
-
 # ------------------------------------------------------------------------------------------------------ tokenizer
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
-
-
 def tiny_tokenizer():
-    """A byte-level CLIP tokenizer (514 tokens, no merges: one token per character) with max length 77."""
-    from transformers import CLIPTokenizer
+    """The real CLIP BPE tokenizer shipped in assets/clip_tokenizer (49,408 tokens, max length 77)."""
+    from facesmith.core.synthface.base_model import load_tokenizer
 
-    chars = list(_bytes_to_unicode().values())
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+    return load_tokenizer()
 
 
 # ------------------------------------------------------------------------------------------------------- modules
@@ -155,7 +127,7 @@ def build_tiny_sdxl(seed: int = 0):
     )
     scheduler = EulerDiscreteScheduler.from_config(_scheduler().config, timestep_spacing="leading")
     return StableDiffusionXLPipeline(
-        vae=_vae(), text_encoder=te1, text_encoder_2=te2, tokenizer=tok, tokenizer_2=tiny_tokenizer(), unet=unet,
+        vae=_vae(), text_encoder=te1, text_encoder_2=te2, tokenizer=tok, tokenizer_2=tok, unet=unet,
         scheduler=scheduler,
     )
 

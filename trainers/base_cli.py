@@ -10,7 +10,7 @@ from ..core.synthface.base_model import BASE_DIR
 def add_arguments(p) -> None:
     p.add_argument("--out", default=str(BASE_DIR), help="diffusers folder to write (must not exist)")
     p.add_argument("--work-dir", default=".cache/train-base", help="checkpoints; a rerun resumes from here")
-    p.add_argument("--vae-steps", type=int, default=2000)
+    p.add_argument("--vae-steps", type=int, default=3000)
     p.add_argument("--unet-steps", type=int, default=6000)
     p.add_argument("--pool", type=int, default=30000, help="rendered training images")
     p.add_argument("--lr", type=float, default=1e-3)

@@ -163,8 +163,8 @@ def zero_unused_token_rows(text_encoder, tokenizer) -> int:
 def train_vae(vae, images, steps: int, work_dir: Path, seed: int = 0, lr: float = 1e-3, batch_size: int = 32,
               progress: Progress | None = None):
     obj = VaeObjective(vae, images, batch_size=batch_size, seed=seed)
-    cfg = TrainConfig(steps=steps, learning_rate=lr, seed=seed, work_dir=str(work_dir), checkpoint_every=500,
-                      log_every=100, warmup_steps=100)
+    cfg = TrainConfig(steps=steps, learning_rate=lr, seed=seed, work_dir=str(work_dir), checkpoint_every=250,
+                      log_every=100, warmup_steps=100, lr_schedule="cosine")
     return train(obj, cfg, progress)
 
 
@@ -173,7 +173,7 @@ def train_text_to_image(components: dict, latents, attrs, steps: int, work_dir: 
     obj = TextToImageObjective(components["unet"], components["text_encoder"], components["tokenizer"],
                                components["scheduler"], latents, attrs, batch_size=batch_size, seed=seed)
     cfg = TrainConfig(steps=steps, learning_rate=lr, seed=seed, work_dir=str(work_dir), checkpoint_every=500,
-                      log_every=100, ema_decay=ema, warmup_steps=200)
+                      log_every=100, ema_decay=ema, warmup_steps=200, lr_schedule="cosine")
     return train(obj, cfg, progress), obj.scaling
 
 

@@ -38,6 +38,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 50
     warmup_steps: int = 0
+    lr_schedule: str = "constant"    # "constant" or "cosine" (decays to 10% of learning_rate at the last step)
     work_dir: str | None = None      # where checkpoints live; None = no checkpoints
     resume: bool = True              # continue from the newest checkpoint in work_dir if there is one
 
@@ -46,6 +47,8 @@ class TrainConfig:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if self.precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"precision must be 'no', 'fp16' or 'bf16', got {self.precision!r}")
 
@@ -117,6 +120,19 @@ class _Ema:
         self.updates = updates
 
 
+def lr_factor(config: TrainConfig, step: int) -> float:
+    """Learning-rate multiplier at ``step``: linear warm-up, then constant or cosine down to 0.1."""
+    import math
+
+    warm = max(1, config.warmup_steps)
+    if step < warm:
+        return (step + 1) / warm
+    if config.lr_schedule == "cosine" and config.steps > warm:
+        t = min(1.0, (step - warm) / (config.steps - warm))
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))
+    return 1.0
+
+
 def latest_checkpoint(work_dir: str | os.PathLike | None) -> Path | None:
     if not work_dir or not Path(work_dir).is_dir():
         return None
@@ -140,8 +156,7 @@ def train(objective: Objective, config: TrainConfig, progress: Progress | None =
     modules = objective.modules()
     params = objective.parameters()
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    warm = max(1, config.warmup_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(config, s))
     names = list(modules)
     prepared = accelerator.prepare(*[modules[n] for n in names], optimizer, scheduler)
     wrapped = dict(zip(names, prepared[: len(names)]))

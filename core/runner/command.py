@@ -5,13 +5,10 @@ Exit codes: 0 success, 1 a node failed while running (files already written are 
 """
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import traceback
 from pathlib import Path
-
-log = logging.getLogger("facesmith")
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -26,6 +23,9 @@ def load_node_classes() -> tuple[dict, str | None]:
         from ... import nodes as pack_nodes  # ours, imported lazily; it does not need ComfyUI
 
         classes.update(pack_nodes.NODE_CLASS_MAPPINGS)
+        load_errors = getattr(pack_nodes, "LOAD_ERRORS", None) or {}
+        if load_errors:
+            problem = "; ".join(f"nodes.{name}: {type(e).__name__}: {e}" for name, e in load_errors.items())
     except Exception as e:  # report, and still run workflows of core nodes
         problem = f"{type(e).__name__}: {e}"
     classes.update(CORE_NODE_CLASS_MAPPINGS)
@@ -59,8 +59,8 @@ def main(args) -> int:
         os.environ["FACESMITH_MODELS"] = str(Path(args.models_dir).resolve())
     classes, problem = load_node_classes()
     if problem:
-        _err(f"warning: the FaceSmith nodes could not be loaded ({problem}); only LoadImage, SaveImage and "
-             "PreviewImage are available")
+        _err(f"warning: some FaceSmith nodes could not be loaded ({problem}); workflows using them will be "
+             "rejected")
     out = Path(getattr(args, "out", None) or "./output")
     input_dir = getattr(args, "input_dir", None)
     temp_dir = getattr(args, "temp_dir", None)

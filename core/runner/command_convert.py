@@ -52,7 +52,7 @@ def main(args) -> int:
         return 1
     classes, problem = load_node_classes()
     if problem:
-        print(f"warning: the FaceSmith nodes could not be loaded ({problem})", file=sys.stderr)
+        print(f"warning: some FaceSmith nodes could not be loaded ({problem})", file=sys.stderr)
     try:
         prompt = to_api(load_workflow_file(args.ui), classes)
     except WorkflowError as e:

@@ -4,6 +4,7 @@ OUTPUT_IS_LIST, ``{"ui", "result"}`` returns, hidden PROMPT/EXTRA_PNGINFO/UNIQUE
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from .errors import ExecutionError, NodeError, WorkflowError
 from .graph import convert, detect_format, load_workflow_file
 from .spec import hidden_inputs, is_link, return_types
 from .validate import apply_overrides, check, execution_order
+
+ENV_OUTPUT = "FACESMITH_OUTPUT"  # core/paths.output_dir() reads it when running outside ComfyUI
 
 
 @dataclass
@@ -186,6 +189,8 @@ def run_workflow(workflow: Union[dict, str, Path], node_classes: dict, out_dir: 
                 return tqdm_progress(f"{state['prefix']} {label}".strip())
             return Progress(label=label)
 
+        old_env_output = os.environ.get(ENV_OUTPUT)
+        os.environ[ENV_OUTPUT] = str(out)  # FaceSmith nodes that save files (core/paths.output_dir) write to --out
         bridge = _comfy_bridge()
         old_factory = getattr(bridge, "_headless_progress_factory", None) if bridge else None
         if bridge is not None:
@@ -233,4 +238,8 @@ def run_workflow(workflow: Union[dict, str, Path], node_classes: dict, out_dir: 
         finally:
             if bridge is not None:
                 bridge.set_headless_progress_factory(old_factory)
+            if old_env_output is None:
+                os.environ.pop(ENV_OUTPUT, None)
+            else:
+                os.environ[ENV_OUTPUT] = old_env_output
     return result

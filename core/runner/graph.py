@@ -6,7 +6,7 @@ import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from .errors import NodeError, WorkflowError
 from .spec import InputSpec, input_specs, node_sort_key
@@ -70,8 +70,8 @@ def detect_format(data: Any) -> str:
     if isinstance(data.get("prompt"), dict) and all(isinstance(v, dict) for v in data["prompt"].values()):
         if all("class_type" in v for v in data["prompt"].values()):
             return "api_wrapped"
-    if all(isinstance(v, dict) and "class_type" in v for v in data.values()):
-        return "api"
+    if all(isinstance(v, dict) for v in data.values()) and any("class_type" in v for v in data.values()):
+        return "api"  # a node without class_type is reported by validation, with its id
     raise WorkflowError(NodeError(
         None, None, None,
         "not a ComfyUI workflow: expected the graph editor format ({\"nodes\": [...], \"links\": [...]}) or the "

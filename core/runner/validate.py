@@ -68,11 +68,11 @@ FACESMITH_PREFIXES = ("FaceSmith", "SynthFace")
 def unknown_node_error(node_id: str, class_type: str, node_classes: dict) -> NodeError:
     ours = "the facesmith runner only runs FaceSmith nodes and LoadImage/SaveImage/PreviewImage"
     if class_type in COMFY_CORE_NODES:
-        msg = f"'{class_type}' is a ComfyUI core node, which {ours}; {RUN_IN_COMFYUI}"
+        msg = f"'{class_type}' is a ComfyUI core node; {ours}: {RUN_IN_COMFYUI}"
     else:
         pack = next((p for prefix, p in KNOWN_PACKS if class_type.startswith(prefix)), None)
         if pack:
-            msg = f"'{class_type}' comes from the custom node pack {pack}; {ours}; {RUN_IN_COMFYUI} with " \
+            msg = f"'{class_type}' comes from the custom node pack {pack}; {ours}: {RUN_IN_COMFYUI} with " \
                   f"{pack} installed"
         elif class_type.startswith(FACESMITH_PREFIXES):
             msg = f"'{class_type}' looks like a FaceSmith node but this FaceSmith has no such node (is FaceSmith up " \
@@ -446,8 +446,17 @@ def execution_order(prompt: dict, node_classes: dict) -> tuple[list[str], list[s
     return order, skipped
 
 
-def validate(api_prompt: dict, node_classes: dict) -> None:
-    """Raise WorkflowError listing every problem in an API-format prompt; return None if it can run."""
-    _, errors, _ = check(api_prompt, node_classes)
+def validate(api_prompt: dict, node_classes: dict, *, input_dir=None) -> None:
+    """Raise WorkflowError listing every problem in an API-format prompt; return None if it can run.
+    ``input_dir``: the folder LoadImage checks its file in (default: the run's, or ``./input``)."""
+    import contextlib
+    import os
+
+    from .comfy_core_nodes import directories, get_directory
+
+    ctx = contextlib.nullcontext() if input_dir is None else directories(
+        get_directory("output"), os.fspath(input_dir), get_directory("temp"))
+    with ctx:
+        _, errors, _ = check(api_prompt, node_classes)
     if errors:
         raise WorkflowError(errors)

@@ -305,3 +305,38 @@ def _affine(S, rot_deg, scale, dx, dy):
     ox, oy = cx + dx, cy + dy
     # input = R^-1 (output - o) + c
     return (c, s, cx - c * ox - s * oy, -s, c, cy + s * ox - c * oy)
+
+
+def landmarks(identity: int, attributes: dict | None = None, size: int = 64, view: int | None = None) -> np.ndarray:
+    """The 5 face landmarks of ``render(identity, attributes, size, view)`` as float32 ``(5, 2)`` (x, y) in output
+    pixel coordinates (pixel i's centre is at i): left eye centre, right eye centre (left/right in the image), nose
+    tip, left and right mouth corner -- insightface's order. Same geometry and pose jitter as :func:`render`."""
+    t = identity_traits(identity)
+    at = check_attributes(attributes or {})
+    if size < 16 or size > 1024:
+        raise ValueError(f"SynthFace size must be in [16, 1024], got {size}")
+    S = size * 4
+    cx, cy = S / 2, S * 0.50
+    fw, fh = t.face_w * S, t.face_h * S
+    ey = cy + t.eye_y * fh
+    ex_off = t.eye_spacing * fw
+    ew = 0.13 * fw * t.eye_size * 1.6
+    eh = ew * {"round": 0.8, "almond": 0.55, "narrow": 0.36}[t.eye_shape]
+    if at["expression"] == "surprised":
+        eh *= 1.45
+    elif at["expression"] == "smiling":
+        eh *= 0.8
+    ny1 = ey + eh * 0.6 + t.nose_len * fh
+    my = cy + t.mouth_y * fh
+    mw = t.mouth_w * fw * {"neutral": 1.0, "smiling": 1.1, "surprised": 0.42}[at["expression"]]
+    pts = np.array([[cx - ex_off, ey], [cx + ex_off, ey], [cx, ny1], [cx - mw, my], [cx + mw, my]], dtype=np.float64)
+    pts += 0.5  # PIL fills pixel X over [X, X + 1)
+    if view is not None:
+        jr = np.random.default_rng([_SEED, int(identity), 1_000_003 + int(view)])  # the draws render() makes
+        dx, dy = jr.uniform(-0.04, 0.04, 2) * S
+        rot = float(jr.uniform(-5, 5))
+        scale = float(jr.uniform(0.94, 1.06))
+        th = math.radians(rot)
+        rm = scale * np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
+        pts = (pts - S / 2) @ rm.T + np.array([S / 2 + dx, S / 2 + dy])
+    return (pts / 4.0 - 0.5).astype(np.float32)
