@@ -6,7 +6,10 @@ both. Model folders are owned by ``core/paths.py``; ``register_comfy_folders`` w
 from __future__ import annotations
 
 import logging
-from typing import Optional
+import contextlib
+from typing import Iterator, Optional
+
+import torch
 
 from ..core.progress import Interrupted, Progress
 
@@ -74,3 +77,14 @@ class interruptible:
                 return False
             raise mm.InterruptProcessingException() from exc
         return False
+
+
+@contextlib.contextmanager
+def grad_enabled() -> Iterator[None]:
+    """For node bodies that create trainable state or train (load a base model, train an encoder, tune a concept).
+
+    ComfyUI (and the headless runner, like it) executes nodes under ``torch.inference_mode()``; tensors made there
+    can never take part in autograd later. Inside this block they are ordinary tensors and gradients are on.
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        yield

@@ -4,6 +4,7 @@ from __future__ import annotations
 from ..core import paths
 from ..core.devices import DEVICE_CHOICES, DTYPE_CHOICES, pick_device, pick_dtype
 from ..core.models import ARCH_CHOICES, ArchMismatch, list_base_models, load_pipeline, resolve_base_model
+from .comfy_bridge import grad_enabled
 
 try:  # inside ComfyUI: model folders come from its folder_paths (and extra_model_paths.yaml)
     import folder_paths  # type: ignore
@@ -82,7 +83,8 @@ class FaceSmithLoadBaseModel:
         except (RuntimeError, ValueError) as exc:
             raise input_error(node, "dtype", exc) from exc
         try:
-            pipeline = load_pipeline(path, arch=arch, device=dev, dtype=dt)
+            with grad_enabled():  # normal (not inference-mode) weights, so later nodes may train on this base
+                pipeline = load_pipeline(path, arch=arch, device=dev, dtype=dt)
         except ArchMismatch as exc:
             raise input_error(node, "arch", exc) from exc
         except (FileNotFoundError, ValueError, OSError) as exc:

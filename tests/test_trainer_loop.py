@@ -84,3 +84,11 @@ def test_loss_graph_draws_a_curve():
     img = loss_graph([1.0 / (i + 1) for i in range(100)])
     assert img.shape == (256, 512, 3) and img.dtype.name == "uint8"
     assert (img[:, :, 2] > 150).sum() > 100 and (img[:, :, 0] < 100).sum() > 100  # blue line drawn
+
+
+def test_trains_when_called_under_inference_mode():
+    """ComfyUI and the runner execute nodes under torch.inference_mode(); a training node must still learn."""
+    obj = LinearObjective()
+    with torch.inference_mode():
+        res = train(obj, TrainConfig(steps=50, learning_rate=0.05, log_every=0))
+    assert res.loss_history[-1] < res.loss_history[0]

@@ -142,6 +142,13 @@ def latest_checkpoint(work_dir: str | os.PathLike | None) -> Path | None:
 
 
 def train(objective: Objective, config: TrainConfig, progress: Progress | None = None) -> TrainResult:
+    """Gradients on even where the caller runs under ``torch.inference_mode()`` (ComfyUI and the headless runner
+    execute nodes that way); objectives must ``clone()`` input tensors that were created in inference mode."""
+    with torch.inference_mode(False), torch.enable_grad():
+        return _train(objective, config, progress)
+
+
+def _train(objective: Objective, config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     """Run ``config.steps`` optimisation steps of ``objective``; resumable; returns the loss history.
 
     On interruption (``Interrupted`` from the progress callback, or KeyboardInterrupt) a checkpoint of the current

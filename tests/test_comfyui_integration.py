@@ -1,0 +1,334 @@
+"""Optional: FaceSmith inside a real, already running ComfyUI.
+
+Runs only when ``FACESMITH_COMFYUI_URL`` points at a running ComfyUI on this machine (for example
+``http://127.0.0.1:8188``) that has this pack in its ``custom_nodes``; otherwise every test here is skipped. These
+tests never start, install or configure ComfyUI, and they talk only to a loopback address (127.0.0.0/8, ``localhost``
+or ``[::1]``), with urllib, bounded timeouts and bounded polling.
+
+What they check:
+
+- ``/object_info`` lists every node of ``facesmith.NODE_CLASS_MAPPINGS`` (ComfyUI leaves out a node whose module
+  failed to import or whose ``INPUT_TYPES()`` raised), with the input names and output types the pack declares;
+- every shipped API-format workflow (``workflows/api/*.json``) is accepted by ``POST /prompt``, executes to
+  ``status_str == "success"``, and each of its SaveImage/PreviewImage nodes returns images that ``/view`` serves
+  as decodable PNGs;
+- a minimal Load Base Model -> Generate -> SaveImage prompt built from ``/object_info`` defaults runs;
+- an invalid prompt is refused with HTTP 400 and per-node ``node_errors``; an unknown node type with HTTP 400.
+
+A workflow that ComfyUI queues only in part (HTTP 200 with ``node_errors``) fails and is taken back off the queue; a
+prompt that runs past the timeout is interrupted (only that prompt) and fails.
+
+Environment:
+
+- ``FACESMITH_COMFYUI_URL``: the server (required to run anything here);
+- ``FACESMITH_COMFYUI_TIMEOUT``: seconds one prompt may take to finish (default 900; CPU runs are slow);
+- ``FACESMITH_COMFYUI_WORKFLOWS``: another folder of API-format workflows to run instead of ``workflows/api/``.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV_URL = "FACESMITH_COMFYUI_URL"
+ENV_TIMEOUT = "FACESMITH_COMFYUI_TIMEOUT"
+ENV_WORKFLOWS = "FACESMITH_COMFYUI_WORKFLOWS"
+API_WORKFLOWS = sorted(Path(os.environ.get(ENV_WORKFLOWS) or ROOT / "workflows" / "api").glob("*.json"))
+SKIP_REASON = "FACESMITH_COMFYUI_URL not set: real-ComfyUI integration test skipped"
+IMAGE_OUTPUT_NODES = ("SaveImage", "PreviewImage")
+OUTPUT_PREFIX = "facesmith-integration"  # SaveImage filename_prefix for everything these tests write
+REQUEST_TIMEOUT_S = 60.0  # one HTTP request (/object_info walks every model folder, so not tiny)
+POLL_INTERVAL_S = 1.0
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ComfyClient:
+    """The few ComfyUI HTTP routes these tests use; no proxies (the server is on this machine)."""
+
+    def __init__(self, base_url: str):
+        self.base = base_url.rstrip("/")
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def _request(self, path: str, body: dict | None = None, timeout: float = REQUEST_TIMEOUT_S):
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base + path, data=data, method="GET" if body is None else "POST",
+                                     headers={"Content-Type": "application/json"} if body is not None else {})
+        try:
+            with self._opener.open(req, timeout=timeout) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as exc:  # 4xx/5xx still carry ComfyUI's JSON error body
+            return exc.code, exc.read()
+
+    def get_json(self, path: str, timeout: float = REQUEST_TIMEOUT_S):
+        status, raw = self._request(path, timeout=timeout)
+        assert status == 200, f"GET {path} -> HTTP {status}: {raw[:2000]!r}"
+        return json.loads(raw)
+
+    def get_bytes(self, path: str) -> bytes:
+        status, raw = self._request(path)
+        assert status == 200, f"GET {path} -> HTTP {status}: {raw[:500]!r}"
+        return raw
+
+    def post(self, path: str, body: dict):
+        status, raw = self._request(path, body)
+        try:
+            payload = json.loads(raw) if raw else None
+        except ValueError:
+            payload = raw.decode(errors="replace")
+        return status, payload
+
+    # ------------------------------------------------------------------------------------------------ prompts
+
+    def queue(self, prompt: dict) -> str:
+        status, payload = self.post("/prompt", {"prompt": prompt, "client_id": f"facesmith-pytest-{uuid.uuid4()}"})
+        assert status == 200, f"POST /prompt refused the prompt (HTTP {status}): {_describe_refusal(payload)}"
+        if payload.get("node_errors"):  # ComfyUI queued the outputs that did validate: take them back, then fail
+            self.cancel(payload["prompt_id"])
+            pytest.fail(f"POST /prompt queued only part of the prompt: {_describe_refusal(payload)}")
+        return payload["prompt_id"]
+
+    def cancel(self, prompt_id: str) -> None:
+        """Take ``prompt_id`` off the queue, and interrupt it if it is the one running (not anything else)."""
+        self.post("/queue", {"delete": [prompt_id]})
+        self.post("/interrupt", {"prompt_id": prompt_id})
+
+    def wait(self, prompt_id: str, timeout_s: float) -> dict:
+        """The /history entry of ``prompt_id`` once it finished; on timeout interrupt it, take it off the queue, fail."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            hist = self.get_json(f"/history/{urllib.parse.quote(prompt_id)}")
+            entry = hist.get(prompt_id)
+            if entry and entry.get("status", {}).get("completed") is not None \
+                    and entry["status"].get("status_str") in ("success", "error"):
+                return entry
+            time.sleep(POLL_INTERVAL_S)
+        self.cancel(prompt_id)
+        pytest.fail(f"prompt {prompt_id} did not finish within {timeout_s:.0f} s (set {ENV_TIMEOUT} to wait longer); "
+                    "it was interrupted and removed from the queue")
+
+    def run(self, prompt: dict, timeout_s: float) -> tuple[dict, float]:
+        t0 = time.monotonic()
+        entry = self.wait(self.queue(prompt), timeout_s)
+        return entry, time.monotonic() - t0
+
+    def view(self, image: dict) -> bytes:
+        query = urllib.parse.urlencode({"filename": image["filename"], "subfolder": image.get("subfolder", ""),
+                                        "type": image.get("type", "output")})
+        return self.get_bytes(f"/view?{query}")
+
+
+def _timeout_s() -> float:
+    return float(os.environ.get(ENV_TIMEOUT) or 900)
+
+
+@pytest.fixture(scope="module")
+def comfy() -> ComfyClient:
+    url = os.environ.get(ENV_URL, "").strip()
+    if not url:
+        pytest.skip(SKIP_REASON)
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        pytest.fail(f"{ENV_URL}={url!r} is not an http(s) URL such as http://127.0.0.1:8188")
+    if not _is_loopback(parts.hostname):
+        pytest.fail(f"{ENV_URL}={url!r}: these tests only talk to a ComfyUI on this machine (a loopback address)")
+    client = ComfyClient(f"{parts.scheme}://{parts.netloc}{parts.path}")
+    try:
+        stats = client.get_json("/system_stats", timeout=10)
+    except (OSError, urllib.error.URLError) as exc:
+        pytest.fail(f"{ENV_URL}={url!r} is set but no ComfyUI answers there: {exc}")
+    assert "system" in stats, f"{url} answered /system_stats without 'system': is it ComfyUI? {stats!r:.300}"
+    return client
+
+
+@pytest.fixture(scope="module")
+def object_info(comfy) -> dict:
+    return comfy.get_json("/object_info", timeout=120)
+
+
+@pytest.fixture(scope="module")
+def pack():
+    """``facesmith.nodes`` (whose NODE_CLASS_MAPPINGS is ``facesmith.NODE_CLASS_MAPPINGS``); imported as a submodule
+    so it also works when tests/conftest.py registered ``facesmith`` as a bare package."""
+    import importlib
+
+    return importlib.import_module("facesmith.nodes")
+
+
+# ------------------------------------------------------------------------------------------------------- helpers
+
+
+def _describe_refusal(payload) -> str:
+    """ComfyUI's /prompt error body as one line per problem: ``node 3 (Class): type: details``."""
+    if not isinstance(payload, dict):
+        return repr(payload)
+    lines = []
+    err = payload.get("error")
+    if isinstance(err, dict):
+        lines.append(f"{err.get('type')}: {err.get('message')} {err.get('details') or ''}".strip())
+    for node_id, ne in sorted((payload.get("node_errors") or {}).items()):
+        for e in ne.get("errors", []):
+            lines.append(f"node {node_id} ({ne.get('class_type')}): {e.get('type')}: {e.get('details') or e.get('message')}")
+    return "\n".join(lines) or json.dumps(payload)
+
+
+def _execution_errors(entry: dict) -> list[str]:
+    out = []
+    for msg in entry.get("status", {}).get("messages", []):
+        if isinstance(msg, (list, tuple)) and len(msg) == 2 and msg[0] in ("execution_error", "execution_interrupted"):
+            d = msg[1] or {}
+            tb = "".join(d.get("traceback") or [])
+            tb = "\n".join(ln for ln in tb.splitlines() if ln.strip(" ^~"))[-3000:]  # without the ^^^ marker lines
+            out.append(f"{msg[0]}: node {d.get('node_id')} ({d.get('node_type')}): {d.get('exception_type')}: "
+                       f"{d.get('exception_message')}\n{tb}")
+    return out
+
+
+def _check_image_outputs(comfy: ComfyClient, prompt: dict, entry: dict, label: str) -> int:
+    """Every SaveImage/PreviewImage node of ``prompt`` returned images that /view serves as decodable PNGs."""
+    from PIL import Image
+
+    outputs = entry.get("outputs", {})
+    count = 0
+    for node_id, node in prompt.items():
+        if node.get("class_type") not in IMAGE_OUTPUT_NODES:
+            continue
+        images = (outputs.get(node_id) or {}).get("images") or []
+        assert images, f"{label}: {node['class_type']} node {node_id} produced no images (outputs: {outputs})"
+        for image in images:
+            raw = comfy.view(image)
+            assert raw[:8] == b"\x89PNG\r\n\x1a\n", f"{label}: /view of {image} is not a PNG"
+            with Image.open(BytesIO(raw)) as im:
+                im.load()
+                assert im.width > 0 and im.height > 0
+            count += 1
+    return count
+
+
+def _with_test_prefix(prompt: dict, name: str) -> dict:
+    """The prompt with every SaveImage writing under ``facesmith-integration/`` in ComfyUI's output folder."""
+    prompt = json.loads(json.dumps(prompt))
+    for node_id, node in prompt.items():
+        if node.get("class_type") == "SaveImage":
+            node.setdefault("inputs", {})["filename_prefix"] = f"{OUTPUT_PREFIX}/{name}_{node_id}"
+    return prompt
+
+
+def _defaults(object_info: dict, class_type: str, **overrides) -> dict:
+    """Widget inputs of ``class_type`` at the defaults ComfyUI reports (first choice for a combo without one)."""
+    info = object_info[class_type]
+    values = {}
+    for name, spec in info["input"].get("required", {}).items():
+        kind = spec[0]
+        opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+        if isinstance(kind, list):
+            values[name] = opts.get("default", kind[0] if kind else None)
+        elif kind == "COMBO":
+            choices = opts.get("options") or []
+            values[name] = opts.get("default", choices[0] if choices else None)
+        elif kind in ("INT", "FLOAT", "STRING", "BOOLEAN"):
+            values[name] = opts.get("default", {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}[kind])
+    values.update(overrides)
+    return values
+
+
+def _smoke_prompt(object_info: dict, **generate_overrides) -> dict:
+    gen = _defaults(object_info, "FaceSmithGenerate", **{"steps": 2, "batch_size": 1, **generate_overrides})
+    gen["pipeline"] = ["1", 0]
+    return {
+        "1": {"class_type": "FaceSmithLoadBaseModel", "inputs": _defaults(object_info, "FaceSmithLoadBaseModel")},
+        "2": {"class_type": "FaceSmithGenerate", "inputs": gen},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": f"{OUTPUT_PREFIX}/smoke"}},
+    }
+
+
+# --------------------------------------------------------------------------------------------------------- tests
+
+
+def test_object_info_lists_every_facesmith_node(comfy, object_info, pack):
+    expected = sorted(pack.NODE_CLASS_MAPPINGS)
+    assert expected, f"facesmith exports no nodes here (local import errors: {pack.LOAD_ERRORS})"
+    missing = [n for n in expected if n not in object_info]
+    assert not missing, (
+        f"ComfyUI at {comfy.base} does not list {missing}: check its log for 'Cannot import' / "
+        f"'FaceSmith: node module ... failed to import' / 'An error occurred while retrieving information'")
+    problems = []
+    for name in expected:
+        cls, info = pack.NODE_CLASS_MAPPINGS[name], object_info[name]
+        declared = cls.INPUT_TYPES()
+        for section in ("required", "optional"):
+            want = sorted(declared.get(section, {}))
+            got = sorted(info["input"].get(section, {}))
+            if want != got:
+                problems.append(f"{name}: {section} inputs {got} in ComfyUI, {want} in the pack")
+        if info["output"] != json.loads(json.dumps(list(cls.RETURN_TYPES))):
+            problems.append(f"{name}: outputs {info['output']} in ComfyUI, {list(cls.RETURN_TYPES)} in the pack")
+        if not str(info.get("python_module", "")).startswith("custom_nodes."):
+            problems.append(f"{name}: python_module {info.get('python_module')!r} (not loaded as a custom node)")
+        if info.get("display_name") != pack.NODE_DISPLAY_NAME_MAPPINGS.get(name, name):
+            problems.append(f"{name}: display name {info.get('display_name')!r} in ComfyUI")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("path", API_WORKFLOWS or [None], ids=[p.stem for p in API_WORKFLOWS] or ["none"])
+def test_shipped_api_workflow_runs(comfy, object_info, path):
+    if path is None:
+        pytest.skip("no API-format workflows in workflows/api/ yet")
+    prompt = json.loads(path.read_text())
+    assert isinstance(prompt, dict) and all(isinstance(n, dict) and "class_type" in n for n in prompt.values()), \
+        f"{path.name} is not an API-format workflow (node id -> {{class_type, inputs}})"
+    unknown = sorted({n["class_type"] for n in prompt.values()} - set(object_info))
+    assert not unknown, f"{path.name} uses node types this ComfyUI does not have: {unknown}"
+    prompt = _with_test_prefix(prompt, path.stem)
+    entry, seconds = comfy.run(prompt, _timeout_s())
+    errors = _execution_errors(entry)
+    assert entry["status"]["status_str"] == "success" and not errors, \
+        f"{path.name} failed in ComfyUI after {seconds:.1f} s:\n" + "\n".join(errors or [json.dumps(entry["status"])])
+    n_images = _check_image_outputs(comfy, prompt, entry, path.name)
+    print(f"{path.name}: success in {seconds:.1f} s, {n_images} image(s)")
+
+
+def test_minimal_generate_prompt_runs(comfy, object_info):
+    prompt = _smoke_prompt(object_info, seed=int(time.time()) % 100000)  # a fresh seed: really executes, no cache
+    entry, seconds = comfy.run(prompt, _timeout_s())
+    errors = _execution_errors(entry)
+    assert entry["status"]["status_str"] == "success" and not errors, \
+        "minimal FaceSmith prompt failed in ComfyUI:\n" + "\n".join(errors or [json.dumps(entry["status"])])
+    assert _check_image_outputs(comfy, prompt, entry, "minimal prompt") == 1
+
+
+def test_invalid_prompt_is_refused_with_node_errors(comfy, object_info):
+    prompt = _smoke_prompt(object_info, steps=0)  # below the minimum of 1
+    prompt["1"]["inputs"]["model"] = "diffusers/no-such-model-facesmith-test"  # not one of the choices
+    status, payload = comfy.post("/prompt", {"prompt": prompt, "client_id": f"facesmith-pytest-{uuid.uuid4()}"})
+    assert status == 400, f"expected HTTP 400 for an invalid prompt, got {status}: {_describe_refusal(payload)}"
+    assert payload["error"]["type"] == "prompt_outputs_failed_validation", payload
+    node_errors = payload["node_errors"]
+    types_of = {nid: {e["type"] for e in ne["errors"]} for nid, ne in node_errors.items()}
+    assert "value_not_in_list" in types_of.get("1", set()), node_errors
+    assert "value_smaller_than_min" in types_of.get("2", set()), node_errors
+    assert node_errors["1"]["class_type"] == "FaceSmithLoadBaseModel"
+
+
+def test_unknown_node_type_is_refused(comfy):
+    prompt = {"1": {"class_type": "FaceSmithNoSuchNode", "inputs": {}}}
+    status, payload = comfy.post("/prompt", {"prompt": prompt})
+    assert status == 400, f"expected HTTP 400, got {status}: {payload}"
+    assert payload["error"]["type"] == "invalid_prompt", payload
