@@ -222,9 +222,17 @@ def build_base(out_dir: Path, work_dir: Path, vae_steps: int, unet_steps: int, p
         "vae": vae_result, "unet_text_steps": r.steps_done,
         "unet_final_loss": float(np.mean(r.loss_history[-100:])), "latent_scaling_factor": scaling,
         "used_token_rows": used,
-        "command": f"facesmith train base --out {out_dir} --vae-steps {vae_steps} --unet-steps {unet_steps} "
-                   f"--pool {pool} --seed {seed}",
+        "command": f"facesmith train base --out {_display_path(out_dir)} --vae-steps {vae_steps} "
+                   f"--unet-steps {unet_steps} --pool {pool} --seed {seed}",
     }, indent=2))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, out_dir)
     return out_dir
+
+
+def _display_path(path: Path) -> str:
+    """``path`` relative to the pack root when it lies inside it (so recorded commands are portable)."""
+    try:
+        return str(Path(path).resolve().relative_to(bm.PACK_ROOT))
+    except ValueError:
+        return str(path)
