@@ -1,0 +1,141 @@
+"""One-image personalisation: E4T (encoder forward + optional k tuning steps) and the textual-inversion baseline.
+
+Both run on the one training loop (``trainers/loop.py``) with a :class:`OneImageObjective`:
+
+- **E4T** (paper sec. 4.2): the domain encoder predicts the word-embedding offset from the image; the concept starts
+  as (class embedding + offset, domain LoRA). With ``steps > 0`` the embedding and the LoRA are refined for ``steps``
+  steps (paper: 5-15) on the single image with the same L2 regularisers as in domain tuning.
+- **Textual inversion** (``textual_inversion.py``) uses the same objective with the embedding only.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Optional
+
+import torch
+
+from ..progress import Progress
+from .concept import Concept, pipeline_identity
+from .diffusion import (ParamHolder, caption_ids, denoise_loss, frozen, latent_stats, sample_latents,
+                        scaling_factor, training_scheduler)
+from .encoder import DomainEncoder, native_size, preprocess
+from .lora import fresh_lora, hooked_lora, weight_offset_l2
+from .tokens import DEFAULT_TOKEN, check_token_free, check_token_text, class_embedding, swapped_embedding, \
+    tokenizer_with, vector_tokens
+
+log = logging.getLogger("facesmith")
+
+DEFAULT_CAPTION = "a photo of {token}"
+
+
+class OneImageObjective:
+    """Denoising loss on one reference image with the concept token in ``caption``; trains ``offset`` (always) and
+    the LoRA modules (if given), with L2 penalties on the offset and the LoRA weight offsets."""
+
+    def __init__(self, dp, tokens: list[str], base_embedding: torch.Tensor, init_offset: torch.Tensor,
+                 stats: torch.Tensor, caption: str, lora=None, lora_scale: float = 1.0, emb_reg: float = 0.0,
+                 weight_reg: float = 0.0, batch_size: int = 4, seed: int = 0, t_min: int = 0):
+        self.dp = dp
+        self.tok, self.start = tokenizer_with(dp.tokenizer, tokens)
+        self.base_embedding = base_embedding.float()
+        self.offset = ParamHolder(init_offset)
+        self.lora, self.lora_scale = lora, lora_scale
+        self.emb_reg, self.weight_reg = emb_reg, weight_reg
+        self.stats, self.batch_size = stats, int(batch_size)
+        self.ids = caption_ids(self.tok, [caption] * self.batch_size)
+        self.sched = training_scheduler(dp)
+        self.sf = scaling_factor(dp.vae)
+        self.gen = torch.Generator("cpu").manual_seed(int(seed))
+        self.t_min = int(t_min)
+
+    def modules(self):
+        mods = {"offset": self.offset}
+        if self.lora is not None:
+            mods["lora"] = self.lora
+        return mods
+
+    def parameters(self):
+        return [p for m in self.modules().values() for p in m.parameters()]
+
+    def make_batch(self, step):
+        return sample_latents(self.stats.expand(self.batch_size, -1, -1, -1), self.sf, self.gen)
+
+    def embedding(self) -> torch.Tensor:
+        return self.base_embedding.to(self.offset.value.device) + self.offset.value
+
+    def loss(self, latents, step):
+        te = self.dp.text_encoder
+        emb = self.embedding()
+        with swapped_embedding(te, self.start, emb.to(te.device)):
+            cond = te(self.ids.to(te.device))[0]
+        loss = denoise_loss(self.dp.unet, self.sched, latents, cond, self.gen, t_min=self.t_min)
+        logs = {"denoise": float(loss.detach())}
+        if self.emb_reg:
+            reg = self.offset.value.pow(2).sum(-1).mean()
+            loss = loss + self.emb_reg * reg
+            logs["emb_l2"] = float(reg.detach())
+        if self.lora is not None and self.weight_reg:
+            wreg = weight_offset_l2(self.lora, self.lora_scale)
+            loss = loss + self.weight_reg * wreg
+            logs["w_l2"] = float(wreg.detach())
+        return loss, logs
+
+
+def _reference(pipe, image) -> torch.Tensor:
+    dp = getattr(pipe, "pipe", pipe)
+    x = preprocess(image, native_size(dp))
+    if x.shape[0] != 1:
+        raise ValueError(f"one reference image is needed, got a batch of {x.shape[0]}")
+    return x
+
+
+def _run(objective, steps: int, lr: float, seed: int, progress: Optional[Progress]):
+    from ...trainers.loop import TrainConfig, train
+
+    cfg = TrainConfig(steps=int(steps), learning_rate=float(lr), seed=int(seed), work_dir=None, log_every=0,
+                      checkpoint_every=0, max_grad_norm=1.0)
+    return train(objective, cfg, progress)
+
+
+def embed_e4t(encoder: DomainEncoder, pipe, image, token: str = DEFAULT_TOKEN, steps: int = 0, lr: float = 1e-3,
+              caption: str = DEFAULT_CAPTION, batch_size: int = 4, seed: int = 0, emb_reg: float | None = None,
+              weight_reg: float | None = None, progress: Optional[Progress] = None) -> Concept:
+    """E4T: encoder forward on one image (+ ``steps`` tuning steps of embedding and LoRA) -> Concept."""
+    t0 = time.perf_counter()
+    check_token_text(token)
+    if steps < 0:
+        raise ValueError(f"tuning steps must be >= 0, got {steps}")
+    encoder.check_base(pipe)
+    dp = getattr(pipe, "pipe", pipe)
+    check_token_free(dp.tokenizer, token, encoder.cfg.n_vectors)
+    x = _reference(pipe, image)
+    _, offset = encoder.predict_model(dp, x)
+    offset = offset[0]
+    lora = encoder.lora
+    name, fp = pipeline_identity(pipe)
+    hp = encoder.info.get("hyper_parameters", {})
+    emb_reg = float(hp.get("emb_reg", 1e-2) if emb_reg is None else emb_reg)
+    weight_reg = float(hp.get("weight_reg", 1e-3) if weight_reg is None else weight_reg)
+    history: list[float] = []
+    rank, alpha = encoder.lora_rank, encoder.lora_alpha
+    if steps > 0:
+        stats = latent_stats(dp.vae, x)
+        tokens = vector_tokens(token, encoder.cfg.n_vectors)
+        init = lora if lora else fresh_lora(dp.unet, max(1, rank), seed)
+        with frozen(dp.unet, dp.text_encoder, dp.vae), hooked_lora(dp.unet, init, alpha / rank) as mods:
+            obj = OneImageObjective(dp, tokens, encoder.class_embedding, offset, stats,
+                                    caption.format(token=token), lora=mods, lora_scale=alpha / rank,
+                                    emb_reg=emb_reg, weight_reg=weight_reg, batch_size=batch_size, seed=seed,
+                                    t_min=int(hp.get("t_min", 0)))
+            result = _run(obj, steps, lr, seed, progress)
+            offset = obj.offset.value.detach().float().cpu()
+            lora = mods.weights()
+            history = result.loss_history
+    emb = encoder.class_embedding + offset
+    return Concept(token=token, embedding=emb, base_name=name, base_fingerprint=fp, method="e4t", lora=lora,
+                   lora_rank=rank if lora else 0, lora_alpha=alpha if lora else 0.0,
+                   class_word=encoder.cfg.class_word,
+                   metadata={"tuning_steps": int(steps), "tuning_lr": float(lr), "seed": int(seed),
+                             "encoder_steps": encoder.info.get("steps"), "loss_history": history,
+                             "seconds": round(time.perf_counter() - t0, 4), "offset_norm": float(offset.norm())})

@@ -1,0 +1,449 @@
+"""E4T concept nodes: train / load a domain encoder, embed a concept from one image (E4T or textual inversion),
+save it as a ComfyUI embedding + kohya LoRA, and load it back. ``FACESMITH_CONCEPT`` values are lists of concepts
+(each a Generate conditioner); Embed/Load append to a connected list."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from ..core import paths
+from ..core.concept.concept import Concept
+from ..core.concept.tokens import DEFAULT_TOKEN
+from ..core.formats import check_new_file, read_safetensors_metadata, safe_join
+from .comfy_bridge import interruptible, node_progress
+
+log = logging.getLogger("facesmith")
+
+PIPELINE_TYPE = "FACESMITH_PIPELINE"
+CONCEPT_TYPE = "FACESMITH_CONCEPT"
+ENCODER_TYPE = "FACESMITH_DOMAIN_ENCODER"
+ENCODER_SUBDIR = "e4t"  # trained encoders go to <models>/facesmith/e4t/<name>.safetensors
+WORK_SUBDIR = ".work/e4t"  # checkpoints (hidden from model lists)
+PRECISIONS = ["no", "fp16", "bf16"]
+
+
+def input_error(node: str, input_name: str, problem: object) -> ValueError:
+    return ValueError(f"{node}: input '{input_name}' {problem}")
+
+
+def node_error(node: str, problem: object) -> ValueError:
+    return ValueError(f"{node}: {problem}")
+
+
+def _concepts(value) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        out = []
+        for v in value:
+            out.extend(_concepts(v) if isinstance(v, (list, tuple)) else [v])
+        return out
+    return [value]
+
+
+def _file_name(name: str) -> str:
+    name = name.strip()
+    return name if name.endswith(".safetensors") else name + ".safetensors"
+
+
+def list_encoders() -> list[str]:
+    """Names under models/facesmith/ whose metadata says they are E4T domain encoders."""
+    from ..core.concept.encoder import FORMAT
+
+    out = []
+    for name in paths.list_models("facesmith"):
+        path = paths.find("facesmith", name)
+        try:
+            if path is not None and read_safetensors_metadata(path).get("format") == FORMAT:
+                out.append(name)
+        except Exception:  # unreadable files are simply not offered
+            continue
+    return out
+
+
+class FaceSmithTrainDomainEncoder:
+    DISPLAY_NAME = "Train Domain Encoder (FaceSmith)"
+    CATEGORY = "FaceSmith/Concept"
+    DESCRIPTION = (
+        "E4T domain tuning: trains an image encoder (on frozen-base VAE + UNet features) that predicts a word "
+        "embedding for a placeholder token, together with LoRA weight offsets on the UNet's attention layers, on a "
+        "domain dataset (SynthFace train identities, a dataset folder, or an IMAGE batch with captions). Saves "
+        "models/facesmith/e4t/NAME.safetensors; checkpoints allow resuming after an interrupt."
+    )
+    RETURN_TYPES = (ENCODER_TYPE, "IMAGE", "STRING")
+    RETURN_NAMES = ("encoder", "loss_graph", "path")
+    OUTPUT_TOOLTIPS = ("The trained domain encoder (+ domain LoRA).", "Loss curve.", "Where it was saved.")
+    FUNCTION = "train"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "pipeline": (PIPELINE_TYPE, {"tooltip": "The frozen base model the encoder is for."}),
+                "dataset": (["synthface", "folder", "images"], {
+                    "default": "synthface",
+                    "tooltip": "synthface: render SynthFace TRAIN identities (several views each); folder: a dataset "
+                               "folder (metadata.jsonl or image + .txt captions); images: the optional IMAGE input."}),
+                "dataset_folder": ("STRING", {"default": "", "tooltip": "Folder path for dataset=folder."}),
+                "synthface_identities": ("INT", {"default": 200, "min": 2, "max": 16000,
+                                                 "tooltip": "dataset=synthface: how many train identities."}),
+                "synthface_views": ("INT", {"default": 4, "min": 2, "max": 64,
+                                            "tooltip": "dataset=synthface: views per identity."}),
+                "steps": ("INT", {"default": 100, "min": 1, "max": 1_000_000}),
+                "batch_size": ("INT", {"default": 16, "min": 1, "max": 4096}),
+                "learning_rate": ("FLOAT", {"default": 2e-3, "min": 1e-7, "max": 1.0, "step": 1e-5, "round": 1e-7}),
+                "rank": ("INT", {"default": 4, "min": 1, "max": 256, "tooltip": "Domain LoRA rank."}),
+                "embedding_reg": ("FLOAT", {"default": 1e-2, "min": 0.0, "max": 100.0, "step": 1e-4,
+                                            "round": 1e-6, "tooltip": "L2 penalty on the predicted embedding offset."}),
+                "weight_reg": ("FLOAT", {"default": 1e-3, "min": 0.0, "max": 100.0, "step": 1e-4, "round": 1e-6,
+                                         "tooltip": "L2 penalty on the LoRA weight offsets."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1}),
+                "precision": (PRECISIONS, {"default": "no", "tooltip": "Mixed precision (fp16 needs a GPU)."}),
+                "gradient_checkpointing": ("BOOLEAN", {"default": False}),
+                "resume": ("BOOLEAN", {"default": True,
+                                       "tooltip": "Continue from this name's last checkpoint if there is one."}),
+                "name": ("STRING", {"default": "my-e4t", "tooltip": "Saved as models/facesmith/e4t/NAME.safetensors."}),
+                "overwrite": ("BOOLEAN", {"default": False}),
+            },
+            "optional": {
+                "images": ("IMAGE", {"tooltip": "dataset=images: the domain images."}),
+                "captions": ("STRING", {"multiline": True, "default": "",
+                                        "tooltip": "dataset=images: one caption per line (or one for all)."}),
+            },
+        }
+
+    def train(self, pipeline, dataset, dataset_folder, synthface_identities, synthface_views, steps, batch_size,
+              learning_rate, rank, embedding_reg, weight_reg, seed, precision, gradient_checkpointing, resume, name,
+              overwrite, images=None, captions=""):
+        import torch
+
+        from ..core.concept.encoder import EncoderConfig, native_size
+        from ..core.images import comfy_to_numpy
+        from ..trainers.e4t import DomainTrainSettings, build_pool, folder_images, synthface_images, \
+            train_domain_encoder
+        from ..trainers.loop import loss_graph
+
+        node = self.DISPLAY_NAME
+        if not name or not name.strip():
+            raise input_error(node, "name", "is empty")
+        root = paths.models_root("facesmith")
+        try:
+            out = safe_join(root, f"{ENCODER_SUBDIR}/{_file_name(name)}")
+        except ValueError as exc:
+            raise input_error(node, "name", exc) from exc
+        try:
+            check_new_file(out, overwrite)
+        except FileExistsError as exc:
+            raise input_error(node, "name", f"{exc} (turn on 'overwrite' or choose another name)") from exc
+        if precision == "fp16" and not torch.cuda.is_available():
+            raise input_error(node, "precision", "fp16 needs a CUDA GPU; use 'no' or 'bf16' on the CPU")
+        dp = pipeline.pipe
+        size = native_size(dp)
+        cfg = EncoderConfig.for_pipeline(dp)
+        if dataset == "synthface":
+            imgs, ids, attrs = synthface_images(synthface_identities, synthface_views, seed, size)
+            caps, source = None, f"synthface train identities={synthface_identities} views={synthface_views}"
+        elif dataset == "folder":
+            if not dataset_folder.strip():
+                raise input_error(node, "dataset_folder", "is empty (dataset=folder needs a folder path)")
+            try:
+                imgs, ids, caps = folder_images(dataset_folder.strip(), size)
+            except (FileNotFoundError, ValueError) as exc:
+                raise input_error(node, "dataset_folder", exc) from exc
+            attrs, source = None, f"folder {dataset_folder.strip()}"
+        else:
+            if images is None:
+                raise input_error(node, "images", "is not connected (dataset=images needs an IMAGE batch)")
+            imgs = comfy_to_numpy(images)
+            if imgs.ndim == 3:
+                imgs = imgs[None]
+            lines = [ln.strip() for ln in (captions or "").splitlines() if ln.strip()]
+            if len(lines) not in (0, 1, len(imgs)):
+                raise input_error(node, "captions", f"has {len(lines)} lines for {len(imgs)} images; give one per "
+                                                    "image, one for all, or none")
+            caps = lines * len(imgs) if len(lines) == 1 else (lines or [""] * len(imgs))
+            ids, attrs, source = None, None, f"IMAGE batch of {len(imgs)}"
+        settings = DomainTrainSettings(steps=int(steps), batch_size=int(batch_size),
+                                       learning_rate=float(learning_rate), rank=int(rank), lora_alpha=float(rank),
+                                       emb_reg=float(embedding_reg), weight_reg=float(weight_reg), seed=int(seed),
+                                       precision=precision, gradient_checkpointing=bool(gradient_checkpointing),
+                                       checkpoint_every=max(10, min(250, int(steps) // 4 or 1)))
+        try:
+            settings.check()
+        except ValueError as exc:
+            raise node_error(node, exc) from exc
+        with interruptible():
+            pool = build_pool(pipeline, imgs, ids, attrs, caps, cfg=cfg, progress=node_progress(f"{node}: encode"),
+                              source=source)
+        work_dir = safe_join(root, f"{WORK_SUBDIR}/{out.stem}")
+        with interruptible():
+            bundle, result = train_domain_encoder(pipeline, pool, settings, work_dir=str(work_dir),
+                                                  resume=bool(resume), progress=node_progress(node))
+        bundle.info.update(base_model=pipeline.name, dataset=dataset)
+        bundle.save(out, overwrite=overwrite, dtype=torch.float16)
+        graph = torch.from_numpy(np.array(loss_graph(result.loss_history, title=f"E4T domain tuning {out.stem}")))
+        return (bundle, (graph.float() / 255.0)[None], str(out))
+
+
+class FaceSmithLoadDomainEncoder:
+    DISPLAY_NAME = "Load Domain Encoder (FaceSmith)"
+    CATEGORY = "FaceSmith/Concept"
+    DESCRIPTION = "Loads an E4T domain encoder (+ its domain LoRA) from models/facesmith/ (built-in ones included)."
+    RETURN_TYPES = (ENCODER_TYPE,)
+    RETURN_NAMES = ("encoder",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        names = list_encoders()
+        opts = {"tooltip": "A domain encoder .safetensors under models/facesmith/."}
+        if "e4t/synthface-e4t.safetensors" in names:
+            opts["default"] = "e4t/synthface-e4t.safetensors"
+        return {"required": {"encoder": (names, opts)}}
+
+    def load(self, encoder):
+        from ..core.concept.encoder import DomainEncoder
+
+        node = self.DISPLAY_NAME
+        try:
+            path = paths.resolve("facesmith", encoder)
+            return (DomainEncoder.load(path),)
+        except (FileNotFoundError, ValueError) as exc:
+            raise input_error(node, "encoder", exc) from exc
+
+
+FACE_CROP_SCALE = 1.6  # crop side / face-box side: the head-and-shoulders framing the SynthFace domain uses
+
+
+def _face_crop(node: str, image):
+    """A square crop around the most confident face of ``image`` (ComfyUI IMAGE of one picture), framed like the
+    domain's training images (side = 1.6 x the face box); a clear error when no face is found."""
+    from ..core.images import comfy_to_numpy
+
+    try:
+        from ..core.faces import NoFaceError, detect
+    except ImportError as exc:
+        raise input_error(node, "face_crop", f"is on but face detection is not available ({exc})") from exc
+    try:
+        faces = detect(image)
+    except NoFaceError as exc:
+        raise input_error(node, "image", f"{exc} (turn off 'face_crop' or use a picture with a visible face)") \
+            from exc
+    except (FileNotFoundError, ImportError) as exc:
+        raise input_error(node, "face_crop", f"is on but the face detector could not load: {exc}") from exc
+    if not faces:
+        raise input_error(node, "image", "has no face that the detector could find (turn off 'face_crop' or use a "
+                                         "picture with a visible face)")
+    arr = comfy_to_numpy(image)
+    arr = arr[0] if arr.ndim == 4 else arr
+    x0, y0, x1, y1 = (float(v) for v in faces[0][0][:4])
+    cx, cy, side = (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0) * FACE_CROP_SCALE
+    h, w = arr.shape[:2]
+    half = max(1, int(round(side / 2)))
+    pad = np.pad(arr, ((half, half), (half, half), (0, 0)), mode="edge")
+    top, left = int(round(cy)) - half + half, int(round(cx)) - half + half
+    top, left = min(max(top, 0), pad.shape[0] - 2 * half), min(max(left, 0), pad.shape[1] - 2 * half)
+    return np.ascontiguousarray(pad[top:top + 2 * half, left:left + 2 * half])
+
+
+class FaceSmithEmbedConcept:
+    DISPLAY_NAME = "Embed Concept (FaceSmith)"
+    CATEGORY = "FaceSmith/Concept"
+    DESCRIPTION = (
+        "One-image personalisation. e4t: the domain encoder predicts the token's embedding in one forward pass, "
+        "then 'steps' optional tuning steps (paper: 5-15) refine embedding + LoRA on the image. textual_inversion: "
+        "optimises only the embedding from the class word for 'steps' steps (300-500 typical; no encoder needed). "
+        "Write the token in Generate's prompt, e.g. 'a photo of <fs-person> smiling'."
+    )
+    RETURN_TYPES = (CONCEPT_TYPE,)
+    RETURN_NAMES = ("concepts",)
+    FUNCTION = "embed"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "pipeline": (PIPELINE_TYPE,),
+                "image": ("IMAGE", {"tooltip": "One reference image."}),
+                "method": (["e4t", "textual_inversion"], {"default": "e4t"}),
+                "token": ("STRING", {"default": DEFAULT_TOKEN,
+                                     "tooltip": "A made-up lowercase word to use in prompts (not a real word)."}),
+                "steps": ("INT", {"default": 10, "min": 0, "max": 100_000,
+                                  "tooltip": "e4t: tuning steps after the encoder (0 = encoder only). "
+                                             "textual_inversion: optimisation steps (>= 1; 300-500 typical)."}),
+                "learning_rate": ("FLOAT", {"default": 1e-3, "min": 1e-7, "max": 1.0, "step": 1e-5, "round": 1e-7,
+                                            "tooltip": "e4t tuning: 1e-3; textual inversion: 5e-3 typical."}),
+                "face_crop": ("BOOLEAN", {"default": False,
+                                          "tooltip": "Crop the reference to the detected face first."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1}),
+            },
+            "optional": {
+                "encoder": (ENCODER_TYPE, {"tooltip": "Needed for method e4t."}),
+                "concepts": (CONCEPT_TYPE, {"tooltip": "Concepts to keep; the new one is appended."}),
+            },
+        }
+
+    def embed(self, pipeline, image, method, token, steps, learning_rate, face_crop, seed, encoder=None,
+              concepts=None):
+        from ..core.concept.concept import BaseMismatch
+        from ..core.concept.personalize import embed_e4t
+        from ..core.concept.textual_inversion import embed_textual_inversion
+        from ..core.concept.tokens import check_token_free, check_token_text
+
+        node = self.DISPLAY_NAME
+        existing = _concepts(concepts)
+        token = (token or "").strip()
+        try:
+            check_token_text(token)
+            check_token_free(pipeline.pipe.tokenizer, token)
+        except ValueError as exc:
+            raise input_error(node, "token", exc) from exc
+        if any(c.token == token for c in existing):
+            raise input_error(node, "token", f"{token!r} is already used by a connected concept; give each concept "
+                                             "its own token")
+        if image is None or getattr(image, "ndim", 0) not in (3, 4):
+            raise input_error(node, "image", "must be an IMAGE")
+        if image.ndim == 4 and image.shape[0] != 1:
+            raise input_error(node, "image", f"holds {image.shape[0]} images; connect exactly one reference image")
+        if face_crop:
+            image = _face_crop(node, image)
+        progress = node_progress(node)
+        if method == "e4t" and encoder is None:
+            raise input_error(node, "encoder", "is not connected (method e4t needs a domain encoder; use 'Load Domain "
+                                               "Encoder')")
+        if method == "textual_inversion" and int(steps) < 1:
+            raise input_error(node, "steps", "must be >= 1 for textual_inversion (300-500 typical)")
+        if method not in ("e4t", "textual_inversion"):
+            raise input_error(node, "method", f"must be e4t or textual_inversion, got {method!r}")
+        try:
+            with interruptible():
+                if method == "e4t":
+                    c = embed_e4t(encoder, pipeline, image, token=token, steps=int(steps), lr=float(learning_rate),
+                                  seed=int(seed), progress=progress)
+                else:
+                    c = embed_textual_inversion(pipeline, image, token=token, steps=int(steps),
+                                                lr=float(learning_rate), seed=int(seed), progress=progress)
+        except BaseMismatch as exc:
+            raise node_error(node, exc) from exc
+        return (existing + [c],)
+
+
+class FaceSmithSaveConcept:
+    DISPLAY_NAME = "Save Concept (FaceSmith)"
+    CATEGORY = "FaceSmith/Concept"
+    DESCRIPTION = (
+        "Saves each concept as a ComfyUI embedding models/embeddings/NAME.safetensors (use 'embedding:NAME' in "
+        "ComfyUI prompts) and, for E4T, its LoRA models/loras/NAME.safetensors in kohya format (load it with "
+        "ComfyUI's LoraLoader). Several concepts are saved as NAME, NAME_2, ... Existing files are kept unless "
+        "'overwrite' is on."
+    )
+    RETURN_TYPES = ("STRING", "STRING")
+    RETURN_NAMES = ("embedding_path", "lora_path")
+    OUTPUT_NODE = True
+    FUNCTION = "save"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "concepts": (CONCEPT_TYPE,),
+            "name": ("STRING", {"default": "my-concept"}),
+            "overwrite": ("BOOLEAN", {"default": False}),
+        }}
+
+    def save(self, concepts, name, overwrite):
+        from ..core.concept.export import save_concept
+
+        node = self.DISPLAY_NAME
+        items = _concepts(concepts)
+        if not items:
+            raise input_error(node, "concepts", "is empty")
+        if not name or not name.strip():
+            raise input_error(node, "name", "is empty")
+        stem = _file_name(name)[: -len(".safetensors")]
+        targets = []
+        try:
+            for i, c in enumerate(items):
+                file = _file_name(stem if i == 0 else f"{stem}_{i + 1}")
+                emb = safe_join(paths.models_root("embeddings"), file)
+                lora = safe_join(paths.models_root("loras"), file) if c.lora else None
+                for f in (emb, lora):
+                    if f is not None:
+                        check_new_file(f, overwrite)
+                targets.append((c, emb, lora))
+        except (ValueError, FileExistsError) as exc:
+            raise input_error(node, "name", f"{exc}" + ("" if overwrite else " (turn on 'overwrite' to replace)")) \
+                from exc
+        emb_paths, lora_paths = [], []
+        for c, emb, lora in targets:
+            e, lp = save_concept(c, emb, lora, overwrite=overwrite)
+            emb_paths.append(str(e))
+            lora_paths.append(str(lp) if lp else "")
+        text = "\n".join(emb_paths), "\n".join(lora_paths)
+        return {"ui": {"text": [f"saved {p}" for p in emb_paths + [p for p in lora_paths if p]]}, "result": text}
+
+
+class FaceSmithLoadConcept:
+    DISPLAY_NAME = "Load Concept (FaceSmith)"
+    CATEGORY = "FaceSmith/Concept"
+    DESCRIPTION = (
+        "Loads a concept saved by 'Save Concept' (embedding + optional kohya LoRA) back into a FACESMITH_CONCEPT. "
+        "'auto' picks the LoRA named in the embedding's metadata."
+    )
+    RETURN_TYPES = (CONCEPT_TYPE,)
+    RETURN_NAMES = ("concepts",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "embedding": (paths.list_models("embeddings"),),
+                "lora": (["auto", "none"] + paths.list_models("loras"), {"default": "auto"}),
+                "token": ("STRING", {"default": "", "tooltip": "Empty: the token stored in the file."}),
+                "lora_strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.05}),
+            },
+            "optional": {"concepts": (CONCEPT_TYPE,)},
+        }
+
+    def load(self, embedding, lora, token, lora_strength, concepts=None):
+        from ..core.concept.export import load_concept
+
+        node = self.DISPLAY_NAME
+        existing = _concepts(concepts)
+        try:
+            emb_path = paths.resolve("embeddings", embedding)
+        except (FileNotFoundError, ValueError) as exc:
+            raise input_error(node, "embedding", exc) from exc
+        lora_path = None
+        if lora == "auto":
+            meta = read_safetensors_metadata(emb_path)
+            if meta.get("lora_file"):
+                lora_path = paths.find("loras", meta["lora_file"])
+                if lora_path is None:
+                    raise input_error(node, "lora", f"is 'auto' and the embedding names LoRA {meta['lora_file']!r}, "
+                                                    f"which is not in {paths.search_roots('loras')[0]}")
+        elif lora != "none":
+            try:
+                lora_path = paths.resolve("loras", lora)
+            except (FileNotFoundError, ValueError) as exc:
+                raise input_error(node, "lora", exc) from exc
+        try:
+            c = load_concept(emb_path, lora_path, token=(token or "").strip() or None)
+            if c.lora and float(lora_strength) != 1.0:
+                c = c.with_scale(c.lora_scale * float(lora_strength))
+        except ValueError as exc:
+            raise input_error(node, "token" if "token" in str(exc) else "embedding", exc) from exc
+        if any(x.token == c.token for x in existing):
+            raise input_error(node, "token", f"{c.token!r} is already used by a connected concept; set another token")
+        return (existing + [c],)
+
+
+NODE_CLASS_MAPPINGS = {
+    "FaceSmithTrainDomainEncoder": FaceSmithTrainDomainEncoder,
+    "FaceSmithLoadDomainEncoder": FaceSmithLoadDomainEncoder,
+    "FaceSmithEmbedConcept": FaceSmithEmbedConcept,
+    "FaceSmithSaveConcept": FaceSmithSaveConcept,
+    "FaceSmithLoadConcept": FaceSmithLoadConcept,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {k: v.DISPLAY_NAME for k, v in NODE_CLASS_MAPPINGS.items()}

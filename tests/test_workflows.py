@@ -1,0 +1,74 @@
+"""The shipped workflows: UI files and API twins are exactly what core/workflow_defs.py defines, they validate
+against the node classes, and `facesmith run` executes them end to end on the built-in SynthFace models."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from facesmith.core.assets import assets
+from facesmith.core.workflow_defs import API_DIR, WORKFLOWS, WORKFLOWS_DIR, render_all
+
+ROOT = Path(__file__).resolve().parents[1]
+built = pytest.mark.skipif(not all(a.present for a in assets()),
+                           reason="built-in SynthFace assets missing (facesmith assets --build)")
+
+
+@pytest.fixture(scope="module")
+def node_classes():
+    from facesmith.core.runner.command import load_node_classes
+
+    classes, problem = load_node_classes()
+    assert problem is None, problem
+    return classes
+
+
+def test_files_match_definitions(node_classes):
+    rendered = render_all(node_classes)
+    assert sorted(p.stem for p in WORKFLOWS_DIR.glob("*.json")) == sorted(WORKFLOWS)
+    assert sorted(p.stem for p in API_DIR.glob("*.json")) == sorted(WORKFLOWS)
+    for name, (ui, api) in rendered.items():
+        assert json.loads((WORKFLOWS_DIR / f"{name}.json").read_text()) == ui, \
+            f"{name}: UI file differs; run python -m facesmith.core.workflow_defs"
+        assert json.loads((API_DIR / f"{name}.json").read_text()) == api, f"{name}: API twin differs"
+
+
+def test_ui_files_are_editor_format(node_classes):
+    for path in WORKFLOWS_DIR.glob("*.json"):
+        ui = json.loads(path.read_text())
+        assert ui["version"] == 0.4 and ui["nodes"] and "links" in ui
+        ids = {n["id"] for n in ui["nodes"]}
+        for link in ui["links"]:
+            assert link[1] in ids and link[3] in ids, (path.name, link)
+        for n in ui["nodes"]:
+            assert n["type"] in node_classes, (path.name, n["type"])
+
+
+@built
+@pytest.mark.parametrize("name", sorted(WORKFLOWS))
+def test_validates_with_builtin_models(name, node_classes, tmp_path):
+    from facesmith.core.runner.execute import prepare
+
+    prompt, _, warnings = prepare(WORKFLOWS_DIR / f"{name}.json", node_classes)
+    assert set(prompt) == {str(n.id) for n in WORKFLOWS[name]()}
+
+
+@built
+@pytest.mark.parametrize("name", ["synthface_text_to_image", "e4t_personalize"])
+def test_facesmith_run_writes_pngs_with_workflow(name, tmp_path):
+    out = tmp_path / "output"
+    env_models = tmp_path / "models"
+    proc = subprocess.run([sys.executable, "-m", "facesmith.core.cli", "run", str(WORKFLOWS_DIR / f"{name}.json"),
+                           "--out", str(out), "--models-dir", str(env_models)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pngs = sorted(out.rglob("*.png"))
+    assert pngs, "no images written"
+    meta = Image.open(pngs[0]).info
+    assert "workflow" in meta and "prompt" in meta
+    assert json.loads(meta["workflow"])["nodes"]
+    assert "done" in proc.stderr  # one progress line per node
