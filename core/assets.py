@@ -35,9 +35,11 @@ def assets() -> list[Asset]:
         Asset("judges", "identity recognizer + attribute classifier (+ ONNX for insightface)",
               JUDGES_DIR / "attributes.safetensors", ["train", "judges", "--out", str(JUDGES_DIR)]),
         Asset("domain-encoder", "E4T domain encoder + domain LoRA for synthface-base",
-              ENCODER_DIR / "e4t-synthface.safetensors",
+              ENCODER_DIR / "e4t" / "synthface-e4t.safetensors",
               ["train", "domain-encoder", "--synthface", "--base", "diffusers/synthface-base",
-               "--out", "e4t-synthface"]),
+               "--out", str(ENCODER_DIR / "e4t" / "synthface-e4t.safetensors"), "--identities", "2000", "--views", "4",
+               "--steps", "6500", "--batch-size", "32", "--lr", "2e-3", "--t-min", "0", "--mention-p", "0.8",
+               "--rank", "4", "--seed", "0"]),
     ]
 
 

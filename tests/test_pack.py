@@ -110,3 +110,13 @@ def test_command_line_help():
     assert out.returncode == 0, out.stderr
     for cmd in ("run", "demo", "bench", "train", "synthface"):
         assert cmd in out.stdout
+
+
+def test_readme_lists_every_node_and_the_two_commands():
+    from facesmith import NODE_CLASS_MAPPINGS
+
+    readme = (ROOT / "README.md").read_text()
+    for name in NODE_CLASS_MAPPINGS:
+        assert f"`{name}`" in readme, f"README does not list {name}"
+    assert "facesmith demo" in readme and "python -m pytest -q tests" in readme
+    assert "python -m pytest -q tests" in (ROOT / ".ci" / "run").read_text()

@@ -519,6 +519,27 @@ def build_judges(out_dir: Path, onnx_dir: Path | None, work_dir: Path | None, se
     return summary
 
 
+def summary_from_files(out_dir) -> dict:
+    """The build summary (what README.md shows) read back from the metadata of the judge files in ``out_dir``."""
+    from ..core.judges.common import load_net
+
+    out_dir = Path(out_dir)
+    _, _, am = load_net(out_dir / "attributes.safetensors", "facesmith.judge.attributes")
+    _, _, rm = load_net(out_dir / "recognizer.safetensors", "facesmith.judge.recognizer")
+    _, _, dm = load_net(out_dir / "detector.safetensors", "facesmith.judge.detector")
+    return {"attributes": am["held_out"], "recognizer": rm["held_out"], "threshold": rm["threshold"],
+            "detector": dm["held_out"], "insightface": rm.get("insightface"), "timings": rm["timings"],
+            "settings": rm["settings"], "seed": rm["seed"], "command": rm.get("command", "")}
+
+
+def write_readme(out_dir, overwrite: bool = True) -> Path:
+    """Regenerate ``out_dir/README.md`` from the judge files' metadata (no training)."""
+    from ..core.formats import atomic_write_text
+
+    summary = summary_from_files(out_dir)
+    return atomic_write_text(Path(out_dir) / "README.md", readme(summary, summary["command"]), overwrite=overwrite)
+
+
 def insightface_check(onnx_dir, rec, va, vb, vsame, ver_pairs: int = 300) -> dict | None:
     """insightface loads the pack: recognizer routed to ArcFaceONNX with matching embeddings, and FaceAnalysis
     (detect -> norm_crop -> embed) verification accuracy on validation pairs at the recognizer's threshold."""
@@ -627,7 +648,8 @@ def readme(summary: dict, command: str) -> str:
         "",
         f"## Detector (held-out, {d['n']} renders)",
         "",
-        f"- face found with landmark error < 10% of the eye-mouth distance: {d['detection_rate'] * 100:.2f}%",
+        f"- face found (box IoU > 0.5): {d['found_rate'] * 100:.2f}%; with landmark error < 10% of the eye-mouth "
+        f"distance: {d['detection_rate'] * 100:.2f}%",
         f"- mean landmark error {d['mean_nme'] * 100:.2f}% of the eye-mouth distance; mean box IoU {d['mean_iou']:.3f}",
         f"- faces reported on a blank gray image: {d['faces_on_blank_gray']}",
         "",

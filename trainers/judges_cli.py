@@ -32,14 +32,19 @@ def add_arguments(p) -> None:
     p.add_argument("--rec-steps", type=int, default=DEFAULTS["rec_steps"])
     p.add_argument("--det-steps", type=int, default=DEFAULTS["det_steps"])
     p.add_argument("--eval-images", type=int, default=DEFAULTS["eval_images"], help="held-out renders for accuracy")
+    p.add_argument("--readme-only", action="store_true",
+                   help="only rewrite OUT/README.md from the judge files' metadata (no training)")
     p.add_argument("--eval-pairs", type=int, default=DEFAULTS["eval_pairs"], help="val/held-out verification pairs")
 
 
 def main(args) -> int:
     import torch
 
-    from .judges import build_judges
+    from .judges import build_judges, write_readme
 
+    if args.readme_only:
+        print(f"wrote {write_readme(args.out)}")
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
