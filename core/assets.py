@@ -21,7 +21,7 @@ class Asset:
     name: str
     what: str
     marker: Path            # the file whose presence means "built"
-    build_args: list[str]   # `facesmith ...` arguments that rebuild it
+    build_steps: list[list[str]]   # `facesmith ...` commands (argument lists) that rebuild it, in order
 
     @property
     def present(self) -> bool:
@@ -31,16 +31,23 @@ class Asset:
 def assets() -> list[Asset]:
     return [
         Asset("base", "tiny SynthFace text-to-image base model (diffusers folder)", BASE_DIR / "model_index.json",
-              ["train", "base", "--out", str(BASE_DIR)]),
+              [["train", "base", "--out", str(BASE_DIR)]]),
         Asset("judges", "identity recognizer + attribute classifier (+ ONNX for insightface)",
-              JUDGES_DIR / "attributes.safetensors", ["train", "judges", "--out", str(JUDGES_DIR)]),
+              JUDGES_DIR / "attributes.safetensors", [["train", "judges", "--out", str(JUDGES_DIR)]]),
         Asset("domain-encoder", "E4T domain encoder + domain LoRA for synthface-base",
               ENCODER_DIR / "e4t" / "synthface-e4t.safetensors",
-              ["train", "domain-encoder", "--synthface", "--base", "diffusers/synthface-base",
-               "--out", str(ENCODER_DIR / "e4t" / "synthface-e4t.safetensors"), "--identities", "2000", "--views", "4",
-               "--steps", "6500", "--batch-size", "32", "--lr", "2e-3", "--t-min", "0", "--mention-p", "0.8",
-               "--rank", "4", "--seed", "0"]),
+              _e4t_steps()),
     ]
+
+
+def _e4t_steps() -> list[list[str]]:
+    """The two stages that made the shipped encoder (see assets/models/facesmith/e4t/README.md)."""
+    out = str(ENCODER_DIR / "e4t" / "synthface-e4t.safetensors")
+    common = ["train", "domain-encoder", "--synthface", "--base", "diffusers/synthface-base", "--identities", "2000",
+              "--views", "4", "--batch-size", "32", "--lr", "2e-3", "--rank", "4", "--seed", "0",
+              "--checkpoint-every", "500", "--out", out, "--work-dir", ".cache/train-e4t/synthface-e4t"]
+    return [common + ["--steps", "6000", "--t-min", "300"],
+            common + ["--steps", "6500", "--t-min", "0", "--mention-p", "0.8", "--overwrite"]]
 
 
 def missing() -> list[Asset]:
@@ -49,9 +56,10 @@ def missing() -> list[Asset]:
 
 def build(asset: Asset) -> None:
     """Rebuild one asset with the same command that made the shipped files (slow on CPU: minutes)."""
-    cmd = [sys.executable, "-m", "facesmith.core.cli", *asset.build_args]
-    log.info("building %s: %s", asset.name, " ".join(cmd))
-    subprocess.run(cmd, check=True)
+    for args in asset.build_steps:
+        cmd = [sys.executable, "-m", "facesmith.core.cli", *args]
+        log.info("building %s: %s", asset.name, " ".join(cmd))
+        subprocess.run(cmd, check=True)
 
 
 def ensure_all(build_missing: bool = True) -> list[Asset]:
@@ -74,7 +82,8 @@ def main(args) -> int:
         state = "present" if a.present else "MISSING"
         print(f"{a.name:<{width}}  {state:<8} {a.marker.parent}  ({a.what})")
         if not a.present:
-            print(f"{'':<{width}}  rebuild: facesmith {' '.join(a.build_args)}")
+            for args in a.build_steps:
+                print(f"{'':<{width}}  rebuild: facesmith {' '.join(args)}")
     return 0 if not missing() else 1
 
 

@@ -45,8 +45,8 @@ def e4t_personalize() -> list[N]:
     return [
         N(1, "FaceSmithLoadBaseModel", dict(model=BASE, arch="auto", device="auto", dtype="auto"), {}, (40, 80)),
         N(2, "FaceSmithLoadDomainEncoder", dict(encoder=ENCODER), {}, (40, 300)),
-        N(3, "FaceSmithSynthFace", dict(REFERENCE), {}, (40, 460)),
-        N(4, "FaceSmithEmbedConcept", dict(method="e4t", token="<fs-person>", steps=10, learning_rate=1e-3,
+        N(3, "FaceSmithSynthFace", dict(REFERENCE), {}, (40, 460), title="Reference (held-out identity 18)"),
+        N(4, "FaceSmithEmbedConcept", dict(method="e4t", token="<fs-person>", steps=15, learning_rate=3e-3,
                                            face_crop=False, seed=0),
           {"pipeline": (1, 0), "image": (3, 0), "encoder": (2, 0)}, (420, 300)),
         _generate(5, (820, 80), prompt, {"pipeline": (1, 0), "concepts": (4, 0)}),
@@ -60,18 +60,19 @@ def e4t_personalize() -> list[N]:
 def e4t_train_domain_encoder() -> list[N]:
     """Train a (small, quick) E4T domain encoder on SynthFace training identities, show the loss graph, and use it
     at once on a held-out face."""
-    prompt = "a photo of <fs-person>, smiling, wearing glasses"
+    prompt = "a photo of <fs-person>, wearing a hat, with blue hair"
     return [
         N(1, "FaceSmithLoadBaseModel", dict(model=BASE, arch="auto", device="auto", dtype="auto"), {}, (40, 80)),
-        N(2, "FaceSmithTrainDomainEncoder", dict(name="e4t-demo", dataset="synthface", synthface_identities=64,
-                                                 steps=30, batch_size=8, seed=0, resume=False, overwrite=True),
+        N(2, "FaceSmithTrainDomainEncoder", dict(name="demo-e4t", dataset="synthface", synthface_identities=64,
+                                                 synthface_views=2, steps=40, batch_size=8, seed=0, resume=False,
+                                                 overwrite=True),
           {"pipeline": (1, 0)}, (420, 80)),
         N(3, "SaveImage", dict(filename_prefix="facesmith/e4t_loss"), {"images": (2, 1)}, (820, 80)),
-        N(4, "FaceSmithSynthFace", dict(REFERENCE), {}, (40, 460)),
-        N(5, "FaceSmithEmbedConcept", dict(method="e4t", token="<fs-person>", steps=0, face_crop=False,
-                                           seed=0),
+        N(4, "FaceSmithSynthFace", dict(REFERENCE), {}, (40, 460), title="Reference (held-out identity 18)"),
+        N(5, "FaceSmithEmbedConcept", dict(method="e4t", token="<fs-person>", steps=5, learning_rate=3e-3,
+                                           face_crop=False, seed=0),
           {"pipeline": (1, 0), "image": (4, 0), "encoder": (2, 0)}, (420, 460)),
-        _generate(6, (820, 460), prompt, {"pipeline": (1, 0), "concepts": (5, 0)}, batch=2),
+        _generate(6, (820, 460), prompt, {"pipeline": (1, 0), "concepts": (5, 0)}),
         N(7, "SaveImage", dict(filename_prefix="facesmith/e4t_trained_now"), {"images": (6, 0)}, (1220, 460)),
     ]
 

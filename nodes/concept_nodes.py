@@ -90,21 +90,27 @@ class FaceSmithTrainDomainEncoder:
                                                  "tooltip": "dataset=synthface: how many train identities."}),
                 "synthface_views": ("INT", {"default": 4, "min": 2, "max": 64,
                                             "tooltip": "dataset=synthface: views per identity."}),
-                "steps": ("INT", {"default": 100, "min": 1, "max": 1_000_000}),
-                "batch_size": ("INT", {"default": 16, "min": 1, "max": 4096}),
-                "learning_rate": ("FLOAT", {"default": 2e-3, "min": 1e-7, "max": 1.0, "step": 1e-5, "round": 1e-7}),
+                "steps": ("INT", {"default": 100, "min": 1, "max": 1_000_000,
+                                  "tooltip": "Optimisation steps (the built-in encoder used 6500)."}),
+                "batch_size": ("INT", {"default": 16, "min": 1, "max": 4096,
+                                       "tooltip": "Domain members per step (reference + target pairs)."}),
+                "learning_rate": ("FLOAT", {"default": 2e-3, "min": 1e-7, "max": 1.0, "step": 1e-5, "round": 1e-7,
+                                            "tooltip": "AdamW learning rate (warm-up, then cosine decay)."}),
                 "rank": ("INT", {"default": 4, "min": 1, "max": 256, "tooltip": "Domain LoRA rank."}),
                 "embedding_reg": ("FLOAT", {"default": 1e-2, "min": 0.0, "max": 100.0, "step": 1e-4,
                                             "round": 1e-6, "tooltip": "L2 penalty on the predicted embedding offset."}),
                 "weight_reg": ("FLOAT", {"default": 1e-3, "min": 0.0, "max": 100.0, "step": 1e-4, "round": 1e-6,
                                          "tooltip": "L2 penalty on the LoRA weight offsets."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1,
+                                 "tooltip": "Seed for the identities drawn, the initial weights and the noise."}),
                 "precision": (PRECISIONS, {"default": "no", "tooltip": "Mixed precision (fp16 needs a GPU)."}),
-                "gradient_checkpointing": ("BOOLEAN", {"default": False}),
+                "gradient_checkpointing": ("BOOLEAN", {"default": False,
+                                                     "tooltip": "Recompute UNet activations: less memory, slower."}),
                 "resume": ("BOOLEAN", {"default": True,
                                        "tooltip": "Continue from this name's last checkpoint if there is one."}),
                 "name": ("STRING", {"default": "my-e4t", "tooltip": "Saved as models/facesmith/e4t/NAME.safetensors."}),
-                "overwrite": ("BOOLEAN", {"default": False}),
+                "overwrite": ("BOOLEAN", {"default": False,
+                                          "tooltip": "Replace an existing encoder file of this name."}),
             },
             "optional": {
                 "images": ("IMAGE", {"tooltip": "dataset=images: the domain images."}),
@@ -264,9 +270,12 @@ class FaceSmithEmbedConcept:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "pipeline": (PIPELINE_TYPE,),
+                "pipeline": (PIPELINE_TYPE, {"tooltip": "The base model the concept is for."}),
                 "image": ("IMAGE", {"tooltip": "One reference image."}),
-                "method": (["e4t", "textual_inversion"], {"default": "e4t"}),
+                "method": (["e4t", "textual_inversion"], {
+                    "default": "e4t",
+                    "tooltip": "e4t: domain encoder (+ tuning steps); textual_inversion: the embedding-only "
+                               "optimisation baseline."}),
                 "token": ("STRING", {"default": DEFAULT_TOKEN,
                                      "tooltip": "A made-up lowercase word to use in prompts (not a real word)."}),
                 "steps": ("INT", {"default": 15, "min": 0, "max": 100_000,
@@ -277,7 +286,8 @@ class FaceSmithEmbedConcept:
                                                        "textual inversion: 5e-3 typical."}),
                 "face_crop": ("BOOLEAN", {"default": False,
                                           "tooltip": "Crop the reference to the detected face first."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1,
+                                 "tooltip": "Seed of the tuning noise and timesteps."}),
             },
             "optional": {
                 "encoder": (ENCODER_TYPE, {"tooltip": "Needed for method e4t."}),
@@ -347,9 +357,10 @@ class FaceSmithSaveConcept:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "concepts": (CONCEPT_TYPE,),
-            "name": ("STRING", {"default": "my-concept"}),
-            "overwrite": ("BOOLEAN", {"default": False}),
+            "concepts": (CONCEPT_TYPE, {"tooltip": "The concept(s) to save."}),
+            "name": ("STRING", {"default": "my-concept",
+                                "tooltip": "File name: models/embeddings/NAME.safetensors and models/loras/NAME."}),
+            "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace existing files of this name."}),
         }}
 
     def save(self, concepts, name, overwrite):
@@ -399,12 +410,16 @@ class FaceSmithLoadConcept:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "embedding": (paths.list_models("embeddings"),),
-                "lora": (["auto", "none"] + paths.list_models("loras"), {"default": "auto"}),
+                "embedding": (paths.list_models("embeddings") or ["(none found)"], {
+                    "tooltip": "A concept embedding under models/embeddings/."}),
+                "lora": (["auto", "none"] + paths.list_models("loras"), {
+                    "default": "auto",
+                    "tooltip": "auto: the LoRA named in the embedding's metadata; none: embedding only."}),
                 "token": ("STRING", {"default": "", "tooltip": "Empty: the token stored in the file."}),
-                "lora_strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.05}),
+                "lora_strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.05,
+                                            "tooltip": "Multiplies the concept LoRA's strength."}),
             },
-            "optional": {"concepts": (CONCEPT_TYPE,)},
+            "optional": {"concepts": (CONCEPT_TYPE, {"tooltip": "Concepts to keep; the loaded one is appended."})},
         }
 
     def load(self, embedding, lora, token, lora_strength, concepts=None):

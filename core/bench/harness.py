@@ -52,9 +52,15 @@ def add_arguments(p) -> None:
     p.add_argument("--json", dest="json_out", help="write the result JSON here (refuses to overwrite without --force)")
     p.add_argument("--force", action="store_true", help="overwrite an existing --json file")
     p.add_argument("--quick", action="store_true", help="fewer samples (CI smoke run); figures are noisier")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: timings stay comparable on a busy machine; 0 = torch default)")
 
 
 def main(args) -> int:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     result = run_benchmark(args.name, quick=args.quick)
     text = json.dumps(result, indent=2)
     if args.json_out:
