@@ -68,6 +68,10 @@ def judge_rows(workflow_name: str, result, out_dir: Path) -> list[dict]:
         files = [Path(out_dir, i.get("subfolder", ""), i["filename"])
                  for i in result.ui.get(nid, {}).get("images", [])]
         text = _prompt_for(result.prompt, nid)
+        if result.prompt[src[0]].get("class_type") != "FaceSmithGenerate":  # e.g. a loss graph: shown, not judged
+            rows += [{"workflow": workflow_name, "node": nid, "file": str(f), "prompt": text, "asked": {},
+                      "seen": {}, "adherence": None, "identity_similarity": None} for f in files]
+            continue
         asked = parse_caption(text) if text else {}
         seen = judge.predict(images)
         sims = identity_similarity(images, ref) if ref is not None else [None] * len(seen)
