@@ -2,43 +2,16 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
+
+from ..formats import atomic_write_text
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("ui", help="workflow as saved by ComfyUI's graph editor (or a ComfyUI PNG)")
     parser.add_argument("api", help="API-format JSON to write")
     parser.add_argument("--force", action="store_true", help="overwrite API.json if it exists")
-
-
-def write_json_atomic(path: Path, data, force: bool = False) -> None:
-    """Write JSON via a temporary file + os.replace; refuses to replace an existing file unless ``force``."""
-    path = Path(path)
-    if path.exists() and not force:
-        raise FileExistsError(f"{path} exists; pass --force to overwrite it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-        if force:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)  # atomic, and fails if the file appeared meanwhile
-            except FileExistsError:
-                raise FileExistsError(f"{path} exists; pass --force to overwrite it") from None
-            except OSError:  # no hard links here
-                if path.exists():
-                    raise FileExistsError(f"{path} exists; pass --force to overwrite it") from None
-                os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def main(args) -> int:
@@ -59,7 +32,7 @@ def main(args) -> int:
         print(f"error: {args.ui}: {e}", file=sys.stderr)
         return EXIT_INVALID
     try:
-        write_json_atomic(dst, prompt, force=args.force)
+        atomic_write_text(dst, json.dumps(prompt, indent=2, ensure_ascii=False) + "\n", overwrite=args.force)
     except (FileExistsError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
