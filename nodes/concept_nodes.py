@@ -12,6 +12,7 @@ from ..core.concept.concept import Concept
 from ..core.concept.tokens import DEFAULT_TOKEN
 from ..core.formats import check_new_file, read_safetensors_metadata, safe_join
 from .comfy_bridge import grad_enabled, interruptible, node_progress
+from .node_errors import input_error
 
 log = logging.getLogger("facesmith")
 
@@ -21,10 +22,6 @@ ENCODER_TYPE = "FACESMITH_DOMAIN_ENCODER"
 ENCODER_SUBDIR = "e4t"  # trained encoders go to <models>/facesmith/e4t/<name>.safetensors
 WORK_SUBDIR = ".work/e4t"  # checkpoints (hidden from model lists)
 PRECISIONS = ["no", "fp16", "bf16"]
-
-
-def input_error(node: str, input_name: str, problem: object) -> ValueError:
-    return ValueError(f"{node}: input '{input_name}' {problem}")
 
 
 def node_error(node: str, problem: object) -> ValueError:

@@ -6,7 +6,8 @@ from ..core.generate import (
 )
 from ..core.models import BasePipeline
 from .comfy_bridge import interruptible, node_progress
-from .loaders import PIPELINE_TYPE, input_error
+from .loaders import PIPELINE_TYPE
+from .node_errors import input_error
 
 CONCEPT_TYPE = "FACESMITH_CONCEPT"
 

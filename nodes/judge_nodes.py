@@ -4,10 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..core.images import check_comfy
-
-
-def _input_error(node: str, input_name: str, problem: object) -> ValueError:
-    return ValueError(f"{node}: input '{input_name}' {problem}")
+from .node_errors import input_error
 
 
 def _fmt(v) -> str:
@@ -53,14 +50,14 @@ class FaceSmithJudgeFaces:
         try:
             images = check_comfy(images, "images")
         except (TypeError, ValueError) as exc:
-            raise _input_error(node, "images", str(exc)) from None
+            raise input_error(node, "images", str(exc)) from None
         if reference is not None:
             try:
                 reference = check_comfy(reference, "reference")
             except (TypeError, ValueError) as exc:
-                raise _input_error(node, "reference", str(exc)) from None
+                raise input_error(node, "reference", str(exc)) from None
         if prompt is not None and not isinstance(prompt, str):
-            raise _input_error(node, "prompt", f"must be text, got {type(prompt).__name__}")
+            raise input_error(node, "prompt", f"must be text, got {type(prompt).__name__}")
         from ..core.judges import metrics
         from ..core.synthface.captions import parse_caption
 

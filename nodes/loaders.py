@@ -5,6 +5,7 @@ from ..core import paths
 from ..core.devices import DEVICE_CHOICES, DTYPE_CHOICES, pick_device, pick_dtype
 from ..core.models import ARCH_CHOICES, ArchMismatch, list_base_models, load_pipeline, resolve_base_model
 from .comfy_bridge import grad_enabled
+from .node_errors import input_error
 
 try:  # inside ComfyUI: model folders come from its folder_paths (and extra_model_paths.yaml)
     import folder_paths  # type: ignore
@@ -15,11 +16,6 @@ if folder_paths is not None:
 
 PIPELINE_TYPE = "FACESMITH_PIPELINE"
 DEFAULT_BASE_MODEL = "diffusers/synthface-base"
-
-
-def input_error(node: str, input_name: str, problem: object) -> ValueError:
-    """The error a node raises for a bad input: ``"<node>: input '<name>' <problem>"``."""
-    return ValueError(f"{node}: input '{input_name}' {problem}")
 
 
 class FaceSmithLoadBaseModel:

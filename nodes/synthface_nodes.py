@@ -5,6 +5,7 @@ from ..core.images import numpy_to_comfy
 from ..core.synthface.captions import caption
 from ..core.synthface.render import ATTRIBUTES, IDENTITY_COUNT, render
 from ..core.synthface.splits import split_of
+from .node_errors import input_error
 
 _YES_NO = ["no", "yes"]
 
@@ -19,10 +20,6 @@ def _value(name: str, choice: str):
     if all(isinstance(v, bool) for v in values):
         return choice == "yes"
     return choice
-
-
-def _input_error(node: str, input_name: str, problem: object) -> ValueError:
-    return ValueError(f"{node}: input '{input_name}' {problem}")
 
 
 class FaceSmithSynthFace:
@@ -72,14 +69,14 @@ class FaceSmithSynthFace:
         attrs = {}
         for name, choice in given.items():
             if choice not in _choices(name):
-                raise _input_error(node, name, f"must be one of {_choices(name)}, got {choice!r}")
+                raise input_error(node, name, f"must be one of {_choices(name)}, got {choice!r}")
             attrs[name] = _value(name, choice)
         if not 0 <= int(identity) < IDENTITY_COUNT:
-            raise _input_error(node, "identity", f"must be in [0, {IDENTITY_COUNT - 1}], got {identity}")
+            raise input_error(node, "identity", f"must be in [0, {IDENTITY_COUNT - 1}], got {identity}")
         if not 16 <= int(size) <= 1024:
-            raise _input_error(node, "size", f"must be in [16, 1024], got {size}")
+            raise input_error(node, "size", f"must be in [16, 1024], got {size}")
         if int(view) < -1:
-            raise _input_error(node, "view", f"must be -1 (canonical) or >= 0, got {view}")
+            raise input_error(node, "view", f"must be -1 (canonical) or >= 0, got {view}")
         img = render(int(identity), attrs, int(size), None if int(view) < 0 else int(view))
         text = caption(attrs)
         return (numpy_to_comfy(img), text)
