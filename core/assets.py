@@ -86,9 +86,3 @@ def main(args) -> int:
                 print(f"{'':<{width}}  rebuild: facesmith {' '.join(args)}")
     return 0 if not missing() else 1
 
-
-def disk_size(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-

@@ -97,7 +97,6 @@ def test_synthface_node(facesmith):
                            background="blue", size=64, view=-1)
     assert tuple(image.shape) == (1, 64, 64, 3) and image.dtype.is_floating_point
     assert "red hair" in text and "wearing glasses" in text and "smiling" in text
-    from facesmith.core.synthface.render import render
 
     ref = render(18, {"hair": "red", "expression": "smiling", "glasses": True, "background": "blue"}, 64)
     assert np.array_equal((image[0].numpy() * 255).round().astype(np.uint8), ref)
@@ -107,3 +106,22 @@ def test_synthface_node(facesmith):
     with pytest.raises(ValueError, match="input 'hair'"):
         node.run(identity=1, hair="green", expression="smiling", glasses="yes", hat="no", beard="no",
                  background="blue", size=64, view=-1)
+
+
+def test_edit_triplet_target_is_the_source_with_one_attribute_changed():
+    import numpy as np
+
+    from facesmith.core.synthface.edits import edit_triplet
+    from facesmith.core.synthface.splits import identities
+
+    rng = np.random.default_rng(3)
+    ids = identities("train")[:50]
+    for _ in range(6):
+        t = edit_triplet(rng, ids)
+        lab = t["labels"]
+        changed = [k for k in lab["source_attributes"] if lab["source_attributes"][k] != lab["target_attributes"][k]]
+        assert changed == [lab["edited"]]
+        assert "<image1>" in t["instruction"]
+        assert ("<image2>" in t["instruction"]) == bool(t["references"])
+        assert not np.array_equal(t["source"], t["target"])
+        assert t["target"].shape == t["source"].shape == (64, 64, 3)

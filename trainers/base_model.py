@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.images import comfy_to_model, numpy_to_comfy
 from ..core.progress import Progress
 from ..core.synthface import base_model as bm
 from ..core.synthface.captions import caption, random_mention
@@ -47,7 +48,8 @@ def render_pool(count: int, seed: int, size: int = bm.IMAGE_SIZE, cache: Path | 
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    """uint8 (N, H, W, 3) -> (N, 3, H, W) in [-1, 1], through the one image-conversion module."""
+    return comfy_to_model(numpy_to_comfy(images))
 
 
 def _mouth_weight(size: int) -> torch.Tensor:
