@@ -97,6 +97,7 @@ def test_synthface_node(facesmith):
                            background="blue", size=64, view=-1)
     assert tuple(image.shape) == (1, 64, 64, 3) and image.dtype.is_floating_point
     assert "red hair" in text and "wearing glasses" in text and "smiling" in text
+    from facesmith.core.synthface.render import render
 
     ref = render(18, {"hair": "red", "expression": "smiling", "glasses": True, "background": "blue"}, 64)
     assert np.array_equal((image[0].numpy() * 255).round().astype(np.uint8), ref)
