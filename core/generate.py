@@ -54,6 +54,13 @@ class Conditioner(Protocol):
       processors, ...) on enter and restores it on exit, also on error or interrupt.
     - optional ``extra_kwargs() -> dict``: extra pipeline call arguments (e.g. ``cross_attention_kwargs``), read after
       every conditioner's context was entered. Two conditioners may not set the same argument.
+    - optional ``prepare_conditioners(conditioners: list) -> list`` (usually a staticmethod): lets conditioners that
+      share something coordinate before anything is applied. ``generate`` calls each distinct hook once (through the
+      first conditioner that has it, in list order) with the call's whole list of conditioners, and uses the list it
+      returns for the prompt rewrites, ``applied`` and ``extra_kwargs``. A hook replaces only its own kind (e.g. by
+      copies at another strength), keeps the order, and never mutates the conditioners it is given: they are the
+      caller's objects and are reused by later calls. Example: E4T concepts from one domain encoder apply its
+      shared domain LoRA once between them (``Concept.prepare_conditioners``).
     """
 
     def rewrite_prompt(self, prompt: str) -> str: ...
@@ -140,6 +147,24 @@ def _as_conditioners(conditioners: Iterable) -> list:
     return out
 
 
+def _prepared(conditioners: list) -> list:
+    """``conditioners`` after every distinct ``prepare_conditioners`` hook (see ``Conditioner``) ran once."""
+    seen = set()
+    for c in list(conditioners):  # the caller's conditioners choose the hooks; replacements add none
+        hook = getattr(c, "prepare_conditioners", None)
+        if not callable(hook):
+            continue
+        key = getattr(hook, "__func__", hook)
+        if key in seen:
+            continue
+        seen.add(key)
+        result = hook(list(conditioners))
+        if not isinstance(result, (list, tuple)):
+            raise TypeError(f"{type(c).__name__}.prepare_conditioners returned {type(result).__name__}, not a list")
+        conditioners = _as_conditioners(result)
+    return conditioners
+
+
 def _extra_kwargs(conditioners: list) -> dict:
     merged: dict = {}
     owner: dict = {}
@@ -181,7 +206,7 @@ def generate(
     """Run ``request`` on ``pipe`` with ``conditioners`` applied; returns ComfyUI IMAGE ``(B, H, W, 3)`` float32 in
     [0, 1] on the CPU. ``progress`` gets one update per denoising step and may raise ``Interrupted``."""
     request.validate()
-    conditioners = _as_conditioners(conditioners)
+    conditioners = _prepared(_as_conditioners(conditioners))
     width = request.width or pipe.native_size
     height = request.height or pipe.native_size
     prompt = request.prompt

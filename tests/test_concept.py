@@ -4,6 +4,7 @@ Everything runs on a random-weight SynthFace-shaped base (64 px, built in memory
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -159,6 +160,96 @@ def test_concept_changes_generation_and_restores_pipeline_exactly(base, encoder,
     assert base.pipe.tokenizer is tok and torch.equal(_gen(base, prompt), before)
 
 
+class _WeightProbe:
+    """A conditioner that records the UNet's attention weights while every conditioner before it is applied."""
+
+    def __init__(self):
+        self.seen = None
+
+    def rewrite_prompt(self, prompt):
+        return prompt
+
+    @contextlib.contextmanager
+    def applied(self, pipe):
+        from facesmith.core.concept.lora import target_module_paths
+
+        unet = pipe.pipe.unet
+        self.seen = {p: unet.get_submodule(p).weight.detach().clone() for p in target_module_paths(unet)}
+        yield
+
+
+def _attn_weights(bp):
+    from facesmith.core.concept.lora import target_module_paths
+
+    unet = bp.pipe.unet
+    return {p: unet.get_submodule(p).weight.detach().clone() for p in target_module_paths(unet)}
+
+
+def _deltas(c):
+    from facesmith.core.concept.lora import FusedLora
+
+    return FusedLora(c.lora, c.effective_lora_scale).deltas("cpu", torch.float32)
+
+
+def test_concepts_of_one_domain_apply_the_domain_lora_once(base, encoder, image):
+    a = embed_e4t(encoder, base, image, token="<fs-da>", steps=0)
+    b = embed_e4t(encoder, base, image, token="<fs-db>", steps=0, seed=5)
+    assert a.domain_id == b.domain_id == encoder.domain_id and len(a.domain_id) == 16
+    before = _attn_weights(base)
+    domain = _deltas(a)
+    probe = _WeightProbe()
+    out = _gen(base, "<fs-da> and <fs-db>", [a, b, probe])
+    assert out.shape == (1, 64, 64, 3)
+    for p, w in probe.seen.items():  # base + the domain offsets once (not twice), up to float rounding
+        assert torch.allclose(w, before[p] + domain[p], rtol=0, atol=1e-6), p
+        assert not torch.allclose(w, before[p] + 2 * domain[p], rtol=0, atol=1e-4), p
+    assert all(torch.equal(w, before[p]) for p, w in _attn_weights(base).items())  # restored bit-exactly
+    assert a.lora_scale == b.lora_scale == 1.0 and a._fused is None  # the caller's concepts are untouched
+    # three k=0 concepts and a textual-inversion one: still the domain offsets once, the TI concept passes through
+    c = embed_e4t(encoder, base, image, token="<fs-dc>", steps=0)
+    ti = embed_textual_inversion(base, image, token="<fs-dt>", steps=1)
+    prepared = Concept.prepare_conditioners([a, ti, b, c])
+    assert prepared[1] is ti and [x.lora_scale for x in prepared[::2]] == [pytest.approx(1 / 3)] * 2
+    _gen(base, "<fs-da>, <fs-dt>, <fs-db>, <fs-dc>", [a, ti, b, c, probe])
+    assert all(torch.allclose(w, before[p] + domain[p], rtol=0, atol=1e-6) for p, w in probe.seen.items())
+    # k-tuned concepts: domain + the mean of their refinements = the mean of their LoRA offsets
+    t1 = embed_e4t(encoder, base, image, token="<fs-t1>", steps=1, seed=0)
+    t2 = embed_e4t(encoder, base, image, token="<fs-t2>", steps=1, seed=1, lr=3e-3)
+    d1, d2 = _deltas(t1), _deltas(t2)
+    _gen(base, "<fs-t1> and <fs-t2>", [t1, t2, probe])
+    for p, w in probe.seen.items():
+        assert torch.allclose(w, before[p] + (d1[p] + d2[p]) / 2, rtol=0, atol=1e-6), p
+    assert all(torch.equal(w, before[p]) for p, w in _attn_weights(base).items())
+
+
+def test_a_single_concept_and_other_domains_are_unchanged(base, encoder, image):
+    a = embed_e4t(encoder, base, image, token="<fs-sa>", steps=0)
+    other = untrained(base, n_vectors=2, rank=4, seed=1)
+    other.lora = {p: (d.clone(), u * 0.5) for p, (d, u) in encoder.lora.items()}
+    assert other.domain_id != encoder.domain_id
+    o = embed_e4t(other, base, image, token="<fs-so>", steps=0)
+    ti = embed_textual_inversion(base, image, token="<fs-st>", steps=1)
+    foreign = a.with_token("<fs-sf>")
+    foreign.metadata.pop("domain_id")  # e.g. a LoRA made elsewhere
+    for group in ([a], [a, o], [a, ti], [a, foreign]):
+        assert all(x is y for x, y in zip(Concept.prepare_conditioners(group), group))
+    before = _attn_weights(base)
+    probe = _WeightProbe()
+    with a._fused_lora().applied(base.pipe.unet):
+        direct = _attn_weights(base)
+    _gen(base, "a photo of <fs-sa>", [a, probe])
+    assert all(torch.equal(w, direct[p]) for p, w in probe.seen.items())  # exactly the full LoRA, as before
+    assert all(torch.equal(w, before[p]) for p, w in _attn_weights(base).items())
+    # the domain id is stable: same LoRA -> same id, also after a save/load of the encoder; a changed LoRA -> new id
+    enc_path = Path(pytest.importorskip("tempfile").mkdtemp()) / "enc.safetensors"
+    encoder.save(enc_path)
+    assert DomainEncoder.load(enc_path).domain_id == encoder.domain_id
+    first = other.domain_id
+    with torch.no_grad():
+        next(iter(other.lora.values()))[1].mul_(2)
+    assert other.domain_id != first
+
+
 def test_textual_inversion_changes_only_the_embedding(base, image):
     c = embed_textual_inversion(base, image, token="<fs-ti>", steps=3, seed=0)
     assert c.method == "textual_inversion" and c.lora is None and c.embedding.shape == (1, 64)
@@ -170,7 +261,7 @@ def test_textual_inversion_changes_only_the_embedding(base, image):
 
 
 def test_embedding_and_kohya_lora_round_trip(base, encoder, image, tmp_path):
-    from facesmith.core.formats import load_safetensors
+    from facesmith.core.formats import load_safetensors, read_safetensors_metadata
 
     c = embed_e4t(encoder, base, image, token="<fs-rt>", steps=0)
     c.lora_alpha = 2.0  # alpha != rank: the file must carry the real alpha
@@ -186,6 +277,11 @@ def test_embedding_and_kohya_lora_round_trip(base, encoder, image, tmp_path):
     assert all(k.startswith("lora_unet_") for k in lt) and len(lt) == 3 * len(c.lora)
     back = load_concept(emb_path, lora_path)
     assert back.token == c.token and back.lora_alpha == 2.0 and back.lora_rank == 4 and back.lora_scale == 1.0
+    # the domain identity travels as a plain string in both files and comes back from the LoRA file
+    assert meta["domain_id"] == c.domain_id == encoder.domain_id
+    assert read_safetensors_metadata(lora_path)["domain_id"] == c.domain_id
+    assert back.domain_id == c.domain_id and back.metadata["domain_id"] == c.domain_id
+    assert load_concept(emb_path).domain_id is None and "domain_id" not in load_concept(emb_path).metadata
     assert set(back.lora) == set(c.lora)
     prompt = "a photo of <fs-rt> wearing a hat"
     assert torch.equal(_gen(base, prompt, [back]), _gen(base, prompt, [c]))

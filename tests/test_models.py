@@ -295,6 +295,43 @@ def test_conditioner_conflicts_and_bad_objects_are_refused(sd15):
         gen.generate(sd15, request, ["not a conditioner"])
 
 
+class SharingConditioner(RecordingConditioner):
+    """Conditioners of this kind coordinate through ``prepare_conditioners``: each but the first drops its suffix."""
+
+    calls = []
+
+    @staticmethod
+    def prepare_conditioners(conditioners):
+        SharingConditioner.calls.append(list(conditioners))
+        out, first = [], True
+        for c in conditioners:
+            if isinstance(c, SharingConditioner):
+                out.append(c if first else RecordingConditioner(suffix="", log=c.log))
+                first = False
+            else:
+                out.append(c)
+        return out
+
+
+def test_prepare_conditioners_hook_runs_once_and_leaves_the_originals(sd15):
+    a, b, plain = SharingConditioner(", smiling"), SharingConditioner(", smiling"), RecordingConditioner(", old")
+    SharingConditioner.calls.clear()
+    request = gen.GenerateRequest(prompt="a face", seed=2, **FAST)
+    out = gen.generate(sd15, request, [a, plain, b])
+    assert SharingConditioner.calls == [[a, plain, b]]  # one call per distinct hook, with the caller's list
+    assert a.suffix == b.suffix == ", smiling" and b.log == ["enter", "exit"] and plain.log == ["enter", "exit"]
+    expected = gen.generate(sd15, gen.GenerateRequest(prompt="a face, smiling, old", seed=2, **FAST))
+    assert torch.allclose(out, expected, atol=1e-6)
+
+    class Bad(RecordingConditioner):
+        @staticmethod
+        def prepare_conditioners(conditioners):
+            return None
+
+    with pytest.raises(TypeError, match="Bad.prepare_conditioners returned NoneType, not a list"):
+        gen.generate(sd15, request, [Bad()])
+
+
 def test_progress_and_interrupt_restore_everything(sd15):
     seen = []
     gen.generate(sd15, gen.GenerateRequest(prompt="a face", steps=4, scheduler="euler"),

@@ -131,12 +131,14 @@ class DomainObjective:
 
     def __init__(self, dp, encoder, class_emb: torch.Tensor, pool: DomainPool, lora, lora_scale: float,
                  batch_size: int = 32, emb_reg: float = 1e-2, weight_reg: float = 1e-3, uncond_p: float = 0.1,
-                 mention_p: float = 0.8, seed: int = 0, move_base: bool = False, t_min: int = 0):
+                 mention_p: float = 0.8, seed: int = 0, move_base: bool = False, t_min: int = 0,
+                 same_p: float = 0.0):
         self.dp, self.encoder, self.pool, self.lora = dp, encoder, pool, lora
         self.class_emb = class_emb.float()
         self.lora_scale, self.batch_size = float(lora_scale), int(batch_size)
         self.emb_reg, self.weight_reg, self.uncond_p, self.mention_p = emb_reg, weight_reg, uncond_p, mention_p
         self.seed, self.move_base, self.t_min = int(seed), move_base, int(t_min)
+        self.same_p = float(same_p)
         n_vec = encoder.cfg.n_vectors
         self.tok, self.start = tokenizer_with(dp.tokenizer, vector_tokens(TRAIN_TOKEN, n_vec))
         self.token_text = " ".join(vector_tokens(TRAIN_TOKEN, n_vec))
@@ -163,9 +165,10 @@ class DomainObjective:
         rng = np.random.default_rng([self.seed, int(step)])  # a function of the step: exact resume
         ref = rng.integers(0, len(self.pool), self.batch_size)
         tgt = ref.copy()
+        same = rng.random(self.batch_size) < self.same_p
         for k, r in enumerate(ref.tolist()):
             g = self.row_group.get(r)
-            if g is not None:
+            if g is not None and not same[k]:
                 others = g[g != r]
                 tgt[k] = int(others[rng.integers(len(others))])
         uncond = rng.random(self.batch_size) < self.uncond_p

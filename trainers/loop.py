@@ -5,11 +5,21 @@ to several GPUs/machines), gradient clipping, optional EMA of the trainable para
 progress callbacks, interruption (the last checkpoint stays intact and resumable) and the loss history.
 An objective owns: which modules train, how a step's batch is made, how a batch becomes a loss, and what the
 final artifact is.
+
+Several processes (``accelerate launch --num_processes N``) are plain data parallelism done by the loop itself, so
+objectives need not know about it: objectives run their own, unwrapped modules (a LoRA inside a UNet trains through
+the UNet's forward), which a DDP wrapper would never see, so the modules are not DDP-wrapped. Instead the loop
+starts every process from rank 0's trainable weights, asks each process for a different batch
+(``make_batch(step * N + rank)``), averages the gradients of all optimised parameters across processes after
+backward (before clipping), and steps identical optimizers, so all processes hold identical weights at every step
+(the effective batch is N times an objective's batch). Only the main process reports progress, logs and writes
+checkpoints; an interruption there stops all processes together. One process runs exactly as without accelerate.
 """
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -61,9 +71,15 @@ class Objective(Protocol):
     def parameters(self) -> list:  # parameters or param groups for the optimizer
         ...
 
-    def make_batch(self, step: int) -> Any: ...
+    def make_batch(self, key: int) -> Any:
+        """The batch for one process at one step. ``key`` is unique per (step, process): ``step * num_processes +
+        process_index``, so it equals the step when one process trains. Draw randomness from ``key`` (a function of
+        it keeps resume exact and gives every process different data)."""
+        ...
 
-    def loss(self, batch: Any, step: int) -> tuple[torch.Tensor, dict]: ...
+    def loss(self, batch: Any, step: int) -> tuple[torch.Tensor, dict]:
+        """Loss of ``batch`` (what ``make_batch`` returned) at optimisation ``step`` (the same on every process)."""
+        ...
 
 
 @dataclass
@@ -155,20 +171,36 @@ def _train(objective: Objective, config: TrainConfig, progress: Progress | None 
     step is written (when ``work_dir`` is set) before the exception propagates.
     """
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import DistributedType, set_seed
 
     config.check()
     accelerator = Accelerator(mixed_precision=config.precision, cpu=not torch.cuda.is_available())
-    set_seed(config.seed)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP,
+                                        DistributedType.MEGATRON_LM):
+        raise NotImplementedError(f"the FaceSmith training loop does its own data parallelism; launch it without "
+                                  f"{accelerator.distributed_type} (plain `accelerate launch --num_processes N`)")
+    if world > 1 and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        raise NotImplementedError(f"{world} processes without torch.distributed ({accelerator.distributed_type}) "
+                                  "are not supported by the FaceSmith training loop")
+    set_seed(config.seed, device_specific=True)  # seed + process index: the same seed with one process
     modules = objective.modules()
     params = objective.parameters()
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(config, s))
-    names = list(modules)
-    prepared = accelerator.prepare(*[modules[n] for n in names], optimizer, scheduler)
-    wrapped = dict(zip(names, prepared[: len(names)]))
-    optimizer, scheduler = prepared[len(names)], prepared[len(names) + 1]
-    flat_params = [p for n in names for p in modules[n].parameters() if p.requires_grad]
+    for m in modules.values():
+        # device placement and mixed-precision forward, but no DDP wrapper: objectives call their own modules
+        # (often from inside a frozen model's forward), which a wrapper would never see; gradients are averaged
+        # by _average_gradients below instead.
+        accelerator.prepare_model(m, evaluation_mode=True)
+    # Only the optimizer goes through accelerate (fp16 loss scaling). The scheduler stays plain and steps once per
+    # optimizer step: accelerate's scheduler wrapper steps num_processes times per step (it assumes each process's
+    # dataloader shrank), which would run the schedule N times too fast here.
+    optimizer = accelerator.prepare(optimizer)
+    flat_params = [p for n in modules for p in modules[n].parameters() if p.requires_grad]
+    opt_params = _unique([p for g in optimizer.param_groups for p in g["params"]])
+    if world > 1:
+        _broadcast_from_main(modules)  # what DDP does when it wraps: every process starts from rank 0's weights
     ema = _Ema(flat_params, config.ema_decay) if config.ema_decay else None
 
     result = TrainResult(steps_done=0)
@@ -186,41 +218,61 @@ def _train(objective: Objective, config: TrainConfig, progress: Progress | None 
         result.resumed_from = start
         if hasattr(objective, "load_extra_state"):
             objective.load_extra_state(state.get("objective", {}))
-        log.info("resumed from %s (step %d)", ckpt, start)
+        if accelerator.is_main_process:
+            log.info("resumed from %s (step %d)", ckpt, start)
+    if world > 1:
+        lo_hi = torch.tensor([-start, start], dtype=torch.float64, device=accelerator.device)
+        torch.distributed.all_reduce(lo_hi, op=torch.distributed.ReduceOp.MAX)
+        if -lo_hi[0].item() != lo_hi[1].item():
+            raise RuntimeError(f"the processes resumed from different steps ({-lo_hi[0].item():.0f} to "
+                               f"{lo_hi[1].item():.0f}); work_dir {config.work_dir} must be one folder shared by all")
 
-    for m in wrapped.values():
+    for m in modules.values():
         m.train()
     t0 = time.time()
     step = start
     try:
-        report(progress, step, config.steps)
+        _report(progress, step, config.steps, accelerator)
         while step < config.steps:
-            batch = objective.make_batch(step)
+            batch = objective.make_batch(step * world + rank)
             with accelerator.autocast():
                 loss, logs = objective.loss(batch, step)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower the learning rate")
-            accelerator.backward(loss)
+            if world == 1:
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower the learning rate")
+                accelerator.backward(loss)
+                loss_value = float(loss.detach())
+            else:
+                accelerator.backward(loss)
+                loss_value = _average_gradients(opt_params, loss, world, accelerator.device)
+                if not math.isfinite(loss_value):  # every process sees the same mean, so all raise together
+                    raise FloatingPointError(f"loss became {loss_value} (mean over {world} processes) at step "
+                                             f"{step}; lower the learning rate")
             if config.max_grad_norm:
                 accelerator.clip_grad_norm_(flat_params, config.max_grad_norm)
             optimizer.step()
-            scheduler.step()
+            if not optimizer.step_was_skipped:  # fp16 overflow: no step, so no schedule step either
+                scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             if ema is not None:
                 ema.update()
             step += 1
-            result.loss_history.append(float(loss.detach()))
-            if config.log_every and step % config.log_every == 0:
+            result.loss_history.append(loss_value)
+            if config.log_every and step % config.log_every == 0 and accelerator.is_main_process:
                 recent = result.loss_history[-config.log_every:]
                 log.info("step %d/%d loss %.4f %s", step, config.steps, sum(recent) / len(recent),
                          " ".join(f"{k}={v:.4g}" for k, v in logs.items()))
             if config.work_dir and config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
-                _save_checkpoint(config, step, modules, optimizer, scheduler, ema, result, objective)
-            report(progress, step, config.steps)
-    except (Interrupted, KeyboardInterrupt):
+                if accelerator.is_main_process:
+                    _save_checkpoint(config, step, modules, optimizer, scheduler, ema, result, objective)
+                accelerator.wait_for_everyone()
+            _report(progress, step, config.steps, accelerator)
+    except (Interrupted, KeyboardInterrupt) as exc:
         result.interrupted = True
-        if config.work_dir and step > start:
+        if config.work_dir and step > start and accelerator.is_main_process:
             _save_checkpoint(config, step, modules, optimizer, scheduler, ema, result, objective)
+        if getattr(exc, "all_processes", False):
+            accelerator.wait_for_everyone()  # nobody exits (and gets the job torn down) before the checkpoint is written
         result.steps_done = step
         raise
     if ema is not None:
@@ -229,7 +281,89 @@ def _train(objective: Objective, config: TrainConfig, progress: Progress | None 
         m.eval()
     result.steps_done = step
     result.seconds = time.time() - t0
+    accelerator.wait_for_everyone()
     return result
+
+
+def _unique(params: list) -> list:
+    seen, out = set(), []
+    for p in params:
+        if id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return out
+
+
+def _report(progress: Progress | None, done: int, total: int, accelerator) -> None:
+    """``report`` on the main process; with several processes, its ``Interrupted`` stops them all at this step."""
+    if accelerator.num_processes == 1:
+        report(progress, done, total)
+        return
+    stop = None
+    if accelerator.is_main_process:
+        try:
+            report(progress, done, total)
+        except Interrupted as exc:
+            stop = exc
+    flag = torch.tensor([0.0 if stop is None else 1.0], device=accelerator.device)
+    torch.distributed.all_reduce(flag)
+    if flag.item() > 0:
+        exc = stop if stop is not None else Interrupted(f"training interrupted at step {done} by the main process")
+        exc.all_processes = True
+        raise exc
+
+
+@torch.no_grad()
+def _broadcast_from_main(modules: dict[str, torch.nn.Module]) -> None:
+    for name in modules:
+        for t in list(modules[name].parameters()) + list(modules[name].buffers()):
+            if t.is_contiguous():
+                torch.distributed.broadcast(t.data, src=0)
+            else:  # e.g. channels_last weights
+                buf = t.data.contiguous()
+                torch.distributed.broadcast(buf, src=0)
+                t.data.copy_(buf)
+
+
+_BUCKET_NUMEL = 1 << 24  # elements per all-reduce (64 MiB of fp32); bounds the extra memory of the flat buffers
+
+
+@torch.no_grad()
+def _average_gradients(params: list[torch.nn.Parameter], loss: torch.Tensor, world: int, device) -> float:
+    """Replace every parameter's gradient by its mean over all processes; returns the mean loss.
+
+    A parameter without a gradient on some process counts as zeros there (as DDP does with unused parameters); one
+    without a gradient on every process keeps ``grad=None``. All processes issue the same collectives in the same
+    order (the parameter list is the optimizer's, built identically everywhere).
+    """
+    meta = torch.tensor([float(loss.detach())] + [0.0 if p.grad is None else 1.0 for p in params],
+                        dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(meta)
+    has_grad = (meta[1:] > 0).tolist()
+    groups: dict[tuple, list] = {}
+    for p, h in zip(params, has_grad):
+        if h:
+            groups.setdefault((p.device, p.dtype), []).append(p)
+    for (dev, dtype), group in groups.items():
+        bucket, numel = [], 0
+        for i, p in enumerate(group):
+            bucket.append(p)
+            numel += p.numel()
+            if numel >= _BUCKET_NUMEL or i == len(group) - 1:
+                flat = torch.cat([p.grad.reshape(-1) if p.grad is not None
+                                  else torch.zeros(p.numel(), device=dev, dtype=dtype) for p in bucket])
+                torch.distributed.all_reduce(flat)
+                flat.div_(world)
+                offset = 0
+                for q in bucket:
+                    g = flat[offset:offset + q.numel()].view_as(q)
+                    if q.grad is None:
+                        q.grad = g.clone()
+                    else:
+                        q.grad.copy_(g)
+                    offset += q.numel()
+                bucket, numel = [], 0
+    return meta[0].item() / world
 
 
 def _save_checkpoint(config, step, modules, optimizer, scheduler, ema, result, objective) -> Path:

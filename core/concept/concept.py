@@ -6,6 +6,10 @@ method that made it and free-form metadata. While ``applied(pipe)`` is active th
 copy that knows the token, the text encoder's token embedding is wrapped so the token's ids read the concept's
 vectors, and the LoRA offsets are fused into the attention weights; on exit the original tokenizer, embedding module
 and weights (bit-exact copies) come back.
+
+E4T concepts made from one domain encoder all carry its domain LoRA (``metadata["domain_id"]`` names it): used
+together in one ``generate`` they share it (see ``Concept.prepare_conditioners``), so the domain offsets are applied
+once instead of once per concept.
 """
 from __future__ import annotations
 
@@ -102,6 +106,13 @@ class Concept:
         return vector_tokens(self.token, self.n_vectors)
 
     @property
+    def domain_id(self) -> Optional[str]:
+        """The domain LoRA this concept's LoRA starts from (``metadata["domain_id"]``, set by ``embed_e4t``), or None
+        (no LoRA, textual inversion, files made elsewhere)."""
+        d = self.metadata.get("domain_id") if self.lora else None
+        return str(d) if d else None
+
+    @property
     def effective_lora_scale(self) -> float:
         return (self.lora_alpha / self.lora_rank) * self.lora_scale if self.lora else 0.0
 
@@ -122,6 +133,27 @@ class Concept:
                 f"base={self.base_name}:{self.base_fingerprint})")
 
     # ---------------------------------------------------------------------------------------------- conditioner
+
+    @staticmethod
+    def prepare_conditioners(conditioners: list) -> list:
+        """``generate``'s optional hook: concepts with the same ``domain_id`` share their domain LoRA.
+
+        Each of the N concepts of one domain in the call applies its LoRA at 1/N of its own strength, so N concepts
+        with the untuned domain LoRA (k=0) add the domain offsets once (up to float rounding), and k-tuned ones add the
+        domain offsets plus the mean of their refinements (each concept's LoRA = domain + its own refinement). A concept
+        alone in its domain, and concepts without a ``domain_id``, are passed through as they are. The inputs are not
+        modified: shared concepts are replaced by ``with_scale`` copies.
+        """
+        counts: dict[str, int] = {}
+        for c in conditioners:
+            d = c.domain_id if isinstance(c, Concept) else None
+            if d:
+                counts[d] = counts.get(d, 0) + 1
+        out = []
+        for c in conditioners:
+            n = counts.get(c.domain_id, 1) if isinstance(c, Concept) and c.domain_id else 1
+            out.append(c.with_scale(c.lora_scale / n) if n > 1 else c)
+        return out
 
     def rewrite_prompt(self, prompt: str) -> str:
         check_prompt_has(prompt, self.token)

@@ -15,6 +15,7 @@ convolution, SiLU and adaptive average pooling to ``pool x pool``; the concatena
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -64,6 +65,17 @@ class EncoderConfig:
             chans.append(unet_ch[-1])
         cfg.feature_channels = [int(c) for c in chans]
         return cfg
+
+
+def lora_domain_id(lora: Optional[LoraWeights], rank: int, alpha: float) -> str:
+    """16 hex digits of SHA-256 over a LoRA's module paths, float32 tensor bytes, rank and alpha (the same on any
+    machine and after a save/load round trip; an absent LoRA hashes as an empty one)."""
+    h = hashlib.sha256(f"facesmith.domain_lora.v1|r={int(rank)}|a={float(alpha)!r}".encode())
+    for path, (down, up) in sorted((lora or {}).items()):
+        h.update(f"|{path}|{tuple(down.shape)}|{tuple(up.shape)}|".encode())
+        for t in (down, up):
+            h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4", copy=False).tobytes())
+    return h.hexdigest()[:16]
 
 
 class _Stop(Exception):
@@ -211,6 +223,20 @@ class DomainEncoder:
     @property
     def cfg(self) -> EncoderConfig:
         return self.encoder.cfg
+
+    @property
+    def domain_id(self) -> str:
+        """A short stable hash of the domain LoRA (tensors, rank, alpha): the identity of the weight offsets that
+        every concept made from this encoder shares (``Concept.metadata["domain_id"]``). Computed once and cached
+        until ``lora``, ``lora_rank`` or ``lora_alpha`` change (a replaced dict or tensor, or an in-place edit)."""
+        lora = self.lora or {}
+        key = (id(self.lora), int(self.lora_rank), float(self.lora_alpha),
+               tuple((p, id(d), d._version, id(u), u._version) for p, (d, u) in sorted(lora.items())))
+        cached = self.__dict__.get("_domain_id_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, lora_domain_id(lora, self.lora_rank, self.lora_alpha))
+            self.__dict__["_domain_id_cache"] = cached
+        return cached[1]
 
     def __repr__(self) -> str:
         return (f"DomainEncoder(base={self.base_name}:{self.base_fingerprint}, {self.cfg.n_vectors}x{self.cfg.dim}, "

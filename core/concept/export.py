@@ -6,6 +6,10 @@
   ``lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight`` / ``.lora_up.weight`` /
   ``.alpha`` (diffusers' ``convert_state_dict_to_kohya`` on keys prefixed ``unet.``; its alpha (= rank) is replaced by
   the real ``lora_alpha x scale``), which ComfyUI's LoraLoader maps onto the UNet's attention weights.
+
+An E4T concept's ``domain_id`` (the domain LoRA it shares with other concepts of its encoder) is written as the string
+metadata key ``domain_id`` into the LoRA file and the embedding beside it; on load it is taken from the LoRA file
+that is actually loaded, so a concept read with another tool's LoRA, or without a LoRA, has none.
 """
 from __future__ import annotations
 
@@ -102,7 +106,7 @@ def concept_metadata(c: Concept, lora_file: Optional[str]) -> dict:
         "n_vectors": str(c.n_vectors), "dim": str(c.dim),
         "lora_file": lora_file or "", "lora_rank": str(c.lora_rank), "lora_alpha": str(c.lora_alpha),
         "lora_scale": str(c.lora_scale), "facesmith": json.dumps(meta, sort_keys=True, default=str),
-    }
+    } | ({"domain_id": c.domain_id} if c.domain_id and lora_file else {})
 
 
 def save_concept(c: Concept, embedding_path, lora_path=None, overwrite: bool = False) -> tuple[Path, Optional[Path]]:
@@ -121,6 +125,7 @@ def save_concept(c: Concept, embedding_path, lora_path=None, overwrite: bool = F
         kohya = lora_to_kohya(c.lora, c.lora_alpha * c.lora_scale)
         save_safetensors(lora_path, kohya, {k: meta[k] for k in ("format", "token", "base_name", "base_fingerprint",
                                                                  "method", "lora_rank", "lora_alpha", "lora_scale")}
+                         | ({"domain_id": meta["domain_id"]} if "domain_id" in meta else {})
                          | {"ss_network_dim": str(c.lora_rank), "ss_network_alpha": str(c.lora_alpha * c.lora_scale),
                             "ss_network_module": "networks.lora"},
                          overwrite=overwrite)
@@ -145,6 +150,7 @@ def load_concept(embedding_path, lora_path=None, token: Optional[str] = None, lo
         raise ValueError(f"{embedding_path} has no FaceSmith metadata; give the token to use for it")
     lora = None
     rank, alpha = 0, 0.0
+    domain_id = None
     if lora_path is not None:
         lt, _ = load_safetensors(lora_path)
         lora, rank, alpha = lora_from_kohya(lt)
@@ -154,12 +160,16 @@ def load_concept(embedding_path, lora_path=None, token: Optional[str] = None, lo
             # the file's .alpha is lora_alpha x lora_scale (what ComfyUI applies); keep the two apart again
             alpha = float(lmeta["lora_alpha"])
             scale = float(lmeta.get("lora_scale", 1.0))
+            domain_id = lmeta.get("domain_id") or None
         if lora_scale is not None:
             scale = float(lora_scale)
     else:
         scale = 1.0 if lora_scale is None else float(lora_scale)
     extra = json.loads(meta.get("facesmith", "{}")) if ours else {}
     extra["loaded_from"] = str(embedding_path)
+    extra.pop("domain_id", None)  # the LoRA that was actually loaded decides
+    if domain_id:
+        extra["domain_id"] = domain_id
     return Concept(token=tok, embedding=emb, base_name=base_name or meta.get("base_name", "unknown"),
                    base_fingerprint=base_fingerprint or meta.get("base_fingerprint", "unknown"),
                    method=meta.get("method", "textual_inversion") if ours else "textual_inversion",

@@ -5,6 +5,8 @@ Both run on the one training loop (``trainers/loop.py``) with a :class:`OneImage
 - **E4T** (paper sec. 4.2): the domain encoder predicts the word-embedding offset from the image; the concept starts
   as (class embedding + offset, domain LoRA). With ``steps > 0`` the embedding and the LoRA are refined for ``steps``
   steps (paper: 5-15) on the single image with the same L2 regularisers as in domain tuning.
+  The concept's ``metadata["domain_id"]`` (``DomainEncoder.domain_id``) names the domain LoRA it started from, so
+  concepts of one domain used in one Generate apply the domain offsets once (``Concept.prepare_conditioners``).
 - **Textual inversion** (``textual_inversion.py``) uses the same objective with the embedding only.
 """
 from __future__ import annotations
@@ -137,5 +139,6 @@ def embed_e4t(encoder: DomainEncoder, pipe, image, token: str = DEFAULT_TOKEN, s
                    lora_rank=rank if lora else 0, lora_alpha=alpha if lora else 0.0,
                    class_word=encoder.cfg.class_word,
                    metadata={"tuning_steps": int(steps), "tuning_lr": float(lr), "seed": int(seed),
+                             "domain_id": encoder.domain_id,
                              "encoder_steps": encoder.info.get("steps"), "loss_history": history,
                              "seconds": round(time.perf_counter() - t0, 4), "offset_norm": float(offset.norm())})
