@@ -46,7 +46,7 @@ def e4t_personalize() -> list[N]:
         N(1, "FaceSmithLoadBaseModel", dict(model=BASE, arch="auto", device="auto", dtype="auto"), {}, (40, 80)),
         N(2, "FaceSmithLoadDomainEncoder", dict(encoder=ENCODER), {}, (40, 300)),
         N(3, "FaceSmithSynthFace", dict(REFERENCE), {}, (40, 460), title="Reference (held-out identity 18)"),
-        N(4, "FaceSmithEmbedConcept", dict(method="e4t", token="<fs-person>", steps=15, learning_rate=3e-3,
+        N(4, "FaceSmithEmbedConcept", dict(method="e4t", token="<fs-person>", steps=15, learning_rate=_tuning_lr(),
                                            face_crop=False, seed=0),
           {"pipeline": (1, 0), "image": (3, 0), "encoder": (2, 0)}, (420, 300)),
         _generate(5, (820, 80), prompt, {"pipeline": (1, 0), "concepts": (4, 0)}),
@@ -55,6 +55,12 @@ def e4t_personalize() -> list[N]:
         N(8, "FaceSmithSaveConcept", dict(name="fs-person-demo", overwrite=True), {"concepts": (4, 0)}, (820, 520)),
         N(9, "FaceSmithJudgeFaces", dict(prompt=prompt), {"images": (5, 0), "reference": (3, 0)}, (1220, 420)),
     ]
+
+
+def _tuning_lr() -> float:
+    from .concept.personalize import DEFAULT_TUNING_LR
+
+    return DEFAULT_TUNING_LR
 
 
 def e4t_train_domain_encoder() -> list[N]:
@@ -69,7 +75,7 @@ def e4t_train_domain_encoder() -> list[N]:
           {"pipeline": (1, 0)}, (420, 80)),
         N(3, "SaveImage", dict(filename_prefix="facesmith/e4t_loss"), {"images": (2, 1)}, (820, 80)),
         N(4, "FaceSmithSynthFace", dict(REFERENCE), {}, (40, 460), title="Reference (held-out identity 18)"),
-        N(5, "FaceSmithEmbedConcept", dict(method="e4t", token="<fs-person>", steps=5, learning_rate=3e-3,
+        N(5, "FaceSmithEmbedConcept", dict(method="e4t", token="<fs-person>", steps=5, learning_rate=_tuning_lr(),
                                            face_crop=False, seed=0),
           {"pipeline": (1, 0), "image": (4, 0), "encoder": (2, 0)}, (420, 460)),
         _generate(6, (820, 460), prompt, {"pipeline": (1, 0), "concepts": (5, 0)}),

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..core import paths
 from ..core.concept.concept import Concept
+from ..core.concept.personalize import DEFAULT_TUNING_LR
 from ..core.concept.tokens import DEFAULT_TOKEN
 from ..core.formats import check_new_file, read_safetensors_metadata, safe_join
 from .comfy_bridge import grad_enabled, interruptible, node_progress
@@ -278,9 +279,12 @@ class FaceSmithEmbedConcept:
                 "steps": ("INT", {"default": 15, "min": 0, "max": 100_000,
                                   "tooltip": "e4t: tuning steps after the encoder (0 = encoder only). "
                                              "textual_inversion: optimisation steps (>= 1; 300-500 typical)."}),
-                "learning_rate": ("FLOAT", {"default": 3e-3, "min": 1e-7, "max": 1.0, "step": 1e-5, "round": 1e-7,
-                                            "tooltip": "e4t tuning: 3e-3 (chosen on validation identities); "
-                                                       "textual inversion: 5e-3 typical."}),
+                "learning_rate": ("FLOAT", {"default": DEFAULT_TUNING_LR, "min": 1e-7, "max": 1.0, "step": 1e-5,
+                                            "round": 1e-7,
+                                            "tooltip": f"e4t tuning: {DEFAULT_TUNING_LR:g} (chosen on validation "
+                                                       "identities; higher copies more likeness but also more of the "
+                                                       "reference's hair, hat and glasses); textual inversion: 5e-3 "
+                                                       "typical."}),
                 "face_crop": ("BOOLEAN", {"default": False,
                                           "tooltip": "Crop the reference to the detected face first."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1,

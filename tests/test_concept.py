@@ -110,6 +110,25 @@ def test_domain_training_reduces_loss_and_restores_unet(base):
     assert eval_loss(bundle) < eval_loss(start) * 0.95
 
 
+def test_domain_batches_pair_views_of_one_identity_or_the_reference_itself(base):
+    """Targets are another view of the reference's identity, or (with ``same_p``) the reference image itself."""
+    from facesmith.core.concept.lora import trainable_lora
+    from facesmith.trainers.e4t import DomainObjective
+
+    pool = _pool(base, n_ids=4, views=3)
+    enc = untrained(base, rank=4, seed=0)
+    with trainable_lora(base.pipe.unet, 4, 4.0) as mods:
+        for same_p, expect_same in ((0.0, False), (1.0, True)):
+            obj = DomainObjective(base.pipe, enc.encoder, enc.class_embedding, pool, mods, 1.0, batch_size=16,
+                                  seed=3, same_p=same_p)
+            for key in range(3):
+                b = obj.make_batch(key)
+                ref, tgt = b["ref"].numpy(), b["tgt"].numpy()
+                assert (pool.identity[ref] == pool.identity[tgt]).all()
+                assert (ref == tgt).all() if expect_same else (ref != tgt).all()
+            assert torch.equal(obj.make_batch(7)["tgt"], obj.make_batch(7)["tgt"])  # a function of the key
+
+
 def test_interrupted_training_resumes_from_checkpoint(base, tmp_path):
     from facesmith.trainers.e4t import DomainTrainSettings, train_domain_encoder
 

@@ -220,6 +220,7 @@ class DomainTrainSettings:
     uncond_p: float = 0.1
     mention_p: float = 1.0          # SynthFace captions name every attribute: what is left to explain is identity
     t_min: int = 300                # lowest training timestep (identity is coarse structure: decided at high noise)
+    same_p: float = 0.0             # share of rows whose target is the reference itself (the paper) not another view
     n_vectors: int = 1
     seed: int = 0
     precision: str = "no"
@@ -237,6 +238,8 @@ class DomainTrainSettings:
         for name in ("emb_reg", "weight_reg"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.same_p <= 1:
+            raise ValueError(f"same_p must be in [0, 1], got {self.same_p}")
         if not 0 <= self.uncond_p < 1:
             raise ValueError(f"uncond_p must be in [0, 1), got {self.uncond_p}")
 
@@ -265,7 +268,7 @@ def train_domain_encoder(pipe, pool: DomainPool, settings: DomainTrainSettings, 
                               settings.lora_alpha / settings.rank, batch_size=settings.batch_size,
                               emb_reg=settings.emb_reg, weight_reg=settings.weight_reg, uncond_p=settings.uncond_p,
                               mention_p=settings.mention_p, seed=settings.seed, move_base=move_base,
-                              t_min=settings.t_min)
+                              t_min=settings.t_min, same_p=settings.same_p)
         result = train(obj, cfg, progress)
         bundle.lora = mods.weights()
     bundle.encoder.cpu().float().eval()

@@ -44,6 +44,9 @@ def add_arguments(p) -> None:
     p.add_argument("--weight-reg", type=float, default=1e-3, help="L2 weight on the LoRA weight offsets")
     p.add_argument("--mention-p", type=float, default=1.0,
                    help="--synthface: probability that a training caption names each attribute")
+    p.add_argument("--same-p", type=float, default=0.0,
+                   help="share of rows denoising the reference image itself (the paper's target) instead of another "
+                        "view of the same identity (only where identities are known)")
     p.add_argument("--n-vectors", type=int, default=1, help="word vectors per concept")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", default="no", choices=["no", "fp16", "bf16"], help="mixed precision (accelerate)")
@@ -93,7 +96,7 @@ def main(args) -> int:
         lora_alpha=float(args.alpha if args.alpha is not None else args.rank), emb_reg=args.emb_reg,
         weight_reg=args.weight_reg, n_vectors=args.n_vectors, seed=args.seed, precision=args.precision,
         gradient_checkpointing=args.gradient_checkpointing, checkpoint_every=args.checkpoint_every,
-        t_min=args.t_min, mention_p=args.mention_p)
+        t_min=args.t_min, mention_p=args.mention_p, same_p=args.same_p)
     cfg = EncoderConfig.for_pipeline(dp, n_vectors=args.n_vectors)
     size = native_size(dp)
     if args.synthface:

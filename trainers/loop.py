@@ -186,7 +186,8 @@ def _train(objective: Objective, config: TrainConfig, progress: Progress | None 
     set_seed(config.seed, device_specific=True)  # seed + process index: the same seed with one process
     modules = objective.modules()
     params = objective.parameters()
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    # foreach: one fused update over all tensors (the default only on CUDA); the same maths, fewer kernel calls
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay, foreach=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(config, s))
     for m in modules.values():
         # device placement and mixed-precision forward, but no DDP wrapper: objectives call their own modules

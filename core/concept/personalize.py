@@ -29,6 +29,11 @@ from .tokens import DEFAULT_TOKEN, check_token_free, check_token_text, class_emb
 log = logging.getLogger("facesmith")
 
 DEFAULT_CAPTION = "a photo of {token}"
+# E4T tuning defaults, chosen on SynthFace VALIDATION identities with the built-in encoder (the highest learning rate
+# whose prompt adherence stays at least textual inversion's; see assets/models/facesmith/e4t/README.md). A higher
+# rate copies more of the reference's likeness -- and more of its hair colour, hat, glasses -- into the concept.
+DEFAULT_TUNING_LR = 4e-3
+DEFAULT_TUNING_BATCH = 2
 
 
 class OneImageObjective:
@@ -100,8 +105,8 @@ def _run(objective, steps: int, lr: float, seed: int, progress: Optional[Progres
     return train(objective, cfg, progress)
 
 
-def embed_e4t(encoder: DomainEncoder, pipe, image, token: str = DEFAULT_TOKEN, steps: int = 0, lr: float = 1e-3,
-              caption: str = DEFAULT_CAPTION, batch_size: int = 4, seed: int = 0, emb_reg: float | None = None,
+def embed_e4t(encoder: DomainEncoder, pipe, image, token: str = DEFAULT_TOKEN, steps: int = 0,
+              lr: float = DEFAULT_TUNING_LR, caption: str = DEFAULT_CAPTION, batch_size: int = DEFAULT_TUNING_BATCH, seed: int = 0, emb_reg: float | None = None,
               weight_reg: float | None = None, progress: Optional[Progress] = None) -> Concept:
     """E4T: encoder forward on one image (+ ``steps`` tuning steps of embedding and LoRA) -> Concept."""
     t0 = time.perf_counter()
