@@ -89,7 +89,7 @@ class FaceSmithTrainDomainEncoder:
                 "synthface_views": ("INT", {"default": 4, "min": 2, "max": 64,
                                             "tooltip": "dataset=synthface: views per identity."}),
                 "steps": ("INT", {"default": 100, "min": 1, "max": 1_000_000,
-                                  "tooltip": "Optimisation steps (the built-in encoder used 6500)."}),
+                                  "tooltip": "Optimisation steps (the built-in encoder used 17000)."}),
                 "batch_size": ("INT", {"default": 16, "min": 1, "max": 4096,
                                        "tooltip": "Domain members per step (reference + target pairs)."}),
                 "learning_rate": ("FLOAT", {"default": 2e-3, "min": 1e-7, "max": 1.0, "step": 1e-5, "round": 1e-7,

@@ -85,7 +85,7 @@ def main(args) -> int:
     out = output_path(args.out)
     for f in (out, out.with_suffix(".loss.png"), out.with_suffix(".json")):
         check_new_file(f, args.overwrite)  # fail before any work
-    state = PartialState()
+    state = PartialState(cpu=not torch.cuda.is_available())  # as the loop: CPU processes use gloo
     device = args.device
     if state.num_processes > 1 or (device == "auto" and state.device.type != "cpu"):
         device = str(state.device)
