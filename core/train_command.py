@@ -4,6 +4,7 @@ from __future__ import annotations
 from importlib import import_module
 
 # what -> module (relative to the pack root) with add_arguments(parser) and main(args)
+MULTI_PROCESS = {"domain-encoder"}  # the commands that run under `accelerate launch` / `torchrun` with N processes
 TRAINABLES = {
     "base": ("trainers.base_cli", "the tiny SynthFace text-to-image base model"),
     "judges": ("trainers.judges_cli", "the SynthFace judges (identity recognizer, attribute classifier)"),
@@ -23,4 +24,11 @@ def add_arguments(p) -> None:
 
 
 def main(args) -> int:
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1 and args.what not in MULTI_PROCESS:
+        raise SystemExit(f"facesmith train {args.what} runs as one process (it was launched as {world}); run it "
+                         f"without accelerate launch / torchrun. Several processes: "
+                         f"{', '.join(sorted(MULTI_PROCESS))}")
     return int(import_module(f"...{args._train_module}", __name__).main(args) or 0)

@@ -212,3 +212,12 @@ def test_two_processes_average_gradients_over_different_batches(tmp_path):
                           rtol=0, atol=1e-12)
     assert torch.allclose(torch.tensor(got[0]["losses"]), torch.tensor(res.loss_history), rtol=0, atol=1e-12)
     assert not torch.allclose(ref.model.weight.detach(), KeyedObjective().model.weight)  # it did train
+
+
+def test_single_process_trainers_refuse_a_multi_process_launch():
+    """Only the domain-encoder command is data parallel; the others say so instead of writing files N times."""
+    env = dict(os.environ, WORLD_SIZE="2")
+    proc = subprocess.run([sys.executable, "-m", "facesmith.core.cli", "train", "base", "--out", "unused"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode != 0
+    assert "runs as one process" in proc.stderr and "domain-encoder" in proc.stderr
