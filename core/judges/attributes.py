@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .align import center_square, resize, to_batch
-from .common import batches, default_path, load_net
+from .common import batches, load_judge_net
 from .nets import AttributeNet
 
 FILE_NAME = "attributes.safetensors"
@@ -37,12 +37,11 @@ class AttributeJudge:
 
     @classmethod
     def load(cls, path=None, device: str = "cpu") -> "AttributeJudge":
-        path = Path(path) if path is not None else default_path(FILE_NAME)
-        state, arch, meta = load_net(path, KIND)
-        heads = arch["heads"]
-        net = AttributeNet({k: len(v) for k, v in heads.items()}, tuple(arch["widths"]), tuple(arch["blocks"]))
-        net.load_state_dict(state)
-        return cls(net.to(device), heads, meta, path)
+        net, arch, meta, path = load_judge_net(
+            path, FILE_NAME, KIND, device=device,
+            build=lambda a: AttributeNet({k: len(v) for k, v in a["heads"].items()}, tuple(a["widths"]),
+                                         tuple(a["blocks"])))
+        return cls(net, arch["heads"], meta, path)
 
     @property
     def held_out(self) -> dict:

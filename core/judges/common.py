@@ -64,6 +64,16 @@ def load_net(path, kind: str) -> tuple[dict, dict, dict]:
     return state, decoded["arch"], decoded
 
 
+def load_judge_net(path, file_name: str, kind: str, build, device: str = "cpu"):
+    """``(net, arch, metadata, path)`` of a judge file: ``path`` (default: the built-in ``file_name``) read by
+    :func:`load_net`, the network made by ``build(arch)`` with the stored weights, on ``device``, in eval mode."""
+    path = Path(path) if path is not None else default_path(file_name)
+    state, arch, meta = load_net(path, kind)
+    net = build(arch)
+    net.load_state_dict(state)
+    return net.to(device).eval(), arch, meta, path
+
+
 def batches(n: int, size: int):
     for i in range(0, n, size):
         yield slice(i, min(n, i + size))

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .align import align_batch, resize, to_batch
-from .common import batches, default_path, load_net
+from .common import batches, load_judge_net
 from .nets import RecognizerNet
 
 FILE_NAME = "recognizer.safetensors"
@@ -47,13 +47,12 @@ class IdentityRecognizer:
 
     @classmethod
     def load(cls, path=None, device: str = "cpu") -> "IdentityRecognizer":
-        path = Path(path) if path is not None else default_path(FILE_NAME)
-        state, arch, meta = load_net(path, KIND)
-        net = RecognizerNet(arch["dim"], tuple(arch["widths"]), tuple(arch["blocks"]), input_size=arch["input_size"])
-        net.load_state_dict(state)
+        net, _, meta, path = load_judge_net(
+            path, FILE_NAME, KIND, device=device,
+            build=lambda a: RecognizerNet(a["dim"], tuple(a["widths"]), tuple(a["blocks"]), input_size=a["input_size"]))
         if "threshold" not in meta:
             raise ValueError(f"{path} has no 'threshold' in its metadata")
-        return cls(net.to(device), float(meta["threshold"]), meta, path)
+        return cls(net, float(meta["threshold"]), meta, path)
 
     @property
     def dim(self) -> int:
