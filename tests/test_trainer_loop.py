@@ -71,6 +71,23 @@ def test_interrupt_keeps_checkpoint_and_resume_matches_uninterrupted(tmp_path):
     assert torch.allclose(resumed.model.weight, ref.model.weight, atol=1e-6)
 
 
+def test_a_finished_run_continues_exactly_with_more_steps(tmp_path):
+    ref = LinearObjective()
+    train(ref, TrainConfig(steps=16, learning_rate=0.05, log_every=0))
+    obj = LinearObjective()
+    first = train(obj, TrainConfig(steps=10, learning_rate=0.05, log_every=0, work_dir=str(tmp_path),
+                                   checkpoint_every=4))
+    assert first.steps_done == 10 and latest_checkpoint(tmp_path).name == "checkpoint-10"
+    again = train(LinearObjective(), TrainConfig(steps=10, learning_rate=0.05, log_every=0, work_dir=str(tmp_path),
+                                                 checkpoint_every=4))
+    assert again.resumed_from == 10 and again.steps_done == 10  # the same command again: nothing left to do
+    more = LinearObjective()
+    res = train(more, TrainConfig(steps=16, learning_rate=0.05, log_every=0, work_dir=str(tmp_path),
+                                  checkpoint_every=4))
+    assert res.resumed_from == 10 and len(res.loss_history) == 16
+    assert torch.allclose(more.model.weight, ref.model.weight, atol=1e-6)
+
+
 def test_ema_weights_are_used_at_the_end():
     obj = LinearObjective()
     res = train(obj, TrainConfig(steps=100, learning_rate=0.05, log_every=0, ema_decay=0.9))
@@ -203,7 +220,8 @@ def test_two_processes_average_gradients_over_different_batches(tmp_path):
     assert got[0]["weight"] == got[1]["weight"]  # bit-identical on both processes
     assert got[0]["losses"] == got[1]["losses"]
     ckpts = sorted(p.name for p in (tmp_path / "work").iterdir())
-    assert ckpts == ["checkpoint-3"]  # written once (by the main process), no leftover temp folder
+    # written once each (by the main process), the last step included, no leftover temp folder
+    assert ckpts == ["checkpoint-3", f"checkpoint-{steps}"]
 
     ref = KeyedObjective(pair=True)  # one process, loss = mean of the two batches' losses
     res = train(ref, TrainConfig(**DDP_CONFIG))

@@ -263,7 +263,9 @@ def _train(objective: Objective, config: TrainConfig, progress: Progress | None 
                 recent = result.loss_history[-config.log_every:]
                 log.info("step %d/%d loss %.4f %s", step, config.steps, sum(recent) / len(recent),
                          " ".join(f"{k}={v:.4g}" for k, v in logs.items()))
-            if config.work_dir and config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
+            # every checkpoint_every steps and at the last step, so a finished run continues exactly with more steps
+            if config.work_dir and config.checkpoint_every and (step % config.checkpoint_every == 0
+                                                                or step == config.steps):
                 if accelerator.is_main_process:
                     _save_checkpoint(config, step, modules, optimizer, scheduler, ema, result, objective)
                 accelerator.wait_for_everyone()
