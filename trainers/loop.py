@@ -275,7 +275,7 @@ def _train(objective: Objective, config: TrainConfig, progress: Progress | None 
         if config.work_dir and step > start and accelerator.is_main_process:
             _save_checkpoint(config, step, modules, optimizer, scheduler, ema, result, objective)
         if getattr(exc, "all_processes", False):
-            accelerator.wait_for_everyone()  # nobody exits (and gets the job torn down) before the checkpoint is written
+            accelerator.wait_for_everyone()  # nobody exits (tearing the job down) before the checkpoint is written
         result.steps_done = step
         raise
     if ema is not None:

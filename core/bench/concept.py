@@ -15,8 +15,9 @@ Each concept then generates images for prompts that CHANGE the reference's hair 
 generated images and the reference), ``verification_rate`` (share above the recognizer's threshold, chosen on
 validation identities), ``attribute_adherence`` (share of asked attributes the attribute judge sees) with
 ``per_attribute`` and ``attribute_adherence_sem`` (binomial, over every asked attribute; it ignores that images of
-one concept are alike, so it is a lower bound), ``identity_fact_agreement`` (share of the reference identity's skin tone, hair style, eye colour
-and eye shape that the attribute judge sees in the generated images: a second, coarser identity measure),
+one concept are alike, so it is a lower bound), ``identity_fact_agreement`` (share of the reference identity's skin
+tone, hair style, eye colour and eye shape that the attribute judge sees in the generated images: a second, coarser
+identity measure),
 ``seconds_per_concept`` and ``bytes_per_concept`` (saved embedding + LoRA files; a warm-up call is not timed).
 ``generate_overhead`` = (Generate time with an E4T concept - without) / without, same request, minimum of
 interleaved repeats (``generate_overhead_median`` from the medians).
@@ -41,12 +42,9 @@ log = logging.getLogger("facesmith.bench")
 
 ENCODER_NAME = "e4t/synthface-e4t.safetensors"
 TOKEN = "<fs-person>"
-E4T_K = 15
+E4T_K = 15  # k, like the tuning lr and batch (DEFAULT_TUNING_*), chosen on VALIDATION identities (e4t README)
 TI_STEPS = 400
 TI_LR = 5e-3
-# k, lr and batch chosen on VALIDATION identities (see assets/models/facesmith/e4t/README.md)
-E4T_LR = DEFAULT_TUNING_LR
-E4T_BATCH = DEFAULT_TUNING_BATCH
 IDENTITY_FACTS = ("skin_tone", "hair_style", "eye_colour", "eye_shape")  # what the attribute judge reads reliably
 
 
@@ -129,7 +127,8 @@ def overhead(bp, concept, prompt: str, repeats: int = 15) -> dict:
 
 def run(quick: bool = False, n_identities: int | None = None, images_per_prompt: int | None = None,
         k: int = E4T_K, ti_steps: int = TI_STEPS, seed: int = 0, bp=None, encoder=None, split: str = "heldout",
-        e4t_lr: float = E4T_LR, cfg: float = EVAL_CFG, methods: tuple | None = None, e4t_batch: int = E4T_BATCH,
+        e4t_lr: float = DEFAULT_TUNING_LR, cfg: float = EVAL_CFG, methods: tuple | None = None,
+        e4t_batch: int = DEFAULT_TUNING_BATCH,
         measure_overhead: bool = True) -> dict:
     """The metrics dict described in the module doc. ``quick``: 4 identities x 4 prompts x 2 images; full: 16 x 4 x 4.
     ``split="val"`` is for choosing settings (k, lr, cfg) without looking at the held-out identities."""

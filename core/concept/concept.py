@@ -144,16 +144,13 @@ class Concept:
         alone in its domain, and concepts without a ``domain_id``, are passed through as they are. The inputs are not
         modified: shared concepts are replaced by ``with_scale`` copies.
         """
+        domains = [c.domain_id if isinstance(c, Concept) else None for c in conditioners]
         counts: dict[str, int] = {}
-        for c in conditioners:
-            d = c.domain_id if isinstance(c, Concept) else None
+        for d in domains:
             if d:
                 counts[d] = counts.get(d, 0) + 1
-        out = []
-        for c in conditioners:
-            n = counts.get(c.domain_id, 1) if isinstance(c, Concept) and c.domain_id else 1
-            out.append(c.with_scale(c.lora_scale / n) if n > 1 else c)
-        return out
+        return [c.with_scale(c.lora_scale / counts[d]) if d and counts[d] > 1 else c
+                for c, d in zip(conditioners, domains)]
 
     def rewrite_prompt(self, prompt: str) -> str:
         check_prompt_has(prompt, self.token)

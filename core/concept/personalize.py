@@ -106,8 +106,9 @@ def _run(objective, steps: int, lr: float, seed: int, progress: Optional[Progres
 
 
 def embed_e4t(encoder: DomainEncoder, pipe, image, token: str = DEFAULT_TOKEN, steps: int = 0,
-              lr: float = DEFAULT_TUNING_LR, caption: str = DEFAULT_CAPTION, batch_size: int = DEFAULT_TUNING_BATCH, seed: int = 0, emb_reg: float | None = None,
-              weight_reg: float | None = None, progress: Optional[Progress] = None) -> Concept:
+              lr: float = DEFAULT_TUNING_LR, caption: str = DEFAULT_CAPTION, batch_size: int = DEFAULT_TUNING_BATCH,
+              seed: int = 0, emb_reg: float | None = None, weight_reg: float | None = None,
+              progress: Optional[Progress] = None) -> Concept:
     """E4T: encoder forward on one image (+ ``steps`` tuning steps of embedding and LoRA) -> Concept."""
     t0 = time.perf_counter()
     check_token_text(token)
