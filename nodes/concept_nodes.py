@@ -146,7 +146,7 @@ class FaceSmithTrainDomainEncoder:
         size = native_size(dp)
         cfg = EncoderConfig.for_pipeline(dp)
         if dataset == "synthface":
-            imgs, ids, attrs = synthface_images(synthface_identities, synthface_views, seed, size)
+            imgs, ids, attrs = synthface_images(synthface_identities, synthface_views, seed, size, workers=1)
             caps, source = None, f"synthface train identities={synthface_identities} views={synthface_views}"
         elif dataset == "folder":
             if not dataset_folder.strip():

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Optional
 
 import numpy as np
@@ -29,7 +29,7 @@ from ..core.concept.encoder import DomainEncoder, extract_features, native_size,
 from ..core.concept.lora import trainable_lora, weight_offset_l2
 from ..core.concept.tokens import swapped_embedding, tokenizer_with, vector_tokens
 from ..core.progress import Progress
-from .loop import TrainConfig, TrainResult, train
+from .loop import TrainConfig, TrainResult, fit_steps, train
 
 log = logging.getLogger("facesmith.train")
 
@@ -84,22 +84,22 @@ def build_pool(pipe, images: np.ndarray, identity=None, attrs=None, captions=Non
                       captions=list(captions) if captions is not None else ["" for _ in range(n)], source=source)
 
 
-def synthface_images(n_identities: int, views: int, seed: int, size: int = 64):
+def synthface_images(n_identities: int, views: int, seed: int, size: int = 64, workers: int = 0):
     """``views`` renders of ``n_identities`` TRAIN identities (random attributes per view): images, ids, attrs."""
-    from ..core.synthface.edits import views as render_views
+    from ..core.synthface.dataset import render_many
+    from ..core.synthface.render import random_attributes
     from ..core.synthface.splits import identities, require_split
 
     rng = np.random.default_rng(seed)
     train_ids = identities("train")
     chosen = rng.choice(train_ids, size=min(n_identities, len(train_ids)), replace=False)
-    images, ids, attrs = [], [], []
+    jobs = []
     for ident in chosen:
         require_split(int(ident), "train")  # never train on val/held-out identities
-        for img, a in render_views(int(ident), views, rng, size):
-            images.append(img)
-            ids.append(int(ident))
-            attrs.append(a)
-    return np.stack(images), np.asarray(ids), attrs
+        for _ in range(views):
+            jobs.append((int(ident), random_attributes(rng), int(rng.integers(1 << 30))))
+    images = render_many(jobs, size, workers)
+    return images, np.asarray([j[0] for j in jobs]), [j[1] for j in jobs]
 
 
 def folder_images(folder: str, size: int):
@@ -229,6 +229,7 @@ class DomainTrainSettings:
     log_every: int = 50
     warmup_steps: int = 100
     lr_schedule: str = "cosine"
+    seconds: float = 0.0            # > 0: ``steps`` becomes what fits this many seconds here (timed first)
 
     def check(self) -> None:
         for name in ("steps", "batch_size", "rank", "n_vectors"):
@@ -244,6 +245,35 @@ class DomainTrainSettings:
             raise ValueError(f"uncond_p must be in [0, 1), got {self.uncond_p}")
 
 
+def _domain_config(settings: DomainTrainSettings, work_dir: Optional[str], resume: bool = True) -> TrainConfig:
+    return TrainConfig(steps=settings.steps, learning_rate=settings.learning_rate, seed=settings.seed,
+                       precision=settings.precision, checkpoint_every=settings.checkpoint_every,
+                       log_every=settings.log_every, warmup_steps=settings.warmup_steps,
+                       lr_schedule=settings.lr_schedule, work_dir=work_dir, resume=resume)
+
+
+def _domain_objective(dp, bundle, pool: DomainPool, mods, settings: DomainTrainSettings, move_base: bool):
+    return DomainObjective(dp, bundle.encoder, bundle.class_embedding, pool, mods,
+                           settings.lora_alpha / settings.rank, batch_size=settings.batch_size,
+                           emb_reg=settings.emb_reg, weight_reg=settings.weight_reg, uncond_p=settings.uncond_p,
+                           mention_p=settings.mention_p, seed=settings.seed, move_base=move_base,
+                           t_min=settings.t_min, same_p=settings.same_p)
+
+
+def fit_domain_steps(pipe, pool: DomainPool, settings: DomainTrainSettings, move_base: bool = False,
+                     encoder_kwargs: Optional[dict] = None) -> int:
+    """The step count that fits ``settings.seconds`` here, timed on a throwaway encoder and LoRA."""
+    dp = getattr(pipe, "pipe", pipe)
+    probe = untrained(pipe, n_vectors=settings.n_vectors, rank=settings.rank, seed=settings.seed,
+                      **(encoder_kwargs or {}))
+    probe.encoder.set_feature_stats(pool.feats)
+    with frozen(dp.unet, dp.text_encoder, dp.vae), \
+            trainable_lora(dp.unet, settings.rank, settings.lora_alpha) as mods, \
+            gradient_checkpointing(dp.unet, settings.gradient_checkpointing):
+        obj = _domain_objective(dp, probe, pool, mods, settings, move_base)
+        return fit_steps(lambda: obj, _domain_config(settings, None), settings.seconds)
+
+
 def train_domain_encoder(pipe, pool: DomainPool, settings: DomainTrainSettings, work_dir: Optional[str] = None,
                          resume: bool = True, progress: Optional[Progress] = None, move_base: bool = False,
                          encoder_kwargs: Optional[dict] = None) -> tuple[DomainEncoder, TrainResult]:
@@ -256,20 +286,15 @@ def train_domain_encoder(pipe, pool: DomainPool, settings: DomainTrainSettings, 
                        **(encoder_kwargs or {}))
     bundle.lora_alpha = float(settings.lora_alpha)
     bundle.encoder.set_feature_stats(pool.feats)
-    cfg = TrainConfig(steps=settings.steps, learning_rate=settings.learning_rate, seed=settings.seed,
-                      precision=settings.precision, checkpoint_every=settings.checkpoint_every,
-                      log_every=settings.log_every, warmup_steps=settings.warmup_steps,
-                      lr_schedule=settings.lr_schedule, work_dir=work_dir,
-                      resume=resume)
+    if settings.seconds > 0:
+        settings = replace(settings, steps=fit_domain_steps(pipe, pool, settings, move_base, encoder_kwargs),
+                           seconds=0.0)
+        log.info("domain tuning: %d steps fit the time budget here", settings.steps)
     with frozen(dp.unet, dp.text_encoder, dp.vae), \
             trainable_lora(dp.unet, settings.rank, settings.lora_alpha) as mods, \
             gradient_checkpointing(dp.unet, settings.gradient_checkpointing):
-        obj = DomainObjective(dp, bundle.encoder, bundle.class_embedding, pool, mods,
-                              settings.lora_alpha / settings.rank, batch_size=settings.batch_size,
-                              emb_reg=settings.emb_reg, weight_reg=settings.weight_reg, uncond_p=settings.uncond_p,
-                              mention_p=settings.mention_p, seed=settings.seed, move_base=move_base,
-                              t_min=settings.t_min, same_p=settings.same_p)
-        result = train(obj, cfg, progress)
+        obj = _domain_objective(dp, bundle, pool, mods, settings, move_base)
+        result = train(obj, _domain_config(settings, work_dir, resume), progress)
         bundle.lora = mods.weights()
     bundle.encoder.cpu().float().eval()
     tail = result.loss_history[-100:]

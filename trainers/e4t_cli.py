@@ -23,12 +23,30 @@ log = logging.getLogger("facesmith.train")
 DEFAULT_BASE = "diffusers/synthface-base"
 
 
+def resolved_argv(argv: list[str], steps: int) -> list[str]:
+    """The command line with a time budget (``--seconds S``) replaced by the step count it resolved to, so the
+    recorded command reproduces the weights on any machine."""
+    if not any(a == "--seconds" or a.startswith("--seconds=") for a in argv):
+        return list(argv)
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in ("--seconds", "--steps"):
+            skip = True
+        elif not a.startswith(("--seconds=", "--steps=")):
+            out.append(a)
+    return out + ["--steps", str(steps)]
+
+
 def add_arguments(p) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--dataset", help="dataset folder (metadata.jsonl with file_name/text[/identity], or image + .txt)")
     src.add_argument("--synthface", action="store_true", help="render SynthFace TRAIN identities on the fly")
     p.add_argument("--identities", type=int, default=2000, help="--synthface: number of train identities")
     p.add_argument("--views", type=int, default=4, help="--synthface: views per identity (random attributes)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="--synthface: render processes (0 = one per CPU core; the images do not depend on it)")
     p.add_argument("--base", default=DEFAULT_BASE, help="base model: a folder, or 'diffusers/<name>' / 'checkpoints/<file>'")
     p.add_argument("--out", required=True,
                    help="output name (saved as <models>/facesmith/e4t/NAME.safetensors), or a path ending .safetensors")
@@ -49,6 +67,9 @@ def add_arguments(p) -> None:
                         "view of the same identity (only where identities are known)")
     p.add_argument("--n-vectors", type=int, default=1, help="word vectors per concept")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seconds", type=float, default=0.0,
+                   help="if > 0: --steps becomes the number of steps that fit this many seconds here (timed first; "
+                        "the count is recorded in the output's metadata)")
     p.add_argument("--precision", default="no", choices=["no", "fp16", "bf16"], help="mixed precision (accelerate)")
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--checkpoint-every", type=int, default=250)
@@ -96,11 +117,11 @@ def main(args) -> int:
         lora_alpha=float(args.alpha if args.alpha is not None else args.rank), emb_reg=args.emb_reg,
         weight_reg=args.weight_reg, n_vectors=args.n_vectors, seed=args.seed, precision=args.precision,
         gradient_checkpointing=args.gradient_checkpointing, checkpoint_every=args.checkpoint_every,
-        t_min=args.t_min, mention_p=args.mention_p, same_p=args.same_p)
+        t_min=args.t_min, mention_p=args.mention_p, same_p=args.same_p, seconds=args.seconds)
     cfg = EncoderConfig.for_pipeline(dp, n_vectors=args.n_vectors)
     size = native_size(dp)
     if args.synthface:
-        images, ids, attrs = synthface_images(args.identities, args.views, args.seed, size)
+        images, ids, attrs = synthface_images(args.identities, args.views, args.seed, size, args.workers)
         captions, source = None, f"synthface train identities={args.identities} views={args.views} seed={args.seed}"
     else:
         images, ids, captions = folder_images(args.dataset, size)
@@ -112,7 +133,8 @@ def main(args) -> int:
     work_dir = args.work_dir or str(Path(".cache") / "train-e4t" / out.stem)
     bundle, result = train_domain_encoder(base, pool, settings, work_dir=work_dir, resume=not args.no_resume,
                                           progress=tqdm_progress("train domain encoder"), move_base=True)
-    bundle.info["command"] = "facesmith train domain-encoder " + " ".join(shlex.quote(a) for a in sys.argv[3:])
+    bundle.info["command"] = "facesmith train domain-encoder " + " ".join(
+        shlex.quote(a) for a in resolved_argv(sys.argv[3:], bundle.info["steps"]))
     bundle.info["base_model"] = args.base
     if state.is_main_process:
         dtype = torch.float16 if args.save_dtype == "fp16" else torch.float32

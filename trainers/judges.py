@@ -142,14 +142,13 @@ def recognizer_inputs(pool: jdata.Pool, idx: np.ndarray, rng: np.random.Generato
     return warp(_to_float(pool.images[idx]), np.stack(mats), 112)
 
 
-TRAIT_CATEGORIES = {"eye_colour": None, "eye_shape": None, "nose_shape": None, "hair_style": None, "skin_tone": None}
 TRAIT_NUMBERS = ["face_w", "face_h", "squareness", "chin_taper", "eye_spacing", "eye_size", "eye_y", "brow_thick",
                  "brow_tilt", "nose_len", "nose_w", "mouth_w", "mouth_y", "ear_size", "hairline"]
 
 
 def trait_targets(ids) -> tuple[np.ndarray, np.ndarray]:
     """The generative identity traits of ``ids``: numbers ``(N, 22)`` (geometry, skin and lip colour, mole count,
-    z-scored over ``ids``) and categories ``(N, 5)`` (eye colour/shape, nose shape, hair style, skin tone)."""
+    z-scored over ``ids``) and categories ``(N, len(TRAIT_VOCAB))`` (every identity trait's value index)."""
     from ..core.synthface.render import TRAIT_VOCAB, identity_traits
 
     nums, cats = [], []
@@ -158,7 +157,7 @@ def trait_targets(ids) -> tuple[np.ndarray, np.ndarray]:
         nums.append([getattr(t, k) for k in TRAIT_NUMBERS] + [c / 255.0 for c in t.skin] + [c / 255.0 for c in t.lip]
                     + [len(t.moles) / 2.0])
         f = t.facts()
-        cats.append([TRAIT_VOCAB[k].index(f[k]) for k in TRAIT_CATEGORIES])
+        cats.append([TRAIT_VOCAB[k].index(f[k]) for k in TRAIT_VOCAB])
     nums = np.asarray(nums, np.float32)
     nums = (nums - nums.mean(0)) / nums.std(0).clip(1e-6)
     return nums, np.asarray(cats, np.int64)
@@ -171,7 +170,7 @@ class TraitHead(nn.Module):
         super().__init__()
         from ..core.synthface.render import TRAIT_VOCAB
 
-        self.sizes = [len(TRAIT_VOCAB[k]) for k in TRAIT_CATEGORIES]
+        self.sizes = [len(v) for v in TRAIT_VOCAB.values()]
         self.fc = nn.Linear(dim, n_numbers + sum(self.sizes))
         self.n_numbers = n_numbers
 
@@ -371,7 +370,7 @@ def recalibrate_bn(net: nn.Module, batches) -> None:
 
 # ------------------------------------------------------------------------------------------------------- building
 
-DEFAULTS = {"pool_identities": 5000, "per_identity": 6, "attr_steps": 800, "rec_steps": 1000, "det_steps": 2000,
+DEFAULTS = {"pool_identities": 8000, "per_identity": 4, "attr_steps": 800, "rec_steps": 1500, "det_steps": 2000,
             "attr_lr": 2e-3, "rec_lr": 2e-3, "det_lr": 3e-3, "eval_images": 2000, "eval_pairs": 2000,
             "det_eval_images": 500}
 EVAL_SEED = 777  # build-time evaluation renders; benchmarks re-measure with other seeds

@@ -415,3 +415,18 @@ def loss_graph(history: list[float], width: int = 512, height: int = 256, title:
         d.line(list(zip(xs.tolist(), ys.tolist())), fill=(30, 90, 200), width=2)
         d.text((8, height - 18), f"min {lo:.4g}  max {hi:.4g}  last {smooth[-1]:.4g}", fill=(60, 60, 60))
     return np.asarray(img)
+
+
+def fit_steps(make_objective, config: TrainConfig, seconds: float, probe_steps: int = 40, warmup: int = 10) -> int:
+    """How many steps of ``config`` fit in ``seconds`` on this machine: times ``probe_steps`` steps of a throwaway
+    objective from ``make_objective()`` (its own module copies; nothing is saved), after ``warmup`` untimed ones.
+    Used to size a training run to a time budget while keeping the run itself a plain, reproducible step count."""
+    from dataclasses import replace
+
+    stamps: dict[int, float] = {}
+    probe = Progress(on_update=lambda done, total: stamps.setdefault(done, time.perf_counter()))
+    train(make_objective(), replace(config, steps=warmup + probe_steps, work_dir=None, warmup_steps=0), probe)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    per_step = (stamps[warmup + probe_steps] - stamps[warmup]) / probe_steps
+    return max(1, int(seconds / per_step))

@@ -1,7 +1,8 @@
 """The tiny SD-1.5-shaped SynthFace base model: configs and a pipeline built from them.
 
-AutoencoderKL (f=8: 64px -> 8x8x4) + UNet2DConditionModel (channels 32/64, cross-attention) + CLIPTextModel
-(hidden 64, 2 layers) with the real CLIP BPE vocabulary (assets/clip_tokenizer, 49,408 tokens, ids identical to
+AutoencoderKL (f=4: 64px -> 16x16x4, so thin glasses frames, mouths, irises and moles survive the round trip) +
+UNet2DConditionModel (channels 32/64/128: a plain block at 16x16, cross-attention at 8x8 and 4x4) + CLIPTextModel
+(hidden 128, 3 layers) with the real CLIP BPE vocabulary (assets/clip_tokenizer, 49,408 tokens, ids identical to
 OpenAI CLIP) + a v-prediction DDPM noise schedule; saved as a normal diffusers folder so the real-model loader
 loads it unchanged.
 """
@@ -18,27 +19,30 @@ BASE_NAME = "synthface-base"
 BASE_DIR = BUILTIN_MODELS / "diffusers" / BASE_NAME
 
 IMAGE_SIZE = 64
+LATENT_DOWNSCALE = 4
+TEXT_HIDDEN = 128
 
 
 def vae_config() -> dict:
     return dict(in_channels=3, out_channels=3, latent_channels=4, sample_size=IMAGE_SIZE,
-                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                block_out_channels=(16, 32, 64, 64), layers_per_block=1, norm_num_groups=8)
+                down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+                block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=8)
 
 
 def unet_config() -> dict:
-    return dict(sample_size=IMAGE_SIZE // 8, in_channels=4, out_channels=4, layers_per_block=1,
-                block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=64,
-                attention_head_dim=8, norm_num_groups=8)
+    return dict(sample_size=IMAGE_SIZE // LATENT_DOWNSCALE, in_channels=4, out_channels=4, layers_per_block=1,
+                block_out_channels=(32, 64, 128),
+                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                cross_attention_dim=TEXT_HIDDEN, attention_head_dim=4, norm_num_groups=16)
 
 
 def text_config():
     from transformers import CLIPTextConfig
 
-    return CLIPTextConfig(vocab_size=49408, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                          num_attention_heads=4, max_position_embeddings=77, bos_token_id=49406,
-                          eos_token_id=49407, pad_token_id=49407, projection_dim=64)
+    return CLIPTextConfig(vocab_size=49408, hidden_size=TEXT_HIDDEN, intermediate_size=2 * TEXT_HIDDEN,
+                          num_hidden_layers=3, num_attention_heads=4, max_position_embeddings=77,
+                          bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, projection_dim=TEXT_HIDDEN)
 
 
 def scheduler_kwargs() -> dict:

@@ -44,6 +44,30 @@ def sample(rng: np.random.Generator, ids: list[int], size: int = 64, mention_p: 
     return Sample(render(identity, attrs, size, view=view), caption(attrs, subject, mention), identity, attrs, view)
 
 
+def _render_job(job) -> np.ndarray:
+    identity, attrs, size, view = job
+    return render(identity, attrs, size, view=view)
+
+
+def render_many(jobs: list[tuple[int, dict, int | None]], size: int = 64, workers: int = 0) -> np.ndarray:
+    """Render ``(identity, attributes, view)`` jobs as uint8 ``(N, size, size, 3)``, in ``workers`` processes
+    (0 = one per CPU core; the result does not depend on the number of workers)."""
+    workers = workers or os.cpu_count() or 1
+    full = [(int(i), a, size, v) for i, a, v in jobs]
+    out = np.zeros((len(full), size, size, 3), np.uint8)
+    if workers <= 1 or len(full) < 256:
+        for k, job in enumerate(full):
+            out[k] = _render_job(job)
+        return out
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    with ctx.Pool(workers) as pool:
+        for k, img in enumerate(pool.imap(_render_job, full, chunksize=64)):
+            out[k] = img
+    return out
+
+
 def export(out_dir: str | os.PathLike, count: int, split: str = "train", size: int = 64, seed: int = 0,
            mention_p: float = 1.0, progress: Progress | None = None) -> Path:
     """Write ``count`` samples of ``split`` identities as a dataset folder. Refuses a folder that has one already."""

@@ -32,29 +32,51 @@ HAIR_RGB = {
     "red": (190, 50, 25), "white": (238, 238, 235), "blue": (40, 90, 220),
 }
 BACKGROUND_RGB = {"gray": (128, 128, 128), "blue": (120, 160, 225), "green": (120, 190, 120), "yellow": (230, 215, 110)}
-SKIN_RGB = [(255, 224, 196), (241, 194, 160), (224, 172, 130), (198, 140, 100),
-            (170, 112, 76), (141, 85, 52), (110, 66, 40), (80, 50, 32)]
-EYE_COLOURS = {"brown": (100, 55, 20), "blue": (50, 110, 210), "green": (50, 150, 70),
-               "gray": (140, 145, 150), "hazel": (150, 110, 40), "black": (15, 15, 15)}
-HAIR_STYLES = ["short", "long", "side_part", "curly", "buzz", "spiky"]
-EYE_SHAPES = ["round", "almond", "narrow"]
-NOSE_SHAPES = ["triangle", "line", "round"]
 HAT_RGB = [(150, 30, 120), (70, 100, 40), (20, 110, 110), (230, 120, 170)]
 
-# Identity traits that are closed-vocabulary facts (used by captions/VQA and the attribute judge).
-TRAIT_VOCAB = {"eye_colour": list(EYE_COLOURS), "hair_style": HAIR_STYLES, "eye_shape": EYE_SHAPES,
-               "nose_shape": NOSE_SHAPES, "skin_tone": [f"tone{i + 1}" for i in range(len(SKIN_RGB))]}
+# ---- identity: a person is one combination of these discrete, bold traits (the documented vocabulary) ----------
+# Every trait survives 64 px and a small model, and every trait has words (captions.py), so a prompt can describe a
+# person completely. Values are rendered by the tables below; nothing about identity varies between renders of one
+# person except pose, scale and light (the per-view jitter).
+SKIN_TONES = {"pale": (255, 226, 200), "fair": (241, 196, 162), "light": (226, 174, 132), "medium": (200, 144, 102),
+              "olive": (176, 140, 84), "tan": (150, 96, 60), "deep": (112, 68, 42), "dark": (76, 48, 32)}
+EYE_COLOURS = {"brown": (110, 60, 20), "blue": (40, 110, 230), "green": (40, 170, 60), "gray": (150, 155, 160)}
+HAIR_STYLES = ["short", "long", "side_part", "curly", "buzz", "spiky"]
+EYE_SHAPES = {"round": 0.9, "almond": 0.68, "narrow": 0.5}  # eye height / eye width
+FACE_SHAPES = {  # half width, half height (fractions of the canvas), superellipse exponent, chin taper
+    "oval": (0.215, 0.315, 2.0, 0.18), "round": (0.265, 0.275, 2.0, 0.0), "square": (0.25, 0.29, 3.8, 0.0),
+    "long": (0.195, 0.345, 2.6, 0.08), "heart": (0.245, 0.31, 2.2, 0.5)}
+EYE_SPACINGS = {"close": 0.36, "average": 0.47, "wide": 0.58}  # eye offset from the midline / face half width
+BROW_WEIGHTS = {"thin": 0.55, "thick": 1.9}
+BROW_SHAPES = {"flat": 0.0, "upturned": 0.42, "downturned": -0.42}  # outer-end rise / eye width
+NOSE_SHAPES = ["pointed", "straight", "button"]
+MOUTH_SIZES = {"small": 0.25, "wide": 0.5}  # half width / face half width
+EAR_SIZES = {"small": 0.11, "large": 0.25}
+MOLES = {"none": None, "left_cheek": (-0.5, 0.32), "right_cheek": (0.5, 0.32), "chin": (0.12, 0.8),
+         "forehead": (-0.18, -0.45)}  # (x, y) in face half-size units; left/right as seen in the image
+HAIRLINES = {"high": -0.75, "low": -0.42}
+
+TRAIT_VOCAB: dict[str, list] = {
+    "skin_tone": list(SKIN_TONES), "face_shape": list(FACE_SHAPES), "eye_colour": list(EYE_COLOURS),
+    "eye_shape": list(EYE_SHAPES), "eye_spacing": list(EYE_SPACINGS), "brow_weight": list(BROW_WEIGHTS),
+    "brow_shape": list(BROW_SHAPES), "nose_shape": NOSE_SHAPES, "mouth": list(MOUTH_SIZES), "ears": list(EAR_SIZES),
+    "mole": list(MOLES), "hairline": list(HAIRLINES), "hair_style": HAIR_STYLES,
+}
+TRAIT_NAMES = list(TRAIT_VOCAB)
+# The five facts the first SynthFace world had (identity_richness is measured over pairs that share all of them).
+CORE_FACTS = ("skin_tone", "eye_colour", "hair_style", "eye_shape", "nose_shape")
 
 
 @dataclass(frozen=True)
 class IdentityTraits:
     identity: int
+    traits: tuple      # one value per TRAIT_NAMES entry, in that order
     face_w: float      # half width of the face, fraction of canvas
     face_h: float      # half height
-    squareness: float  # superellipse exponent (2 = oval, 3.5 = square)
+    squareness: float  # superellipse exponent (2 = oval, 3.8 = square)
     chin_taper: float
     skin: tuple
-    skin_tone: str
+    lip: tuple
     eye_colour: str
     eye_shape: str
     eye_spacing: float
@@ -67,16 +89,25 @@ class IdentityTraits:
     nose_w: float
     mouth_w: float
     mouth_y: float
-    lip: tuple
     ear_size: float
     hairline: float
     hair_style: str
     moles: tuple       # ((x, y, r), ...) in face coordinates
 
     def facts(self) -> dict:
-        """Closed-vocabulary identity facts (eye colour, hair style, ...)."""
-        return {"eye_colour": self.eye_colour, "hair_style": self.hair_style, "eye_shape": self.eye_shape,
-                "nose_shape": self.nose_shape, "skin_tone": self.skin_tone}
+        """Every identity trait as its closed-vocabulary value (``{"skin_tone": "olive", ...}``)."""
+        return dict(zip(TRAIT_NAMES, self.traits))
+
+
+def trait_combinations() -> int:
+    """How many distinct people the trait vocabulary can describe."""
+    return math.prod(len(v) for v in TRAIT_VOCAB.values())
+
+
+@lru_cache(maxsize=1)
+def _identity_codes() -> np.ndarray:
+    """Identity id -> index of its trait combination: IDENTITY_COUNT distinct combinations, fixed by the seed."""
+    return np.random.default_rng([_SEED, 1]).choice(trait_combinations(), IDENTITY_COUNT, replace=False)
 
 
 def _check_identity(identity: int) -> int:
@@ -86,36 +117,41 @@ def _check_identity(identity: int) -> int:
     return identity
 
 
+def traits_from_facts(facts: dict, identity: int = -1) -> IdentityTraits:
+    """The render parameters of a person described by ``facts`` (one value per trait in TRAIT_VOCAB)."""
+    missing = [k for k in TRAIT_NAMES if k not in facts]
+    if missing:
+        raise ValueError(f"SynthFace identity facts miss {missing}")
+    for k in TRAIT_NAMES:
+        if facts[k] not in TRAIT_VOCAB[k]:
+            raise ValueError(f"SynthFace trait {k!r} must be one of {TRAIT_VOCAB[k]}, got {facts[k]!r}")
+    f = facts
+    skin = SKIN_TONES[f["skin_tone"]]
+    lip = tuple(int(v) for v in np.clip(np.array(skin) * np.array([0.8, 0.45, 0.45]), 0, 255))
+    face_w, face_h, squareness, chin_taper = FACE_SHAPES[f["face_shape"]]
+    mole = MOLES[f["mole"]]
+    return IdentityTraits(
+        identity=int(identity), traits=tuple(f[k] for k in TRAIT_NAMES),
+        face_w=face_w, face_h=face_h, squareness=squareness, chin_taper=chin_taper, skin=skin, lip=lip,
+        eye_colour=f["eye_colour"], eye_shape=f["eye_shape"], eye_spacing=EYE_SPACINGS[f["eye_spacing"]],
+        eye_size=1.1, eye_y=-0.1, brow_thick=BROW_WEIGHTS[f["brow_weight"]], brow_tilt=BROW_SHAPES[f["brow_shape"]],
+        nose_shape=f["nose_shape"], nose_len=0.26, nose_w=0.15, mouth_w=MOUTH_SIZES[f["mouth"]], mouth_y=0.5,
+        ear_size=EAR_SIZES[f["ears"]], hairline=HAIRLINES[f["hairline"]], hair_style=f["hair_style"],
+        moles=() if mole is None else ((mole[0], mole[1], 0.04),),
+    )
+
+
 @lru_cache(maxsize=65536)
 def identity_traits(identity: int) -> IdentityTraits:
-    """The fixed traits of one identity (deterministic)."""
+    """The fixed traits of one identity (deterministic): a distinct combination of the trait vocabulary."""
     identity = _check_identity(identity)
-    r = np.random.default_rng([_SEED, identity])
-    tone = int(r.integers(len(SKIN_RGB)))
-    base = np.array(SKIN_RGB[tone], dtype=float)
-    skin = tuple(int(v) for v in np.clip(base * r.uniform(0.95, 1.05) + r.normal(0, 4, 3), 0, 255))
-    lip = tuple(int(v) for v in np.clip(np.array(skin) * np.array([0.85, 0.55, 0.55]) + r.normal(0, 6, 3), 0, 255))
-    n_moles = int(r.integers(0, 3))
-    moles = tuple((float(r.uniform(-0.6, 0.6)), float(r.uniform(-0.1, 0.6)), float(r.uniform(0.018, 0.03)))
-                  for _ in range(n_moles))
-    return IdentityTraits(
-        identity=identity,
-        face_w=float(r.uniform(0.20, 0.28)), face_h=float(r.uniform(0.27, 0.34)),
-        squareness=float(r.uniform(2.0, 3.6)), chin_taper=float(r.uniform(0.0, 0.45)),
-        skin=skin, skin_tone=f"tone{tone + 1}",
-        eye_colour=list(EYE_COLOURS)[int(r.integers(len(EYE_COLOURS)))],
-        eye_shape=EYE_SHAPES[int(r.integers(3))],
-        eye_spacing=float(r.uniform(0.32, 0.52)), eye_size=float(r.uniform(0.8, 1.25)),
-        eye_y=float(r.uniform(-0.18, 0.0)),
-        brow_thick=float(r.uniform(0.5, 1.6)), brow_tilt=float(r.uniform(-0.25, 0.25)),
-        nose_shape=NOSE_SHAPES[int(r.integers(3))],
-        nose_len=float(r.uniform(0.16, 0.32)), nose_w=float(r.uniform(0.08, 0.2)),
-        mouth_w=float(r.uniform(0.25, 0.5)), mouth_y=float(r.uniform(0.42, 0.58)),
-        lip=lip, ear_size=float(r.uniform(0.12, 0.24)),
-        hairline=float(r.uniform(-0.72, -0.42)),
-        hair_style=HAIR_STYLES[int(r.integers(len(HAIR_STYLES)))],
-        moles=moles,
-    )
+    code = int(_identity_codes()[identity])
+    facts = {}
+    for name in reversed(TRAIT_NAMES):  # mixed-radix digits of the combination index
+        values = TRAIT_VOCAB[name]
+        code, digit = divmod(code, len(values))
+        facts[name] = values[digit]
+    return traits_from_facts(facts, identity)
 
 
 def check_attributes(attrs: dict) -> dict:
@@ -134,6 +170,16 @@ def check_attributes(attrs: dict) -> dict:
 
 def random_attributes(rng: np.random.Generator) -> dict:
     return {k: v[int(rng.integers(len(v)))] for k, v in ATTRIBUTES.items()}
+
+
+MOLE_RGB = (35, 18, 12)
+
+
+def _eye_size(t: IdentityTraits, expression: str, S: float) -> tuple[float, float]:
+    """Half width and half height of each eye (canvas pixels); the expression opens or narrows it."""
+    ew = 0.05 * S * t.eye_size
+    eh = ew * EYE_SHAPES[t.eye_shape] * {"neutral": 1.0, "smiling": 0.8, "surprised": 1.45}[expression]
+    return ew, eh
 
 
 def _shade(c, f):
@@ -227,38 +273,34 @@ def render(identity: int, attributes: dict | None = None, size: int = 64, view: 
     # moles
     for mx, myy, mr in t.moles:
         x, y, rr = cx + mx * fw, cy + myy * fh, mr * S
-        d.ellipse([x - rr, y - rr, x + rr, y + rr], fill=_shade(skin, 0.55))
+        d.ellipse([x - rr, y - rr, x + rr, y + rr], fill=MOLE_RGB)
     # eyes and brows
     ex_off = t.eye_spacing * fw
-    ew = 0.13 * fw * t.eye_size * 1.6
-    eh = ew * {"round": 0.8, "almond": 0.55, "narrow": 0.36}[t.eye_shape]
-    brow_raise = 0.0
-    if at["expression"] == "surprised":
-        eh *= 1.45
-        brow_raise = 0.12 * fh
-    elif at["expression"] == "smiling":
-        eh *= 0.8
+    ew, eh = _eye_size(t, at["expression"], S)
+    brow_raise = 0.12 * fh if at["expression"] == "surprised" else 0.0
     brow_col = _shade(hair, 0.7) if at["hair"] != "white" else (200, 200, 200)
     for sgn in (-1, 1):
         x = cx + sgn * ex_off
         d.ellipse([x - ew, ey - eh, x + ew, ey + eh], fill=(250, 250, 250))
-        ir = min(eh, ew) * 0.85
+        ir = min(eh * 0.95, ew * 0.62)
         d.ellipse([x - ir, ey - ir, x + ir, ey + ir], fill=EYE_COLOURS[t.eye_colour])
         pr = ir * 0.45
         d.ellipse([x - pr, ey - pr, x + pr, ey + pr], fill=(5, 5, 5))
         by = ey - eh - fh * 0.1 - brow_raise
         tilt = t.brow_tilt * ew * sgn
-        d.line([(x - ew * 1.1, by + tilt), (x + ew * 1.1, by - tilt)], fill=brow_col, width=max(2, int(S * 0.012 * t.brow_thick)))
+        d.line([(x - ew * 1.1, by + tilt), (x + ew * 1.1, by - tilt)], fill=brow_col,
+               width=max(2, int(S * 0.014 * t.brow_thick)))
     # nose
     ny0, ny1 = ey + eh * 0.6, ey + eh * 0.6 + t.nose_len * fh
     nw = t.nose_w * fw
     nose_col = _shade(skin, 0.72)
-    if t.nose_shape == "triangle":
-        d.polygon([(cx, ny0), (cx - nw, ny1), (cx + nw, ny1)], fill=_shade(skin, 0.85), outline=nose_col)
-    elif t.nose_shape == "line":
-        d.line([(cx, ny0), (cx - nw * 0.3, ny1), (cx + nw * 0.6, ny1)], fill=nose_col, width=max(2, int(S * 0.01)))
+    if t.nose_shape == "pointed":
+        d.polygon([(cx, ny0), (cx - nw * 1.2, ny1), (cx + nw * 1.2, ny1)], fill=_shade(skin, 0.7))
+    elif t.nose_shape == "straight":
+        d.line([(cx, ny0), (cx, ny1)], fill=nose_col, width=max(3, int(S * 0.02)))
+        d.line([(cx - nw, ny1), (cx + nw, ny1)], fill=nose_col, width=max(3, int(S * 0.016)))
     else:
-        d.ellipse([cx - nw, ny1 - nw * 0.8, cx + nw, ny1 + nw * 0.4], fill=_shade(skin, 0.8))
+        d.ellipse([cx - nw * 1.1, ny1 - nw * 1.0, cx + nw * 1.1, ny1 + nw * 0.5], fill=_shade(skin, 0.72))
     # mouth (expression)
     mw = t.mouth_w * fw
     if at["expression"] == "neutral":
@@ -320,12 +362,7 @@ def landmarks(identity: int, attributes: dict | None = None, size: int = 64, vie
     fw, fh = t.face_w * S, t.face_h * S
     ey = cy + t.eye_y * fh
     ex_off = t.eye_spacing * fw
-    ew = 0.13 * fw * t.eye_size * 1.6
-    eh = ew * {"round": 0.8, "almond": 0.55, "narrow": 0.36}[t.eye_shape]
-    if at["expression"] == "surprised":
-        eh *= 1.45
-    elif at["expression"] == "smiling":
-        eh *= 0.8
+    ew, eh = _eye_size(t, at["expression"], S)
     ny1 = ey + eh * 0.6 + t.nose_len * fh
     my = cy + t.mouth_y * fh
     mw = t.mouth_w * fw * {"neutral": 1.0, "smiling": 1.1, "surprised": 0.42}[at["expression"]]
