@@ -11,7 +11,7 @@ from ..core import paths
 from ..core.concept.concept import Concept
 from ..core.concept.personalize import DEFAULT_TUNING_LR
 from ..core.concept.tokens import DEFAULT_TOKEN
-from ..core.formats import check_new_file, read_safetensors_metadata, safe_join
+from ..core.formats import OverwriteRefused, check_new_file, read_safetensors_metadata, safe_join
 from .comfy_bridge import grad_enabled, interruptible, node_progress
 from .node_errors import input_error
 
@@ -38,6 +38,11 @@ def _concepts(value) -> list:
             out.extend(_concepts(v) if isinstance(v, (list, tuple)) else [v])
         return out
     return [value]
+
+
+def _exists_text(exc: FileExistsError, hint: str) -> str:
+    """A file-exists error told in the node's words (its 'overwrite' input, not a Python argument)."""
+    return exc.with_hint(hint) if isinstance(exc, OverwriteRefused) else f"{exc} ({hint})"
 
 
 def _file_name(name: str) -> str:
@@ -139,7 +144,7 @@ class FaceSmithTrainDomainEncoder:
         try:
             check_new_file(out, overwrite)
         except FileExistsError as exc:
-            raise input_error(node, "name", f"{exc} (turn on 'overwrite' or choose another name)") from exc
+            raise input_error(node, "name", _exists_text(exc, "turn on 'overwrite' or choose another name")) from exc
         if precision == "fp16" and not torch.cuda.is_available():
             raise input_error(node, "precision", "fp16 needs a CUDA GPU; use 'no' or 'bf16' on the CPU")
         dp = pipeline.pipe
@@ -384,9 +389,10 @@ class FaceSmithSaveConcept:
                     if f is not None:
                         check_new_file(f, overwrite)
                 targets.append((c, emb, lora))
-        except (ValueError, FileExistsError) as exc:
-            raise input_error(node, "name", f"{exc}" + ("" if overwrite else " (turn on 'overwrite' to replace)")) \
-                from exc
+        except FileExistsError as exc:
+            raise input_error(node, "name", _exists_text(exc, "turn on 'overwrite' to replace it")) from exc
+        except ValueError as exc:
+            raise input_error(node, "name", exc) from exc
         emb_paths, lora_paths = [], []
         for c, emb, lora in targets:
             e, lp = save_concept(c, emb, lora, overwrite=overwrite)

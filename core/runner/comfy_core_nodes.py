@@ -164,8 +164,8 @@ def get_save_image_path(filename_prefix: str, output_dir: str, image_width: int 
 def _save_png_new_file(img, folder: str, name_for, counter: int, pnginfo, compress_level: int) -> tuple[str, int]:
     """Write ``img`` atomically under the first free ``name_for(counter)``; never replaces an existing file."""
     tmp = os.path.join(folder, f".facesmith-{uuid.uuid4().hex}.png.tmp")
-    img.save(tmp, format="PNG", pnginfo=pnginfo, compress_level=compress_level)
-    try:
+    try:  # the save itself may fail half-way (a full disk): the temporary file goes on every path
+        img.save(tmp, format="PNG", pnginfo=pnginfo, compress_level=compress_level)
         while True:
             final = os.path.join(folder, name_for(counter))
             try:
@@ -180,8 +180,15 @@ def _save_png_new_file(img, folder: str, name_for, counter: int, pnginfo, compre
                 os.replace(tmp, final)
                 return name_for(counter), counter
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _remove_quietly(tmp)
+
+
+def _remove_quietly(path: str) -> None:
+    """Remove ``path`` if it exists, never raising (an error here must not hide the one that got us here)."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 class SaveImage:
