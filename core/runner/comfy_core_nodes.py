@@ -3,6 +3,8 @@
 Same class names, input names, return types, file naming and PNG metadata as ComfyUI's ``nodes.py``, so a workflow
 runs unchanged here and in ComfyUI. Folders come from ``directories(...)`` (the runner sets them), standing in for
 ComfyUI's ``folder_paths``. Inside ComfyUI these classes are never registered: ComfyUI's own nodes are used.
+One deliberate difference: LoadImage reads pixels through ``core.images.pil_to_float``, so 16-bit PNGs (mode
+``I;16``) load scaled instead of clipped to white.
 """
 from __future__ import annotations
 
@@ -74,27 +76,25 @@ class LoadImage:
     FUNCTION = "load_image"
 
     def load_image(self, image):
-        import numpy as np
         import torch
         from PIL import Image, ImageOps, ImageSequence
+
+        from ..images import pil_alpha, pil_to_float
 
         img = Image.open(annotated_filepath(image))
         output_images, output_masks = [], []
         w = h = None
         for i in ImageSequence.Iterator(img):
             i = ImageOps.exif_transpose(i)
-            if i.mode == "I":
-                i = i.point(lambda p: p * (1 / 255))
-            rgb = i.convert("RGB")
             if not output_images:
-                w, h = rgb.size
-            if rgb.size != (w, h):
+                w, h = i.size
+            if i.size != (w, h):
                 continue
-            arr = torch.from_numpy(np.array(rgb).astype(np.float32) / 255.0)[None,]
-            if "A" in i.getbands():
-                mask = 1.0 - torch.from_numpy(np.array(i.getchannel("A")).astype(np.float32) / 255.0)
-            elif i.mode == "P" and "transparency" in i.info:
-                mask = 1.0 - torch.from_numpy(np.array(i.convert("RGBA").getchannel("A")).astype(np.float32) / 255.0)
+            # the one mode-aware conversion (16-bit PNGs scaled, not clipped to white)
+            arr = torch.from_numpy(pil_to_float(i))[None,]
+            alpha = pil_alpha(i)
+            if alpha is not None:
+                mask = 1.0 - torch.from_numpy(alpha)
             else:
                 mask = torch.zeros((64, 64), dtype=torch.float32, device="cpu")
             output_images.append(arr)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..formats import OverwriteRefused, atomic_path, ensure_folder
+from ..images import pil_to_numpy
 from ..locks import folder_lock
 from ..progress import Progress, report
 from .captions import caption, random_mention
@@ -123,7 +124,8 @@ def load_images(rows: list[dict], size: int) -> np.ndarray:
 
     out = np.zeros((len(rows), size, size, 3), np.uint8)
     for i, row in enumerate(rows):
-        im = Image.open(row["path"]).convert("RGB")
+        with Image.open(row["path"]) as opened:
+            im = Image.fromarray(pil_to_numpy(opened)[0])  # the one mode-aware conversion (16-bit, CMYK, ...)
         w, h = im.size
         s = min(w, h)
         im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)).resize((size, size), Image.BICUBIC)
