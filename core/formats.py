@@ -246,17 +246,30 @@ def load_safetensors(path: str | os.PathLike, device: str = "cpu") -> tuple[dict
     from safetensors import safe_open
 
     path = _check_safetensors_path(path)
-    with safe_open(str(path), framework="pt", device=str(device)) as f:
-        metadata = dict(f.metadata() or {})
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    with _naming_file(path):
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
     return tensors, metadata
+
+
+@contextlib.contextmanager
+def _naming_file(path: Path) -> Iterator[None]:
+    """The safetensors library's errors ("header too large", "incomplete metadata") do not say which file: add it."""
+    try:
+        yield
+    except Exception as exc:
+        if type(exc).__name__ != "SafetensorError" and not isinstance(exc, OSError):
+            raise
+        raise ValueError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc})") from None
 
 
 def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The ``str -> str`` metadata of a safetensors file, reading only its header."""
     from safetensors import safe_open
 
-    with safe_open(str(_check_safetensors_path(path)), framework="pt") as f:
+    path = _check_safetensors_path(path)
+    with _naming_file(path), safe_open(str(path), framework="pt") as f:
         return dict(f.metadata() or {})
 
 
@@ -264,5 +277,6 @@ def safetensors_keys(path: str | os.PathLike) -> list[str]:
     """The tensor names in a safetensors file, reading only its header."""
     from safetensors import safe_open
 
-    with safe_open(str(_check_safetensors_path(path)), framework="pt") as f:
+    path = _check_safetensors_path(path)
+    with _naming_file(path), safe_open(str(path), framework="pt") as f:
         return list(f.keys())
