@@ -30,6 +30,7 @@ __all__ = [
 ]
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
+MAX_NAME_BYTES = 255  # one path component on common file systems
 
 
 def safe_join(root: str | os.PathLike, name: str) -> Path:
@@ -54,6 +55,10 @@ def safe_join(root: str | os.PathLike, name: str) -> Path:
     parts = [p for p in parts if p != "."]
     if not parts:
         raise ValueError(f"file name {name!r} names no file")
+    for p in parts:
+        if len(p.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+            raise ValueError(f"file name part {p[:40]!r}... is longer than {MAX_NAME_BYTES} bytes (the file system "
+                             "limit)")
     return Path(root).joinpath(*parts)
 
 

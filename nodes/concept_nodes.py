@@ -45,6 +45,20 @@ def _exists_text(exc: FileExistsError, hint: str) -> str:
     return exc.with_hint(hint) if isinstance(exc, OverwriteRefused) else f"{exc} ({hint})"
 
 
+def _name_problem(name) -> str | None:
+    """Why ``name`` cannot be a model file name (NUL, '..', absolute, too long ...), or None; for VALIDATE_INPUTS,
+    so a bad name stops the graph before anything runs."""
+    if name is None:
+        return None  # linked: checked when the node runs
+    if not isinstance(name, str) or not name.strip():
+        return "is empty"
+    try:
+        safe_join("models", _file_name(name))
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def _file_name(name: str) -> str:
     name = name.strip()
     return name if name.endswith(".safetensors") else name + ".safetensors"
@@ -121,6 +135,11 @@ class FaceSmithTrainDomainEncoder:
                                         "tooltip": "dataset=images: one caption per line (or one for all)."}),
             },
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, name=None):
+        problem = _name_problem(name)
+        return True if problem is None else str(input_error(cls.DISPLAY_NAME, "name", problem))
 
     def train(self, pipeline, dataset, dataset_folder, synthface_identities, synthface_views, steps, batch_size,
               learning_rate, rank, embedding_reg, weight_reg, seed, precision, gradient_checkpointing, resume, name,
@@ -368,6 +387,11 @@ class FaceSmithSaveConcept:
                                 "tooltip": "File name: models/embeddings/NAME.safetensors and models/loras/NAME."}),
             "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace existing files of this name."}),
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, name=None):
+        problem = _name_problem(name)
+        return True if problem is None else str(input_error(cls.DISPLAY_NAME, "name", problem))
 
     def save(self, concepts, name, overwrite):
         from ..core.concept.export import save_concept

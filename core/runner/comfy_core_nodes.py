@@ -16,6 +16,7 @@ import uuid
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
+MAX_NAME_BYTES = 255  # one path component on common file systems (ext4, APFS, NTFS in UTF-16 units)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 _ANNOTATIONS = {" [input]": "input", " [output]": "output", " [temp]": "temp"}
 
@@ -246,6 +247,14 @@ class SaveImage:
         # not in ComfyUI's SaveImage (it fails at run time); here a bad prefix is caught before anything runs
         if not isinstance(filename_prefix, str):
             return f"filename_prefix must be a string, got {filename_prefix!r}"
+        if "\x00" in filename_prefix:
+            return f"filename_prefix {filename_prefix!r} contains a NUL byte"
+        for part in filename_prefix.replace("\\", "/").split("/"):
+            # the file name gets "_00001_.png" (and PreviewImage a "_temp_xxxxx" tag): leave room for them
+            if len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES - 32:
+                return (f"filename_prefix part {part[:40]!r}... is {len(part.encode('utf-8', 'surrogatepass'))} "
+                        f"bytes; file names may have at most {MAX_NAME_BYTES - 32} here (the counter and "
+                        "extension need the rest)")
         base = get_directory("output")
         norm = os.path.normpath(filename_prefix)
         if os.path.isabs(filename_prefix) or not _inside(base, os.path.join(base, os.path.dirname(norm))) or \

@@ -66,6 +66,14 @@ def main(args) -> int:
     temp_dir = getattr(args, "temp_dir", None)
     overrides = list(getattr(args, "overrides", None) or [])
     quiet = bool(getattr(args, "no_progress", False))
+    if not getattr(args, "check", False):
+        from ..formats import ensure_folder
+
+        try:  # a file in the way or a folder that cannot be created: say so before loading anything
+            ensure_folder(out, "output folder (--out)")
+        except OSError as e:
+            _err(f"error: {e}")
+            return EXIT_INVALID
     try:
         if getattr(args, "check", False):
             o = out.resolve()
