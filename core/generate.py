@@ -17,6 +17,7 @@ from typing import Any, Iterable, Optional, Protocol, runtime_checkable
 import torch
 
 from .images import unit_bchw_to_comfy
+from .memory import check_generate_memory
 from .models import BasePipeline
 from .progress import Progress, report
 
@@ -221,6 +222,7 @@ def generate(
     """Run ``request`` on ``pipe`` with ``conditioners`` applied; returns ComfyUI IMAGE ``(B, H, W, 3)`` float32 in
     [0, 1] on the CPU. ``progress`` gets one update per denoising step and may raise ``Interrupted``."""
     request.validate()
+    check_generate_memory(pipe, request)  # before anything is allocated (MemoryLimitExceeded)
     conditioners = _prepared(_as_conditioners(conditioners))
     width = request.width or pipe.native_size
     height = request.height or pipe.native_size

@@ -4,6 +4,7 @@ from __future__ import annotations
 from ..core.generate import (
     MAX_BATCH, MAX_SIZE, MAX_STEPS, SCHEDULER_NAMES, SEED_MAX, Conditioner, GenerateRequest, InvalidRequest, check_field, generate,
 )
+from ..core.memory import MemoryLimitExceeded, check_generate_memory
 from ..core.models import BasePipeline
 from .comfy_bridge import interruptible, node_progress
 from .loaders import PIPELINE_TYPE
@@ -121,6 +122,10 @@ class FaceSmithGenerate:
             request.validate()
         except InvalidRequest as exc:
             raise input_error(node, exc.field, exc.reason) from exc
+        try:
+            check_generate_memory(pipeline, request)
+        except MemoryLimitExceeded as exc:
+            raise input_error(node, "width/height/batch_size", exc) from exc
         with interruptible():
             images = generate(pipeline, request, conditioners, progress=node_progress(node))
         return (images,)
