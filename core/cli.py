@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:  # Ctrl-C: one line, no traceback
         print(interrupted_text(exc), file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
-    except USER_ERRORS as exc:
-        if args.verbose:
+    except Exception as exc:
+        if args.verbose or not isinstance(exc, user_errors()):
             raise
         print(f"error: {user_error_text(exc, args)}", file=sys.stderr, flush=True)
         return EXIT_FAILED
@@ -57,7 +57,10 @@ def main(argv: list[str] | None = None) -> int:
 EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
 
 
-def _user_errors() -> tuple:
+def user_errors() -> tuple:
+    """What a user can fix from the message alone (a file in the way, a bad value, a folder in use): reported as one
+    line without a traceback (``-v`` shows it). Anything else is a bug and keeps its traceback. Imported only when
+    an error happens, so ``facesmith --help`` stays fast."""
     from .locks import FolderLocked
 
     errors = [OSError, ValueError, FolderLocked]
@@ -67,11 +70,6 @@ def _user_errors() -> tuple:
     except ImportError:  # pragma: no cover - trainers need torch
         pass
     return tuple(errors)
-
-
-# What a user can fix from the message alone (a file in the way, a bad value, a folder in use): one line, no
-# traceback (`-v` shows it). Anything else is a bug and keeps its traceback.
-USER_ERRORS = _user_errors()
 
 
 def interrupted_text(exc: BaseException) -> str:
