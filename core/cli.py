@@ -42,7 +42,59 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     module = import_module(f".{args._module}", __package__)
-    return int(module.main(args) or 0)
+    try:
+        return int(module.main(args) or 0)
+    except KeyboardInterrupt as exc:  # Ctrl-C: one line, no traceback
+        print(interrupted_text(exc), file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if args.verbose or not isinstance(exc, user_errors()):
+            raise
+        print(f"error: {user_error_text(exc, args)}", file=sys.stderr, flush=True)
+        return EXIT_FAILED
+
+
+EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
+
+
+def user_errors() -> tuple:
+    """What a user can fix from the message alone (a file in the way, a bad value, a folder in use): reported as one
+    line without a traceback (``-v`` shows it). Anything else is a bug and keeps its traceback. Imported only when
+    an error happens, so ``facesmith --help`` stays fast."""
+    from .locks import FolderLocked
+
+    errors = [OSError, ValueError, FolderLocked]
+    try:
+        from ..trainers.checkpoints import NoCompleteCheckpoint
+        errors.append(NoCompleteCheckpoint)
+    except ImportError:  # pragma: no cover - trainers need torch
+        pass
+    return tuple(errors)
+
+
+def interrupted_text(exc: BaseException) -> str:
+    """``interrupted; checkpoint kept: PATH ...`` when the training loop saved one (it sets ``exc.checkpoint``)."""
+    if not hasattr(exc, "checkpoint"):
+        return "interrupted"
+    if exc.checkpoint is None:
+        return "interrupted before the first checkpoint; nothing was kept"
+    return f"interrupted; checkpoint kept: {exc.checkpoint} (run the same command again to continue from it)"
+
+
+def user_error_text(exc: BaseException, args) -> str:
+    """The error in the command line's words: a file-exists error names the command's own flag."""
+    from .formats import OverwriteRefused
+
+    if isinstance(exc, OverwriteRefused):
+        if hasattr(args, "overwrite"):
+            return exc.with_hint("add --overwrite to replace it")
+        if hasattr(args, "force"):
+            return exc.with_hint("add --force to replace it")
+        return exc.with_hint("remove it or choose another output")
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
+        text += f": {exc.filename}"
+    return text
 
 
 if __name__ == "__main__":  # pragma: no cover

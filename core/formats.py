@@ -15,8 +15,10 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator, Mapping
 
 __all__ = [
+    "OverwriteRefused",
     "safe_join",
     "check_new_file",
+    "ensure_folder",
     "next_free_path",
     "atomic_path",
     "atomic_write_bytes",
@@ -28,6 +30,7 @@ __all__ = [
 ]
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
+MAX_NAME_BYTES = 255  # one path component on common file systems
 
 
 def safe_join(root: str | os.PathLike, name: str) -> Path:
@@ -52,14 +55,49 @@ def safe_join(root: str | os.PathLike, name: str) -> Path:
     parts = [p for p in parts if p != "."]
     if not parts:
         raise ValueError(f"file name {name!r} names no file")
+    for p in parts:
+        if len(p.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+            raise ValueError(f"file name part {p[:40]!r}... is longer than {MAX_NAME_BYTES} bytes (the file system "
+                             "limit)")
     return Path(root).joinpath(*parts)
 
 
+class OverwriteRefused(FileExistsError):
+    """``path`` exists and replacing it was not asked for. ``str()`` tells a Python caller what to pass; a command
+    line or a node tells its user with ``with_hint`` (``"add --overwrite to replace it"``)."""
+
+    PYTHON_HINT = "pass overwrite=True to replace it"
+
+    def __init__(self, path: str | os.PathLike, context: str = "", hint: str | None = None):
+        self.path = Path(path)
+        self.context = context
+        super().__init__(self.with_hint(hint or self.PYTHON_HINT))
+
+    def with_hint(self, hint: str) -> str:
+        return f"{self.context}{self.path} already exists; refusing to overwrite it ({hint})"
+
+
 def check_new_file(path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Raise ``FileExistsError`` if ``path`` exists and ``overwrite`` is False; return it as a Path."""
+    """Raise ``OverwriteRefused`` (a ``FileExistsError``) if ``path`` exists and ``overwrite`` is False; return it as
+    a Path."""
     path = Path(path)
     if not overwrite and os.path.lexists(path):
-        raise FileExistsError(f"{path} already exists; refusing to overwrite it (pass overwrite=True to replace it)")
+        raise OverwriteRefused(path)
+    return path
+
+
+def ensure_folder(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """Create folder ``path`` (and its parents) if needed; a file in its place, a folder that cannot be created or
+    one that cannot be written to raise an ``OSError`` whose message names ``what`` and the path."""
+    path = Path(path)
+    if os.path.lexists(path) and not path.is_dir():
+        raise NotADirectoryError(f"{what} {path} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise type(exc)(f"cannot create {what} {path}: {exc.strerror or exc}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise PermissionError(f"{what} {path} is not writable")
     return path
 
 
@@ -111,9 +149,7 @@ def _publish(tmp: Path, final: Path, overwrite: bool) -> None:
     try:
         os.link(tmp, final)  # atomic and fails if ``final`` appeared meanwhile
     except FileExistsError:
-        raise FileExistsError(
-            f"{final} already exists; refusing to overwrite it (pass overwrite=True to replace it)"
-        ) from None
+        raise OverwriteRefused(final) from None
     except OSError:
         # file systems without hard links (FAT, some network shares): check, then rename
         check_new_file(final, overwrite=False)
@@ -132,9 +168,9 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     final = check_new_file(path, overwrite)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
     tmp = Path(tmp_name)
     try:
+        os.close(fd)
         yield tmp
         # mkstemp makes 0600 (and writers such as safetensors may recreate the file): give the final file the
         # usual permissions just before publishing it
@@ -144,8 +180,10 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
         _publish(tmp, final, overwrite)
         _fsync_dir(final.parent)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        # on every path: success (already published), a failed write (full disk), a failed publish, an interrupt;
+        # a failure to remove must not hide the error that got us here
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, overwrite: bool = False) -> Path:
@@ -213,17 +251,30 @@ def load_safetensors(path: str | os.PathLike, device: str = "cpu") -> tuple[dict
     from safetensors import safe_open
 
     path = _check_safetensors_path(path)
-    with safe_open(str(path), framework="pt", device=str(device)) as f:
-        metadata = dict(f.metadata() or {})
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    with _naming_file(path):
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
     return tensors, metadata
+
+
+@contextlib.contextmanager
+def _naming_file(path: Path) -> Iterator[None]:
+    """The safetensors library's errors ("header too large", "incomplete metadata") do not say which file: add it."""
+    try:
+        yield
+    except Exception as exc:
+        if type(exc).__name__ != "SafetensorError" and not isinstance(exc, OSError):
+            raise
+        raise ValueError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc})") from None
 
 
 def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The ``str -> str`` metadata of a safetensors file, reading only its header."""
     from safetensors import safe_open
 
-    with safe_open(str(_check_safetensors_path(path)), framework="pt") as f:
+    path = _check_safetensors_path(path)
+    with _naming_file(path), safe_open(str(path), framework="pt") as f:
         return dict(f.metadata() or {})
 
 
@@ -231,5 +282,6 @@ def safetensors_keys(path: str | os.PathLike) -> list[str]:
     """The tensor names in a safetensors file, reading only its header."""
     from safetensors import safe_open
 
-    with safe_open(str(_check_safetensors_path(path)), framework="pt") as f:
+    path = _check_safetensors_path(path)
+    with _naming_file(path), safe_open(str(path), framework="pt") as f:
         return list(f.keys())

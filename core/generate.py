@@ -10,12 +10,14 @@ batched maths), on any device.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Protocol, runtime_checkable
 
 import torch
 
 from .images import unit_bchw_to_comfy
+from .memory import check_generate_memory
 from .models import BasePipeline
 from .progress import Progress, report
 
@@ -94,22 +96,36 @@ class GenerateRequest:
 
     def validate(self) -> "GenerateRequest":
         """Raise ``InvalidRequest`` naming the first bad field; return self."""
-        for name in ("prompt", "negative_prompt"):
-            if not isinstance(getattr(self, name), str):
-                raise InvalidRequest(name, f"must be text, got {type(getattr(self, name)).__name__}")
-        _check_int("seed", self.seed, 0, SEED_MAX)
-        _check_int("steps", self.steps, 1, MAX_STEPS)
-        _check_int("batch_size", self.batch_size, 1, MAX_BATCH)
-        if isinstance(self.cfg, bool) or not isinstance(self.cfg, (int, float)) or not 0 <= self.cfg <= 100:
-            raise InvalidRequest("cfg", f"must be a number from 0 to 100, got {self.cfg!r}")
-        for name in ("width", "height"):
-            value = getattr(self, name)
-            _check_int(name, value, 0, MAX_SIZE)
-            if value % 8:
-                raise InvalidRequest(name, f"must be a multiple of 8, got {value}")
-        if self.scheduler not in SCHEDULERS:
-            raise InvalidRequest("scheduler", f"must be one of {', '.join(SCHEDULER_NAMES)}, got {self.scheduler!r}")
+        for name in ("prompt", "negative_prompt", "seed", "steps", "batch_size", "cfg", "width", "height",
+                     "scheduler"):
+            check_field(name, getattr(self, name))
         return self
+
+
+def check_field(name: str, value: Any) -> None:
+    """Check one ``GenerateRequest`` field on its own (what node validation can do before anything runs); raises
+    ``InvalidRequest``."""
+    if name in ("prompt", "negative_prompt"):
+        if not isinstance(value, str):
+            raise InvalidRequest(name, f"must be text, got {type(value).__name__}")
+    elif name in _INT_RANGES:
+        _check_int(name, value, *_INT_RANGES[name])
+        if name in ("width", "height") and value % 8:
+            raise InvalidRequest(name, f"must be a multiple of 8, got {value}")
+    elif name == "cfg":
+        # NaN passes every comparison-based range check, so finiteness is checked first
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or not 0 <= value <= 100:
+            raise InvalidRequest("cfg", f"must be a number from 0 to 100, got {value!r}")
+    elif name == "scheduler":
+        if value not in SCHEDULERS:
+            raise InvalidRequest("scheduler", f"must be one of {', '.join(SCHEDULER_NAMES)}, got {value!r}")
+    else:
+        raise KeyError(f"GenerateRequest has no field {name!r}")
+
+
+_INT_RANGES = {"seed": (0, SEED_MAX), "steps": (1, MAX_STEPS), "batch_size": (1, MAX_BATCH), "width": (0, MAX_SIZE),
+               "height": (0, MAX_SIZE)}
 
 
 def _check_int(name: str, value: Any, lo: int, hi: int) -> None:
@@ -206,6 +222,7 @@ def generate(
     """Run ``request`` on ``pipe`` with ``conditioners`` applied; returns ComfyUI IMAGE ``(B, H, W, 3)`` float32 in
     [0, 1] on the CPU. ``progress`` gets one update per denoising step and may raise ``Interrupted``."""
     request.validate()
+    check_generate_memory(pipe, request)  # before anything is allocated (MemoryLimitExceeded)
     conditioners = _prepared(_as_conditioners(conditioners))
     width = request.width or pipe.native_size
     height = request.height or pipe.native_size

@@ -8,6 +8,10 @@ Formats:
 - **model**: a torch tensor ``(B, C, H, W)`` in ``[-1, 1]`` (what VAEs and most encoders take).
 
 Float -> uint8 rounds to nearest (``round(x * 255)``) so pil -> comfy -> pil is lossless.
+
+PIL images of every mode read through :func:`pil_to_float` (and :func:`pil_alpha` for transparency): 8-bit modes as
+PIL converts them; 16-bit integer modes (``I;16``, as 16-bit PNGs open) and ``I`` scaled by 1/65535, so they are not
+clipped to white; ``F`` on PIL's own 0..255 scale (what ``convert`` assumes), non-finite values as 0.
 """
 from __future__ import annotations
 
@@ -30,7 +34,33 @@ __all__ = [
     "unit_bchw_to_comfy",
     "pil_to_model",
     "model_to_pil",
+    "pil_to_float",
+    "pil_alpha",
 ]
+
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def pil_to_float(im: Image.Image) -> np.ndarray:
+    """Any PIL image -> float32 ``(H, W, 3)`` RGB in [0, 1], scaled by the mode's range (see the module doc)."""
+    if im.mode in _SIXTEEN_BIT:
+        gray = np.asarray(im).astype(np.float32) / 65535.0
+    elif im.mode == "F":
+        gray = np.nan_to_num(np.asarray(im, dtype=np.float32), nan=0.0, posinf=255.0, neginf=0.0) / 255.0
+    else:
+        return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    gray = np.clip(gray, 0.0, 1.0)
+    return np.repeat(gray[..., None], 3, axis=-1)
+
+
+def pil_alpha(im: Image.Image) -> np.ndarray | None:
+    """The transparency of a PIL image as float32 ``(H, W)`` in [0, 1] (1 = opaque), or None if it has none
+    (RGBA, LA, PA, and palette or 8-bit images with a ``transparency`` entry have one)."""
+    if "A" in im.getbands():
+        return np.asarray(im.getchannel("A"), dtype=np.float32) / 255.0
+    if "transparency" in im.info and im.mode in ("P", "L", "RGB"):
+        return np.asarray(im.convert("RGBA").getchannel("A"), dtype=np.float32) / 255.0
+    return None
 
 
 def check_comfy(images: torch.Tensor, what: str = "image") -> torch.Tensor:
@@ -83,13 +113,19 @@ def pil_to_numpy(images: Image.Image | Iterable[Image.Image]) -> np.ndarray:
     """PIL image(s) -> uint8 ``(B, H, W, 3)``; all images must have the same size."""
     if isinstance(images, Image.Image):
         images = [images]
-    arrays = [np.asarray(im.convert("RGB"), dtype=np.uint8) for im in images]
+    arrays = [_pil_to_uint8(im) for im in images]
     if not arrays:
         raise ValueError("no images given")
     sizes = {a.shape for a in arrays}
     if len(sizes) > 1:
         raise ValueError(f"all images in a batch must have the same size, got {sorted(s[1::-1] for s in sizes)}")
     return np.stack(arrays)
+
+
+def _pil_to_uint8(im: Image.Image) -> np.ndarray:
+    if im.mode in _SIXTEEN_BIT or im.mode == "F":
+        return np.round(pil_to_float(im) * 255.0).astype(np.uint8)
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
 def numpy_to_pil(arrays: np.ndarray) -> list[Image.Image]:

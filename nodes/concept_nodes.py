@@ -11,7 +11,7 @@ from ..core import paths
 from ..core.concept.concept import Concept
 from ..core.concept.personalize import DEFAULT_TUNING_LR
 from ..core.concept.tokens import DEFAULT_TOKEN
-from ..core.formats import check_new_file, read_safetensors_metadata, safe_join
+from ..core.formats import OverwriteRefused, check_new_file, read_safetensors_metadata, safe_join
 from .comfy_bridge import grad_enabled, interruptible, node_progress
 from .node_errors import input_error
 
@@ -38,6 +38,25 @@ def _concepts(value) -> list:
             out.extend(_concepts(v) if isinstance(v, (list, tuple)) else [v])
         return out
     return [value]
+
+
+def _exists_text(exc: FileExistsError, hint: str) -> str:
+    """A file-exists error told in the node's words (its 'overwrite' input, not a Python argument)."""
+    return exc.with_hint(hint) if isinstance(exc, OverwriteRefused) else f"{exc} ({hint})"
+
+
+def _name_problem(name) -> str | None:
+    """Why ``name`` cannot be a model file name (NUL, '..', absolute, too long ...), or None; for VALIDATE_INPUTS,
+    so a bad name stops the graph before anything runs."""
+    if name is None:
+        return None  # linked: checked when the node runs
+    if not isinstance(name, str) or not name.strip():
+        return "is empty"
+    try:
+        safe_join("models", _file_name(name))
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _file_name(name: str) -> str:
@@ -117,6 +136,11 @@ class FaceSmithTrainDomainEncoder:
             },
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, name=None):
+        problem = _name_problem(name)
+        return True if problem is None else str(input_error(cls.DISPLAY_NAME, "name", problem))
+
     def train(self, pipeline, dataset, dataset_folder, synthface_identities, synthface_views, steps, batch_size,
               learning_rate, rank, embedding_reg, weight_reg, seed, precision, gradient_checkpointing, resume, name,
               overwrite, images=None, captions=""):
@@ -139,7 +163,7 @@ class FaceSmithTrainDomainEncoder:
         try:
             check_new_file(out, overwrite)
         except FileExistsError as exc:
-            raise input_error(node, "name", f"{exc} (turn on 'overwrite' or choose another name)") from exc
+            raise input_error(node, "name", _exists_text(exc, "turn on 'overwrite' or choose another name")) from exc
         if precision == "fp16" and not torch.cuda.is_available():
             raise input_error(node, "precision", "fp16 needs a CUDA GPU; use 'no' or 'bf16' on the CPU")
         dp = pipeline.pipe
@@ -364,6 +388,11 @@ class FaceSmithSaveConcept:
             "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace existing files of this name."}),
         }}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, name=None):
+        problem = _name_problem(name)
+        return True if problem is None else str(input_error(cls.DISPLAY_NAME, "name", problem))
+
     def save(self, concepts, name, overwrite):
         from ..core.concept.export import save_concept
 
@@ -384,9 +413,10 @@ class FaceSmithSaveConcept:
                     if f is not None:
                         check_new_file(f, overwrite)
                 targets.append((c, emb, lora))
-        except (ValueError, FileExistsError) as exc:
-            raise input_error(node, "name", f"{exc}" + ("" if overwrite else " (turn on 'overwrite' to replace)")) \
-                from exc
+        except FileExistsError as exc:
+            raise input_error(node, "name", _exists_text(exc, "turn on 'overwrite' to replace it")) from exc
+        except ValueError as exc:
+            raise input_error(node, "name", exc) from exc
         emb_paths, lora_paths = [], []
         for c, emb, lora in targets:
             e, lp = save_concept(c, emb, lora, overwrite=overwrite)

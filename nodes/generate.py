@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from ..core.generate import (
-    MAX_BATCH, MAX_SIZE, MAX_STEPS, SCHEDULER_NAMES, SEED_MAX, Conditioner, GenerateRequest, InvalidRequest, generate,
+    MAX_BATCH, MAX_SIZE, MAX_STEPS, SCHEDULER_NAMES, SEED_MAX, Conditioner, GenerateRequest, InvalidRequest, check_field, generate,
 )
+from ..core.memory import MemoryLimitExceeded, check_generate_memory
 from ..core.models import BasePipeline
 from .comfy_bridge import interruptible, node_progress
 from .loaders import PIPELINE_TYPE
@@ -88,6 +89,20 @@ class FaceSmithGenerate:
             },
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, cfg=None, width=None, height=None, batch_size=None):
+        """Before anything runs (ComfyUI and the headless runner): cfg NaN/Inf, sizes not a multiple of 8. ComfyUI
+        leaves these inputs' range checks to this method, so they are repeated here. Linked inputs arrive as None
+        and are checked when the node runs."""
+        for name, value in (("cfg", cfg), ("width", width), ("height", height), ("batch_size", batch_size)):
+            if value is None:
+                continue
+            try:
+                check_field(name, value)
+            except InvalidRequest as exc:
+                return str(input_error(cls.DISPLAY_NAME, exc.field, exc.reason))
+        return True
+
     def run(self, pipeline, prompt, negative_prompt, seed, steps, cfg, width, height, batch_size, scheduler,
             concepts=None):
         node = self.DISPLAY_NAME
@@ -107,6 +122,10 @@ class FaceSmithGenerate:
             request.validate()
         except InvalidRequest as exc:
             raise input_error(node, exc.field, exc.reason) from exc
+        try:
+            check_generate_memory(pipeline, request)
+        except MemoryLimitExceeded as exc:
+            raise input_error(node, "width/height/batch_size", exc) from exc
         with interruptible():
             images = generate(pipeline, request, conditioners, progress=node_progress(node))
         return (images,)

@@ -17,6 +17,7 @@ checkpoints; an interruption there stops all processes together. One process run
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -28,9 +29,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from ..core.locks import folder_lock
 from ..core.progress import Interrupted, Progress, report
+from .checkpoints import candidates as checkpoint_candidates
+from .checkpoints import newest_complete
 
 log = logging.getLogger("facesmith.train")
 
@@ -150,17 +154,21 @@ def lr_factor(config: TrainConfig, step: int) -> float:
 
 
 def latest_checkpoint(work_dir: str | os.PathLike | None) -> Path | None:
-    if not work_dir or not Path(work_dir).is_dir():
-        return None
-    ckpts = sorted(Path(work_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    ckpts = [c for c in ckpts if (c / "state.json").exists()]
-    return ckpts[-1] if ckpts else None
+    """The newest complete checkpoint folder in ``work_dir`` (see ``checkpoints.newest_complete``), or None."""
+    ckpt = newest_complete(work_dir)
+    return ckpt.path if ckpt is not None else None
 
 
 def train(objective: Objective, config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     """Gradients on even where the caller runs under ``torch.inference_mode()`` (ComfyUI and the headless runner
-    execute nodes that way); objectives must ``clone()`` input tensors that were created in inference mode."""
-    with torch.inference_mode(False), torch.enable_grad():
+    execute nodes that way); objectives must ``clone()`` input tensors that were created in inference mode.
+
+    With a ``work_dir`` the main process holds its lock file for the whole run, so a second training on the same
+    folder is refused with the first one's process id (``FolderLocked``)."""
+    lock = contextlib.nullcontext()
+    if config.work_dir and os.environ.get("RANK", "0") == "0":  # the main process of an accelerate/torchrun job
+        lock = folder_lock(config.work_dir, "training")
+    with lock, torch.inference_mode(False), torch.enable_grad():
         return _train(objective, config, progress)
 
 
@@ -206,14 +214,14 @@ def _train(objective: Objective, config: TrainConfig, progress: Progress | None 
 
     result = TrainResult(steps_done=0)
     start = 0
-    ckpt = latest_checkpoint(config.work_dir) if config.resume else None
-    if ckpt is not None:
-        state = json.loads((ckpt / "state.json").read_text())
-        _load_trainable_state(modules, load_file(str(ckpt / "trainable.safetensors")))
-        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True, map_location="cpu"))
+    loaded = newest_complete(config.work_dir) if config.resume else None  # read and checked before applying
+    if loaded is not None:
+        ckpt, state = loaded.path, loaded.state
+        _load_trainable_state(modules, loaded.trainable)
+        optimizer.load_state_dict(loaded.optimizer)
         scheduler.load_state_dict(state["scheduler"])
-        if ema is not None and (ckpt / "ema.safetensors").exists():
-            ema.load(load_file(str(ckpt / "ema.safetensors")), state.get("ema_updates", 0))
+        if ema is not None and loaded.ema is not None:
+            ema.load(loaded.ema, state.get("ema_updates", 0))
         start = int(state["step"])
         result.loss_history = list(state.get("loss_history", []))
         result.resumed_from = start
@@ -272,8 +280,12 @@ def _train(objective: Objective, config: TrainConfig, progress: Progress | None 
             _report(progress, step, config.steps, accelerator)
     except (Interrupted, KeyboardInterrupt) as exc:
         result.interrupted = True
+        kept = None
         if config.work_dir and step > start and accelerator.is_main_process:
-            _save_checkpoint(config, step, modules, optimizer, scheduler, ema, result, objective)
+            kept = _save_checkpoint(config, step, modules, optimizer, scheduler, ema, result, objective)
+        elif loaded is not None:
+            kept = loaded.path
+        exc.checkpoint = kept  # what the command line names ("checkpoint kept: ...")
         if getattr(exc, "all_processes", False):
             accelerator.wait_for_everyone()  # nobody exits (tearing the job down) before the checkpoint is written
         result.steps_done = step
@@ -377,20 +389,23 @@ def _save_checkpoint(config, step, modules, optimizer, scheduler, ema, result, o
     tmp = root / f".tmp-checkpoint-{step}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(_trainable_state(modules), str(tmp / "trainable.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    state = {"step": step, "loss_history": result.loss_history, "scheduler": scheduler.state_dict(),
-             "config": asdict(config)}
-    if ema is not None:
-        save_file(ema.state(), str(tmp / "ema.safetensors"))
-        state["ema_updates"] = ema.updates
-    if hasattr(objective, "extra_state"):
-        state["objective"] = objective.extra_state()
-    (tmp / "state.json").write_text(json.dumps(state))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    ckpts = sorted(root.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    for old in ckpts[: max(0, len(ckpts) - config.keep_checkpoints)]:
+    try:
+        save_file(_trainable_state(modules), str(tmp / "trainable.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        state = {"step": step, "loss_history": result.loss_history, "scheduler": scheduler.state_dict(),
+                 "config": asdict(config)}
+        if ema is not None:
+            save_file(ema.state(), str(tmp / "ema.safetensors"))
+            state["ema_updates"] = ema.updates
+        if hasattr(objective, "extra_state"):
+            state["objective"] = objective.extra_state()
+        (tmp / "state.json").write_text(json.dumps(state))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    finally:  # a full disk or an interrupt mid-write: no half checkpoint folder stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+    found, _stray = checkpoint_candidates(root)  # newest first; stray folders are never pruned
+    for old in found[config.keep_checkpoints:]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 

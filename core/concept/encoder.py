@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..formats import load_safetensors, save_safetensors
+from ..formats import save_safetensors
 from .concept import BaseMismatch, base_mismatch_text, pipeline_identity
 from .lora import LoraWeights
 from .tokens import CLASS_WORD, class_embedding
@@ -280,11 +280,13 @@ class DomainEncoder:
 
     @classmethod
     def load(cls, path) -> "DomainEncoder":
-        tensors, meta = load_safetensors(path)
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a FaceSmith E4T domain encoder (metadata format is "
-                             f"{meta.get('format')!r}, expected {FORMAT!r})")
-        cfg = EncoderConfig(**json.loads(meta["encoder_config"]))
+        """Read an encoder file. Its header (format, ``encoder_config`` ranges, every tensor's dtype and shape) is
+        checked before anything is allocated and its tensors for NaN/Inf; errors name the file and the key."""
+        from .file_checks import check_encoder_file, load_checked
+
+        meta = check_encoder_file(path)
+        tensors = load_checked(path)
+        cfg = meta["_config"]
         enc = E4TEncoder(cfg)
         enc.load_state_dict({k[len("encoder."):]: v.float() for k, v in tensors.items() if k.startswith("encoder.")})
         enc.eval()
@@ -293,10 +295,14 @@ class DomainEncoder:
             if k.startswith("lora.") and k.endswith(".down"):
                 p = k[len("lora."):-len(".down")]
                 lora[p] = (v.float(), tensors[f"lora.{p}.up"].float())
+        try:
+            info = json.loads(meta.get("info", "{}"))
+        except ValueError:
+            info = {}
         return cls(encoder=enc, class_embedding=tensors["class_embedding"].float(), lora=lora or None,
-                   lora_rank=int(meta.get("lora_rank", 0)), lora_alpha=float(meta.get("lora_alpha", 0)),
+                   lora_rank=meta["_rank"], lora_alpha=meta["_alpha"],
                    base_name=meta.get("base_name", "?"), base_fingerprint=meta.get("base_fingerprint", "?"),
-                   info=json.loads(meta.get("info", "{}")))
+                   info=info if isinstance(info, dict) else {})
 
 
 def untrained(pipe, n_vectors: int = 1, rank: int = 4, seed: int = 0, **cfg_kw) -> DomainEncoder:

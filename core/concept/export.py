@@ -20,8 +20,10 @@ from typing import Optional
 
 import torch
 
-from ..formats import check_new_file, load_safetensors, read_safetensors_metadata, save_safetensors
+from ..formats import check_new_file, save_safetensors
+from ..weights_check import meta_float
 from .concept import Concept
+from .file_checks import check_embedding_file, check_lora_file, load_checked
 from .lora import LoraWeights
 
 EMBEDDING_KEY = "emb_params"
@@ -137,13 +139,12 @@ def load_concept(embedding_path, lora_path=None, token: Optional[str] = None, lo
                  base_name: Optional[str] = None, base_fingerprint: Optional[str] = None) -> Concept:
     """Read a concept back. Embeddings written elsewhere (no FaceSmith metadata) need ``token`` and take the base
     identity from the arguments (``base_fingerprint`` ``"any"`` if unknown is refused at apply time)."""
-    tensors, meta = load_safetensors(embedding_path)
-    if EMBEDDING_KEY in tensors:
-        emb = tensors[EMBEDDING_KEY]
-    elif len(tensors) == 1:  # A1111 style {"<token>": tensor} or a bare tensor under another name
-        emb = next(iter(tensors.values()))
-    else:
-        raise ValueError(f"{embedding_path}: no '{EMBEDDING_KEY}' tensor (keys: {sorted(tensors)[:5]})")
+    # A1111 style {"<token>": tensor} or a bare tensor under another name is accepted too; dtype, shape and NaN/Inf
+    # are checked (from the header first) with messages naming the file and the key
+    key, meta = check_embedding_file(embedding_path, EMBEDDING_KEY)
+    emb = load_checked(embedding_path)[key]
+    if emb.ndim == 1:
+        emb = emb[None]
     ours = meta.get("format") == FORMAT
     tok = token or (meta.get("token") if ours else None)
     if not tok:
@@ -152,14 +153,16 @@ def load_concept(embedding_path, lora_path=None, token: Optional[str] = None, lo
     rank, alpha = 0, 0.0
     domain_id = None
     if lora_path is not None:
-        lt, _ = load_safetensors(lora_path)
-        lora, rank, alpha = lora_from_kohya(lt)
+        lmeta = check_lora_file(lora_path)
+        try:
+            lora, rank, alpha = lora_from_kohya(load_checked(lora_path))
+        except ValueError as exc:
+            raise ValueError(f"{lora_path}: {exc}") from None
         scale = 1.0
-        lmeta = read_safetensors_metadata(lora_path)
         if lmeta.get("format") == FORMAT and lmeta.get("lora_alpha"):
             # the file's .alpha is lora_alpha x lora_scale (what ComfyUI applies); keep the two apart again
-            alpha = float(lmeta["lora_alpha"])
-            scale = float(lmeta.get("lora_scale", 1.0))
+            alpha = meta_float(lora_path, lmeta["lora_alpha"], "lora_alpha", 0.0, 1e6)
+            scale = meta_float(lora_path, lmeta.get("lora_scale", "1.0"), "lora_scale", -1e3, 1e3)
             domain_id = lmeta.get("domain_id") or None
         if lora_scale is not None:
             scale = float(lora_scale)

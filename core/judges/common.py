@@ -8,6 +8,7 @@ import torch
 
 from .. import paths
 from ..formats import load_safetensors, save_safetensors
+from ..weights_check import check_finite
 
 JUDGES_SUBDIR = "judges"  # under the "facesmith" model kind
 BUILTIN_JUDGES_DIR = paths.BUILTIN_MODELS_DIR / "facesmith" / JUDGES_SUBDIR
@@ -52,6 +53,7 @@ def load_net(path, kind: str) -> tuple[dict, dict, dict]:
             f"judge weights {path} not found; build them with `facesmith train judges` (see "
             f"{BUILTIN_JUDGES_DIR / 'README.md'})")
     tensors, meta = load_safetensors(path)
+    check_finite(path, tensors)  # NaN/Inf weights would score every image silently wrong
     if meta.get("facesmith_kind") != kind:
         raise ValueError(f"{path} is not a {kind} file (facesmith_kind={meta.get('facesmith_kind')!r})")
     decoded = {}

@@ -3,6 +3,8 @@
 Same class names, input names, return types, file naming and PNG metadata as ComfyUI's ``nodes.py``, so a workflow
 runs unchanged here and in ComfyUI. Folders come from ``directories(...)`` (the runner sets them), standing in for
 ComfyUI's ``folder_paths``. Inside ComfyUI these classes are never registered: ComfyUI's own nodes are used.
+One deliberate difference: LoadImage reads pixels through ``core.images.pil_to_float``, so 16-bit PNGs (mode
+``I;16``) load scaled instead of clipped to white.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import uuid
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
+MAX_NAME_BYTES = 255  # one path component on common file systems (ext4, APFS, NTFS in UTF-16 units)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 _ANNOTATIONS = {" [input]": "input", " [output]": "output", " [temp]": "temp"}
 
@@ -74,27 +77,25 @@ class LoadImage:
     FUNCTION = "load_image"
 
     def load_image(self, image):
-        import numpy as np
         import torch
         from PIL import Image, ImageOps, ImageSequence
+
+        from ..images import pil_alpha, pil_to_float
 
         img = Image.open(annotated_filepath(image))
         output_images, output_masks = [], []
         w = h = None
         for i in ImageSequence.Iterator(img):
             i = ImageOps.exif_transpose(i)
-            if i.mode == "I":
-                i = i.point(lambda p: p * (1 / 255))
-            rgb = i.convert("RGB")
             if not output_images:
-                w, h = rgb.size
-            if rgb.size != (w, h):
+                w, h = i.size
+            if i.size != (w, h):
                 continue
-            arr = torch.from_numpy(np.array(rgb).astype(np.float32) / 255.0)[None,]
-            if "A" in i.getbands():
-                mask = 1.0 - torch.from_numpy(np.array(i.getchannel("A")).astype(np.float32) / 255.0)
-            elif i.mode == "P" and "transparency" in i.info:
-                mask = 1.0 - torch.from_numpy(np.array(i.convert("RGBA").getchannel("A")).astype(np.float32) / 255.0)
+            # the one mode-aware conversion (16-bit PNGs scaled, not clipped to white)
+            arr = torch.from_numpy(pil_to_float(i))[None,]
+            alpha = pil_alpha(i)
+            if alpha is not None:
+                mask = 1.0 - torch.from_numpy(alpha)
             else:
                 mask = torch.zeros((64, 64), dtype=torch.float32, device="cpu")
             output_images.append(arr)
@@ -164,8 +165,8 @@ def get_save_image_path(filename_prefix: str, output_dir: str, image_width: int 
 def _save_png_new_file(img, folder: str, name_for, counter: int, pnginfo, compress_level: int) -> tuple[str, int]:
     """Write ``img`` atomically under the first free ``name_for(counter)``; never replaces an existing file."""
     tmp = os.path.join(folder, f".facesmith-{uuid.uuid4().hex}.png.tmp")
-    img.save(tmp, format="PNG", pnginfo=pnginfo, compress_level=compress_level)
-    try:
+    try:  # the save itself may fail half-way (a full disk): the temporary file goes on every path
+        img.save(tmp, format="PNG", pnginfo=pnginfo, compress_level=compress_level)
         while True:
             final = os.path.join(folder, name_for(counter))
             try:
@@ -180,8 +181,15 @@ def _save_png_new_file(img, folder: str, name_for, counter: int, pnginfo, compre
                 os.replace(tmp, final)
                 return name_for(counter), counter
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _remove_quietly(tmp)
+
+
+def _remove_quietly(path: str) -> None:
+    """Remove ``path`` if it exists, never raising (an error here must not hide the one that got us here)."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 class SaveImage:
@@ -239,6 +247,14 @@ class SaveImage:
         # not in ComfyUI's SaveImage (it fails at run time); here a bad prefix is caught before anything runs
         if not isinstance(filename_prefix, str):
             return f"filename_prefix must be a string, got {filename_prefix!r}"
+        if "\x00" in filename_prefix:
+            return f"filename_prefix {filename_prefix!r} contains a NUL byte"
+        for part in filename_prefix.replace("\\", "/").split("/"):
+            # the file name gets "_00001_.png" (and PreviewImage a "_temp_xxxxx" tag): leave room for them
+            if len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES - 32:
+                return (f"filename_prefix part {part[:40]!r}... is {len(part.encode('utf-8', 'surrogatepass'))} "
+                        f"bytes; file names may have at most {MAX_NAME_BYTES - 32} here (the counter and "
+                        "extension need the rest)")
         base = get_directory("output")
         norm = os.path.normpath(filename_prefix)
         if os.path.isabs(filename_prefix) or not _inside(base, os.path.join(base, os.path.dirname(norm))) or \

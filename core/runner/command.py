@@ -41,6 +41,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--models-dir", default=None, help="models folder (sets FACESMITH_MODELS)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NODE_ID.INPUT=VALUE",
                         help="override an input value, e.g. --set 5.seed=42 (repeatable)")
+    parser.add_argument("--max-memory", default=None, metavar="SIZE",
+                        help="refuse a Generate estimated to need more memory than this (e.g. 24G; 0 = no limit; "
+                             "default: FACESMITH_MAX_MEMORY, else 80%% of the RAM / the GPU's memory)")
     parser.add_argument("--check", action="store_true", help="only validate the workflow; run nothing")
     parser.add_argument("--no-progress", action="store_true", help="no per-node lines or progress bars")
     parser.epilog = "exit codes: 0 success, 1 a node failed, 2 invalid workflow (nothing ran), 130 interrupted"
@@ -57,6 +60,15 @@ def main(args) -> int:
 
     if getattr(args, "models_dir", None):
         os.environ["FACESMITH_MODELS"] = str(Path(args.models_dir).resolve())
+    if getattr(args, "max_memory", None) is not None:
+        from ..memory import ENV_MAX_MEMORY, parse_size
+
+        try:
+            parse_size(args.max_memory)
+        except ValueError as e:
+            _err(f"error: --max-memory: {e}")
+            return EXIT_INVALID
+        os.environ[ENV_MAX_MEMORY] = str(args.max_memory)
     classes, problem = load_node_classes()
     if problem:
         _err(f"warning: some FaceSmith nodes could not be loaded ({problem}); workflows using them will be "
@@ -66,6 +78,14 @@ def main(args) -> int:
     temp_dir = getattr(args, "temp_dir", None)
     overrides = list(getattr(args, "overrides", None) or [])
     quiet = bool(getattr(args, "no_progress", False))
+    if not getattr(args, "check", False):
+        from ..formats import ensure_folder
+
+        try:  # a file in the way or a folder that cannot be created: say so before loading anything
+            ensure_folder(out, "output folder (--out)")
+        except OSError as e:
+            _err(f"error: {e}")
+            return EXIT_INVALID
     try:
         if getattr(args, "check", False):
             o = out.resolve()

@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..formats import atomic_write_text
+from ..formats import OverwriteRefused, atomic_write_text
 
 
 def add_arguments(parser) -> None:
@@ -33,7 +33,10 @@ def main(args) -> int:
         return EXIT_INVALID
     try:
         atomic_write_text(dst, json.dumps(prompt, indent=2, ensure_ascii=False) + "\n", overwrite=args.force)
-    except (FileExistsError, OSError) as e:
+    except OverwriteRefused as e:
+        print(f"error: {e.with_hint('pass --force to overwrite it')}", file=sys.stderr)
+        return 1
+    except OSError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {dst} ({len(prompt)} node(s))")

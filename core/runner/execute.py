@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
+from ..formats import ensure_folder
 from ..progress import Interrupted, Progress, tqdm_progress
 from .comfy_core_nodes import directories
 from .errors import ExecutionError, NodeError, WorkflowError
-from .graph import convert, detect_format, load_workflow_file
+from .graph import check_depth, convert, detect_format, load_workflow_file
 from .spec import hidden_inputs, is_link, return_types
 from .validate import apply_overrides, check, execution_order
 
@@ -44,6 +45,8 @@ def prepare(workflow: Union[dict, str, Path], node_classes: dict, overrides: Any
     if isinstance(workflow, (str, Path)):
         source = str(workflow)
         workflow = load_workflow_file(workflow)
+    else:
+        check_depth(workflow)
     try:
         fmt = detect_format(workflow)
     except WorkflowError as e:
@@ -179,7 +182,7 @@ def run_workflow(workflow: Union[dict, str, Path], node_classes: dict, out_dir: 
             say(f"warning: {w}")
         for nid in skipped:
             say(f"note: node {nid} ({prompt[nid]['class_type']}) feeds no output node; skipped (as in ComfyUI)")
-        out.mkdir(parents=True, exist_ok=True)
+        ensure_folder(out, "output folder")
         dirs = {"output": out, "temp": tmp, "input": inp}
         raw: dict[str, list[list]] = {}
         state = {"prefix": ""}

@@ -34,10 +34,32 @@ def load_workflow_file(path: str | Path) -> dict:
         raise WorkflowError(
             NodeError(None, None, None, f"{path}: line {e.lineno}, column {e.colno}: invalid JSON: {e.msg}", "json")
         ) from None
+    except RecursionError:
+        raise WorkflowError(NodeError(None, None, None, f"{path}: JSON nested too deeply (a workflow nests at most "
+                                                        f"{MAX_DEPTH} levels)", "json")) from None
+    check_depth(data, str(path))
     if not isinstance(data, dict):
         raise WorkflowError(NodeError(None, None, None, f"{path}: expected a JSON object, got {type(data).__name__}",
                                       "format"))
     return data
+
+
+MAX_DEPTH = 64  # real workflows nest < 10 levels; deeper data would only exhaust the recursion of later steps
+
+
+def check_depth(data: Any, source: str | None = None, limit: int = MAX_DEPTH) -> None:
+    """Raise WorkflowError if ``data`` (parsed JSON) nests deeper than ``limit`` (checked without recursion)."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            where = f"{source}: " if source else ""
+            raise WorkflowError(NodeError(None, None, None, f"{where}JSON nested more than {limit} levels deep; "
+                                                            "not a workflow", "json"))
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
 
 
 def _load_png(path: Path) -> dict:
@@ -52,6 +74,10 @@ def _load_png(path: Path) -> dict:
         if isinstance(text.get(key), str):
             try:
                 data = json.loads(text[key])
+                check_depth(data, f"{path} ('{key}' chunk)")
+            except RecursionError:
+                raise WorkflowError(NodeError(None, None, None, f"{path}: the PNG's '{key}' chunk is nested too "
+                                              "deeply", "json")) from None
             except json.JSONDecodeError as e:
                 raise WorkflowError(NodeError(None, None, None, f"{path}: the PNG's '{key}' chunk is not valid "
                                               f"JSON (line {e.lineno}, column {e.colno}: {e.msg})", "json")) from None

@@ -103,6 +103,8 @@ def coerce_value(value: Any, spec: InputSpec) -> tuple[Any, Optional[str], str]:
         v = _to_float(value)
         if v is None:
             return value, f"expected a number, got {value!r}", "bad_value"
+        if not math.isfinite(v):  # NaN passes every min/max comparison
+            return value, f"expected a finite number, got {value!r}", "bad_value"
         return _range(v, spec)
     if t == "BOOLEAN":
         if isinstance(value, bool):

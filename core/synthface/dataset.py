@@ -13,6 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..formats import OverwriteRefused, atomic_path, ensure_folder
+from ..images import pil_to_numpy
+from ..locks import folder_lock
 from ..progress import Progress, report
 from .captions import caption, random_mention
 from .render import ATTRIBUTES, random_attributes, render
@@ -69,32 +72,39 @@ def render_many(jobs: list[tuple[int, dict, int | None]], size: int = 64, worker
 
 
 def export(out_dir: str | os.PathLike, count: int, split: str = "train", size: int = 64, seed: int = 0,
-           mention_p: float = 1.0, progress: Progress | None = None) -> Path:
-    """Write ``count`` samples of ``split`` identities as a dataset folder. Refuses a folder that has one already."""
+           mention_p: float = 1.0, progress: Progress | None = None, overwrite: bool = False) -> Path:
+    """Write ``count`` samples of ``split`` identities as a dataset folder.
+
+    Never replaces a file it did not create in this call: every target (``images/NNNNNN.png`` and
+    ``metadata.jsonl``) is checked before anything is written, the first clash is named, and each file is published
+    without replacing one that appeared meanwhile, unless ``overwrite``. The folder is locked while writing, so two
+    exports into one folder cannot interleave.
+    """
     if split not in SPLITS:
         raise ValueError(f"synthface export: --split must be one of {SPLITS}, got {split!r}")
     if count < 1:
         raise ValueError(f"synthface export: --count must be >= 1, got {count}")
-    out = Path(out_dir)
+    out = ensure_folder(out_dir, "synthface export folder")
     meta_path = out / "metadata.jsonl"
-    if meta_path.exists():
-        raise FileExistsError(f"synthface export: {meta_path} already exists; choose an empty folder")
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    from PIL import Image
+    names = [f"images/{i:06d}.png" for i in range(count)]
+    with folder_lock(out, f"synthface export of {count} images"):
+        if not overwrite:
+            for target in [meta_path] + [out / n for n in names]:
+                if os.path.lexists(target):  # the first clash; this export did not create it
+                    raise OverwriteRefused(target, "synthface export: ")
+        from PIL import Image
 
-    rng = np.random.default_rng(seed)
-    ids = identities(split)
-    tmp = meta_path.with_suffix(".jsonl.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for i in range(count):
-            s = sample(rng, ids, size, mention_p, exclude_heldout_combos=(split == "train"))
-            name = f"images/{i:06d}.png"
-            Image.fromarray(s.image).save(out / name)
-            row = {"file_name": name, "text": s.caption, "identity": s.identity, "attributes": s.attributes,
-                   "view": s.view, "split": split, "vqa": vqa_pairs(s.identity, s.attributes)}
-            f.write(json.dumps(row) + "\n")
-            report(progress, i + 1, count)
-    os.replace(tmp, meta_path)
+        rng = np.random.default_rng(seed)
+        ids = identities(split)
+        with atomic_path(meta_path, overwrite) as meta_tmp, open(meta_tmp, "w", encoding="utf-8") as meta:
+            for i, name in enumerate(names):
+                s = sample(rng, ids, size, mention_p, exclude_heldout_combos=(split == "train"))
+                with atomic_path(out / name, overwrite) as tmp:
+                    Image.fromarray(s.image).save(tmp, format="PNG")
+                row = {"file_name": name, "text": s.caption, "identity": s.identity, "attributes": s.attributes,
+                       "view": s.view, "split": split, "vqa": vqa_pairs(s.identity, s.attributes)}
+                meta.write(json.dumps(row) + "\n")
+                report(progress, i + 1, count)
     return out
 
 
@@ -138,7 +148,8 @@ def load_images(rows: list[dict], size: int) -> np.ndarray:
 
     out = np.zeros((len(rows), size, size, 3), np.uint8)
     for i, row in enumerate(rows):
-        im = Image.open(row["path"]).convert("RGB")
+        with Image.open(row["path"]) as opened:
+            im = Image.fromarray(pil_to_numpy(opened)[0])  # the one mode-aware conversion (16-bit, CMYK, ...)
         w, h = im.size
         s = min(w, h)
         im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)).resize((size, size), Image.BICUBIC)
