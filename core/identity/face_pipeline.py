@@ -31,6 +31,7 @@ import torch
 
 from ..faces import NoFaceError
 from ..judges.align import ARCFACE_DST, similarity_transform, warp
+from ..progress import report
 from . import insightface_pack, wheel_models
 from .detectors import DETECTORS, Face, make_detector, unscale
 from .recognizers import RECOGNIZERS, make_recognizer
@@ -134,6 +135,19 @@ def resolve(settings: FaceSettings) -> FaceSettings:
     if det_size < MIN_DET_SIZE or det_size % 32:
         raise ValueError(f"det_size must be a multiple of 32 and at least {MIN_DET_SIZE}, got {det_size}")
     return FaceSettings(detector, recognizer, pack, settings.provider, det_size)
+
+
+def requirement_problem(settings: FaceSettings) -> tuple[str, str] | None:
+    """``(setting, what to install)`` when a chosen model's package is missing, else ``None``."""
+    s = resolve(settings)
+    if s.detector == "mtcnn" and not wheel_models.mtcnn_available():
+        return "detector", f"MTCNN needs facenet-pytorch: {wheel_models.MTCNN_INSTALL}"
+    for what in ("detector", "recognizer"):
+        if getattr(s, what) == "dlib" and not wheel_models.dlib_available():
+            return what, f"dlib's models need dlib and face-recognition-models: {wheel_models.DLIB_INSTALL}"
+        if getattr(s, what) == "insightface" and not insightface_pack.insightface_available():
+            return what, f"insightface packs need insightface and onnxruntime: {insightface_pack.INSIGHTFACE_INSTALL}"
+    return None
 
 
 class FacePipeline:
@@ -269,8 +283,7 @@ def analyze(images, settings: FaceSettings = FaceSettings(), on_no_face: str = "
                 if pipe.recognizer is not None:
                     embs.append(pipe.recognizer.embed(img, kept, c))
                 rows.extend((i, f) for f in kept)
-        if progress is not None:
-            progress(i + 1, n)
+        report(progress, i + 1, n)
     if rows:
         out.boxes = np.stack([f.box for _, f in rows]).astype(np.float32)
         out.landmarks = np.stack([f.kps for _, f in rows]).astype(np.float32)
@@ -331,5 +344,5 @@ def compare(images, reference: Faces, combine: str = "mean", select: str = "larg
 
 
 __all__ = ["COMBINE", "FacePipeline", "FaceSettings", "Faces", "NoFaceError", "ON_NO_FACE", "SELECT",
-           "SYNTHFACE_ONLY", "align", "analyze", "as_uint8_images", "compare", "pipeline", "resolve",
+           "SYNTHFACE_ONLY", "align", "analyze", "as_uint8_images", "compare", "pipeline", "requirement_problem", "resolve",
            "similarity", "synthface_hints"]
