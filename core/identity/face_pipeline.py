@@ -198,6 +198,8 @@ def as_uint8_images(images) -> list[np.ndarray]:
     if isinstance(images, np.ndarray):
         if images.dtype != np.uint8:
             raise TypeError(f"images: expected uint8 arrays or a ComfyUI IMAGE tensor, got {images.dtype}")
+        if not images.flags.writeable:  # torch.from_numpy warns on read-only arrays (e.g. scikit-image's data)
+            images = images.copy()
         return list(comfy_to_numpy(numpy_to_comfy(images)))
     if isinstance(images, (list, tuple)) and images:
         return [a for im in images for a in as_uint8_images(im)]
