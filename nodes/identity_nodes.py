@@ -220,5 +220,6 @@ class FaceSmithFaceSimilarity:
         return {"ui": {"text": [report]}, "result": (report, text_scores, mean)}
 
 
-NODE_CLASS_MAPPINGS = {"FaceSmithFaceAnalysis": FaceSmithFaceAnalysis, "FaceSmithFaceSimilarity": FaceSmithFaceSimilarity}
+NODE_CLASS_MAPPINGS = {"FaceSmithFaceAnalysis": FaceSmithFaceAnalysis,
+                       "FaceSmithFaceSimilarity": FaceSmithFaceSimilarity}
 NODE_DISPLAY_NAME_MAPPINGS = {k: v.DISPLAY_NAME for k, v in NODE_CLASS_MAPPINGS.items()}

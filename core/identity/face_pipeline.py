@@ -346,5 +346,5 @@ def compare(images, reference: Faces, combine: str = "mean", select: str = "larg
 
 
 __all__ = ["COMBINE", "FacePipeline", "FaceSettings", "Faces", "NoFaceError", "ON_NO_FACE", "SELECT",
-           "SYNTHFACE_ONLY", "align", "analyze", "as_uint8_images", "compare", "pipeline", "requirement_problem", "resolve",
-           "similarity", "synthface_hints"]
+           "SYNTHFACE_ONLY", "align", "analyze", "as_uint8_images", "compare", "pipeline", "requirement_problem",
+           "resolve", "similarity", "synthface_hints"]
