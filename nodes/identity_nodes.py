@@ -52,7 +52,9 @@ def _faces_error(node: str, settings: fp.FaceSettings, exc: Exception) -> ValueE
         return input_error(node, "images", f"{exc} (or set on_no_face to 'skip')")
     if isinstance(exc, PackError):
         return input_error(node, "insightface_pack", exc)
-    return input_error(node, "det_size" if "det_size" in str(exc) else "detector", exc)
+    text = str(exc)
+    name = "det_size" if "det_size" in text else "provider" if "execution provider" in text else "detector"
+    return input_error(node, name, exc)
 
 
 def _pipeline_or_error(node: str, settings: fp.FaceSettings):

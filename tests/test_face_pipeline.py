@@ -250,6 +250,10 @@ def test_nodes_run_directly_and_write_nothing(facesmith, models_dir, tmp_path, m
         FaceSmithFaceAnalysis().run(test_imgs, "auto", "auto", "auto", "CPU", 640, "error", "largest", 0, True)
     with pytest.raises(ValueError, match="input 'det_size'"):
         FaceSmithFaceAnalysis().run(ref_img, "auto", "auto", "auto", "CPU", 100, "error", "largest", 0, True)
+    if HAS_INSIGHTFACE:
+        with pytest.raises(ValueError, match="input 'provider' unknown execution provider"):
+            FaceSmithFaceAnalysis().run(ref_img, "insightface", "auto", "synthface", "Quantum", 640, "error",
+                                        "largest", 0, True)
     with pytest.raises(ValueError, match="input 'insightface_pack'"):
         FaceSmithFaceAnalysis().run(ref_img, "insightface", "auto", "nopack", "CPU", 640, "error", "largest", 0,
                                     True)
