@@ -1,9 +1,12 @@
-"""Face detection and alignment: ``detect_and_crop(image) -> aligned 112x112 face`` through one of three backends.
+"""Face detection and alignment of ONE image: ``detect_and_crop(image) -> aligned 112x112 face``, on the face
+pipeline's detectors (``identity/detectors.py``; batches, recognizers and options live in
+``identity/face_pipeline.py``).
 
 - ``"insightface"``: an insightface model pack (a folder of ``.onnx`` files, model kind ``insightface``: the built-in
   ``models/synthface`` pack, or e.g. ``buffalo_l`` in the user's models folder) run with
   ``insightface.app.FaceAnalysis`` for detection; needs the ``face`` extra (insightface, onnxruntime, opencv);
 - ``"synthface"``: the built-in SynthFace detector in torch (no extra packages);
+- ``"mtcnn"`` / ``"dlib"``: real-face detectors whose weights ship in PyPI wheels (``identity/wheel_models.py``);
 - ``"center"``: no detection -- the face is assumed centred and upright (SynthFace framing) and is aligned with the
   canonical SynthFace landmarks;
 - ``"auto"``: ``"insightface"`` when insightface is importable, else ``"synthface"``.
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-BACKENDS = ("auto", "insightface", "synthface", "center")
+BACKENDS = ("auto", "insightface", "synthface", "mtcnn", "dlib", "center")
 DEFAULT_INSIGHTFACE_PACK = "synthface"
 
 
@@ -41,43 +44,17 @@ def _to_uint8(image) -> np.ndarray:
 
 
 def insightface_available() -> bool:
-    try:
-        import insightface  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except Exception:
-        return False
-    return True
+    from .identity.insightface_pack import insightface_available as available
+
+    return available()
 
 
 def find_insightface_pack(name: str = DEFAULT_INSIGHTFACE_PACK) -> Path:
-    """The folder of insightface pack ``name`` (``<insightface>/models/<name>/`` or ``<insightface>/<name>/``)."""
-    from . import paths
+    """The folder of insightface pack ``name`` (``<insightface>/models/<name>/`` or ``<insightface>/<name>/``); the
+    error names the expected files (see ``identity/insightface_pack.py``)."""
+    from .identity.insightface_pack import find_pack
 
-    for candidate in (f"models/{name}", name):
-        p = paths.find("insightface", candidate)
-        if p is not None and p.is_dir():
-            return p
-    raise FileNotFoundError(
-        f"insightface model pack {name!r} not found: looked for a folder of .onnx files named models/{name} or "
-        f"{name} in " + ", ".join(str(r) for r in paths.search_roots("insightface")))
-
-
-def _pack_args(d: Path) -> dict:
-    """FaceAnalysis arguments for pack folder ``d``: an absolute ``name`` is used as is by every insightface version
-    (newer ones take a folder, older ones ``os.path.join(root, "models", name)``, which yields ``name``)."""
-    d = d.resolve()
-    return {"name": str(d), "root": str(d.parent.parent if d.parent.name == "models" else d.parent)}
-
-
-@lru_cache(maxsize=4)
-def _face_analysis(pack_dir: str):
-    import onnxruntime
-    from insightface.app import FaceAnalysis
-
-    onnxruntime.set_default_logger_severity(3)
-    app = FaceAnalysis(**_pack_args(Path(pack_dir)), allowed_modules=["detection"], providers=["CPUExecutionProvider"])
-    app.prepare(ctx_id=-1, det_size=(640, 640))
-    return app
+    return find_pack(name)
 
 
 def face_analysis(name: str = DEFAULT_INSIGHTFACE_PACK, allowed_modules=None):
@@ -85,31 +62,32 @@ def face_analysis(name: str = DEFAULT_INSIGHTFACE_PACK, allowed_modules=None):
     import onnxruntime
     from insightface.app import FaceAnalysis
 
+    from .identity.insightface_pack import pack_args
+
     onnxruntime.set_default_logger_severity(3)
-    app = FaceAnalysis(**_pack_args(find_insightface_pack(name)), allowed_modules=allowed_modules,
+    app = FaceAnalysis(**pack_args(find_insightface_pack(name)), allowed_modules=allowed_modules,
                        providers=["CPUExecutionProvider"])
     app.prepare(ctx_id=-1, det_size=(640, 640))
     return app
 
 
-@lru_cache(maxsize=1)
-def _synthface_detector():
-    from .judges.detector import FaceDetector
+@lru_cache(maxsize=4)
+def _detector(backend: str, pack: str):
+    from .identity import detectors
+    from .identity.insightface_pack import load_pack
 
-    return FaceDetector.load()
+    return detectors.make_detector(
+        backend, load_pack(pack, need_recognition=False) if backend == "insightface" else None)
 
 
 def detect(image, backend: str = "auto", pack: str = DEFAULT_INSIGHTFACE_PACK):
-    """Faces in ``image`` as ``[(box (4,), kps (5, 2), score)]``, best first (``"center"`` gives the canonical one)."""
+    """Faces in ``image`` as ``[(box (4,), kps (5, 2), score)]``, best first (``"center"`` gives the canonical one).
+    The detectors are those of the face pipeline (``identity/detectors.py``), at detection size 640."""
     backend = resolve_backend(backend)
     img = _to_uint8(image)
-    if backend == "insightface":
-        app = _face_analysis(str(find_insightface_pack(pack)))
-        faces = app.get(np.ascontiguousarray(img[..., ::-1]))  # insightface takes BGR
-        faces = sorted(faces, key=lambda f: -float(f.det_score))
-        return [(np.asarray(f.bbox, np.float32), np.asarray(f.kps, np.float32), float(f.det_score)) for f in faces]
-    if backend == "synthface":
-        return [(f.box, f.kps, f.score) for f in _synthface_detector().detect(img)]
+    if backend != "center":
+        faces = sorted(_detector(backend, pack).detect(img, 640), key=lambda f: -f.score)
+        return [(np.asarray(f.box, np.float32), np.asarray(f.kps, np.float32), float(f.score)) for f in faces]
     from .judges.align import canonical_landmarks
 
     h, w = img.shape[:2]

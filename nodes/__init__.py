@@ -13,6 +13,7 @@ _MODULES = [
     "synthface_nodes",
     "judge_nodes",
     "concept_nodes",
+    "identity_nodes",
 ]
 
 NODE_CLASS_MAPPINGS: dict = {}

@@ -251,18 +251,19 @@ def _face_crop(node: str, image):
 
     try:
         from ..core.faces import NoFaceError, detect
+        from ..core.identity.face_pipeline import SYNTHFACE_ONLY  # face crop runs the built-in SynthFace detector
     except ImportError as exc:
         raise input_error(node, "face_crop", f"is on but face detection is not available ({exc})") from exc
     try:
         faces = detect(image)
     except NoFaceError as exc:
-        raise input_error(node, "image", f"{exc} (turn off 'face_crop' or use a picture with a visible face)") \
-            from exc
+        raise input_error(node, "image", f"{exc} (turn off 'face_crop' or use a picture with a visible face). "
+                                         f"{SYNTHFACE_ONLY}") from exc
     except (FileNotFoundError, ImportError) as exc:
         raise input_error(node, "face_crop", f"is on but the face detector could not load: {exc}") from exc
     if not faces:
         raise input_error(node, "image", "has no face that the detector could find (turn off 'face_crop' or use a "
-                                         "picture with a visible face)")
+                                         "picture with a visible face). " + SYNTHFACE_ONLY)
     arr = comfy_to_numpy(image)
     arr = arr[0] if arr.ndim == 4 else arr
     x0, y0, x1, y1 = (float(v) for v in faces[0][0][:4])

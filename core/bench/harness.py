@@ -16,6 +16,7 @@ log = logging.getLogger("facesmith.bench")
 BENCHMARKS = {
     "base": "SynthFace judges and the tiny base model's prompt adherence",
     "concept": "E4T (0 and k tuning steps) vs textual inversion vs an untrained encoder on held-out identities",
+    "faces": "face pipeline on real photos shipped in wheels: detection rates, same face vs different people",
 }
 
 

@@ -1,0 +1,1 @@
+"""Identity: the face pipeline (detect, align to the ArcFace template, embed) that identity features come from."""
