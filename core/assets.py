@@ -31,7 +31,7 @@ class Asset:
 def assets() -> list[Asset]:
     return [
         Asset("base", "tiny SynthFace text-to-image base model (diffusers folder)", BASE_DIR / "model_index.json",
-              [["train", "base", "--out", str(BASE_DIR)]]),
+              _base_steps()),
         Asset("judges", "identity recognizer + attribute classifier (+ ONNX for insightface)",
               JUDGES_DIR / "attributes.safetensors", [["train", "judges", "--out", str(JUDGES_DIR)]]),
         Asset("domain-encoder", "E4T domain encoder + domain LoRA for synthface-base",
@@ -40,14 +40,23 @@ def assets() -> list[Asset]:
     ]
 
 
+def _base_steps() -> list[list[str]]:
+    """The two stages that made the shipped base (its facesmith_train.json; trained on one H200, bf16)."""
+    stage1 = ".cache/train-base/stage1-model"
+    common = ["train", "base", "--vae-steps", "1516", "--vae-batch", "64", "--precision", "bf16"]
+    return [common + ["--out", stage1, "--work-dir", ".cache/train-base/stage1", "--pool", "80000",
+                      "--unet-steps", "1309", "--unet-batch", "256"],
+            common + ["--out", str(BASE_DIR), "--work-dir", ".cache/train-base/stage2", "--pool", "60000",
+                      "--seed", "1", "--unet-steps", "908", "--unet-batch", "512", "--init-from", stage1]]
+
+
 def _e4t_steps() -> list[list[str]]:
-    """The two stages that made the shipped encoder (see assets/models/facesmith/e4t/README.md)."""
+    """The command that made the shipped encoder (see assets/models/facesmith/e4t/README.md)."""
     out = str(ENCODER_DIR / "e4t" / "synthface-e4t.safetensors")
-    common = ["train", "domain-encoder", "--synthface", "--base", "diffusers/synthface-base", "--identities", "2000",
-              "--views", "4", "--batch-size", "32", "--lr", "2e-3", "--rank", "4", "--seed", "0",
-              "--checkpoint-every", "500", "--out", out, "--work-dir", ".cache/train-e4t/synthface-e4t"]
-    return [common + ["--steps", "6000", "--t-min", "300"],
-            common + ["--steps", "6500", "--t-min", "0", "--mention-p", "0.8", "--overwrite"]]
+    return [["train", "domain-encoder", "--synthface", "--base", "diffusers/synthface-base", "--identities", "3000",
+             "--views", "4", "--batch-size", "64", "--lr", "2e-3", "--rank", "4", "--n-vectors", "4",
+             "--same-p", "0.5", "--precision", "bf16", "--seed", "0", "--steps", "294", "--out", out,
+             "--work-dir", ".cache/train-e4t/synthface-e4t"]]
 
 
 def missing() -> list[Asset]:

@@ -76,7 +76,7 @@ def test_encoder_features_and_forward_shapes(base, image):
     feats = extract_features(base.pipe, x, enc.cfg)
     assert [f.shape[1] for f in feats] == enc.cfg.feature_channels
     emb, offset = enc.predict(base, image)
-    assert emb.shape == (1, 2, 64) and offset.shape == (1, 2, 64)
+    assert emb.shape == (1, 2, bm.TEXT_HIDDEN) and offset.shape == (1, 2, bm.TEXT_HIDDEN)
     assert torch.allclose(emb - offset, enc.class_embedding[None])
     # a different face gives a different offset
     other = render(38, random_attributes(np.random.default_rng(1)), 64, view=1)
@@ -271,7 +271,7 @@ def test_a_single_concept_and_other_domains_are_unchanged(base, encoder, image):
 
 def test_textual_inversion_changes_only_the_embedding(base, image):
     c = embed_textual_inversion(base, image, token="<fs-ti>", steps=3, seed=0)
-    assert c.method == "textual_inversion" and c.lora is None and c.embedding.shape == (1, 64)
+    assert c.method == "textual_inversion" and c.lora is None and c.embedding.shape == (1, bm.TEXT_HIDDEN)
     from facesmith.core.concept.tokens import class_embedding
 
     start = class_embedding(base.pipe.tokenizer, base.pipe.text_encoder)
@@ -286,7 +286,7 @@ def test_embedding_and_kohya_lora_round_trip(base, encoder, image, tmp_path):
     c.lora_alpha = 2.0  # alpha != rank: the file must carry the real alpha
     emb_path, lora_path = save_concept(c, tmp_path / "emb" / "x.safetensors", tmp_path / "lora" / "x.safetensors")
     tensors, meta = load_safetensors(emb_path)
-    assert list(tensors) == ["emb_params"] and tuple(tensors["emb_params"].shape) == (2, 64)
+    assert list(tensors) == ["emb_params"] and tuple(tensors["emb_params"].shape) == (2, bm.TEXT_HIDDEN)
     assert meta["token"] == "<fs-rt>" and meta["base_fingerprint"] == base.fingerprint
     lt, _ = load_safetensors(lora_path)
     key = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"

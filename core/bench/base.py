@@ -6,7 +6,10 @@ Metrics (fractions 0..1):
 - base_attribute_adherence: share of the attributes a held-out prompt asks for that the attribute judge sees in the
   trained base model's images (prompts are attribute combinations never seen in base-model training);
 - random_base_attribute_adherence: the same for a random-weight model of the same shape (the metric can fail);
-- chance_attribute_adherence: what guessing each asked attribute uniformly would score.
+- chance_attribute_adherence: what guessing each asked attribute uniformly would score;
+- all_attributes_correct: share of the base's images with EVERY asked attribute right;
+- the identity world (``identity_world.py``): vae_roundtrip, text_route and identity_richness, plus the number of
+  held-out identities and the judges' figures on real renders of them.
 """
 from __future__ import annotations
 
@@ -59,7 +62,16 @@ def prompt_adherence(bp, n_prompts: int | None, images_per_prompt: int, seed: in
     asked = [a for _, a in pairs for _ in range(images_per_prompt)]
     res = attribute_adherence(images, asked)
     res["chance"] = chance_adherence(asked)
+    res["all_correct"] = all_attributes_correct(images, asked)
     return res
+
+
+def all_attributes_correct(images, asked: list[dict]) -> float:
+    """Share of images in which the attribute judge sees every asked attribute."""
+    from ..judges.metrics import attribute_judge
+
+    seen = attribute_judge().predict(images)
+    return float(np.mean([all(s[k] == v for k, v in a.items()) for s, a in zip(seen, asked)]))
 
 
 def load_builtin_base(device: str = "cpu"):
@@ -79,20 +91,50 @@ def random_base(seed: int = 1234):
 
 def run(quick: bool = False) -> dict:
     from ..judges.metrics import remeasure_judges
+    from ..synthface.splits import identities
+    from . import identity_world as iw
 
     judges = remeasure_judges(n_images=300 if quick else 1500, n_pairs=300 if quick else 2000)
     n_prompts, k = (24, 2) if quick else (None, 4)
-    base = prompt_adherence(load_builtin_base(), n_prompts, k)
+    bp = load_builtin_base()
+    base = prompt_adherence(bp, n_prompts, k)
     rand = prompt_adherence(random_base(), n_prompts, k)
+    vae = iw.vae_roundtrip(bp.pipe.vae, 48 if quick else 500)
+    route = iw.text_route(bp, 8 if quick else 64, images_per_prompt=1 if quick else 2)
+    rich = iw.identity_richness(100 if quick else 1000)
     return {
         "judge_identity_verification_accuracy": judges["verification_accuracy"],
         "judge_attribute_accuracy": judges["attribute_accuracy"],
+        "judge_identity_fact_accuracy": judges["fact_accuracy"],
         "base_attribute_adherence": base["mean"],
+        "all_attributes_correct": base["all_correct"],
         "random_base_attribute_adherence": rand["mean"],
         "chance_attribute_adherence": base["chance"],
+        "text_route": route["text_route"],
+        "identity_richness": rich["identity_richness"],
+        "vae_roundtrip": vae,
+        "text_route_detail": route,
+        "identity_richness_detail": rich,
+        "heldout_identities": len(identities("heldout")),
         "judge_attribute_accuracy_per_attribute": judges["per_attribute"],
+        "judge_identity_fact_accuracy_per_fact": judges["per_fact"],
         "base_attribute_adherence_per_attribute": base["per_attribute"],
         "random_base_attribute_adherence_per_attribute": rand["per_attribute"],
         "n_generated_images": base["n"],
         "sampler": {"scheduler": "dpmpp_2m", "steps": EVAL_STEPS, "cfg": EVAL_CFG},
+        "goals": goals(base, vae, route, rich, judges),
+    }
+
+
+def goals(base: dict, vae: dict, route: dict, rich: dict, judges: dict) -> dict:
+    """The identity-world issue's floors, each computed from the figures above."""
+    return {
+        "base_attribute_adherence_ge_0.95": base["mean"] >= 0.95,
+        "every_attribute_ge_0.90": min(base["per_attribute"].values()) >= 0.90,
+        "all_attributes_correct_ge_0.90": base["all_correct"] >= 0.90,
+        "vae_roundtrip_attributes_ge_0.97": vae["attribute_min"] >= 0.97,
+        "vae_roundtrip_identity_ge_0.95": vae["identity_verification"] >= 0.95,
+        "text_route_ge_0.20": route["text_route"] >= 0.20,
+        "identity_richness_ge_0.85": rich["identity_richness"] >= 0.85,
+        "judges_ge_0.98": min(judges["verification_accuracy"], judges["attribute_accuracy"]) >= 0.98,
     }

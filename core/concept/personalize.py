@@ -8,6 +8,10 @@ Both run on the one training loop (``trainers/loop.py``) with a :class:`OneImage
   The concept's ``metadata["domain_id"]`` (``DomainEncoder.domain_id``) names the domain LoRA it started from, so
   concepts of one domain used in one Generate apply the domain offsets once (``Concept.prepare_conditioners``).
 - **Textual inversion** (``textual_inversion.py``) uses the same objective with the embedding only.
+
+``embed_e4t`` also takes several views of one person (a batch of images, one caption per view): the start is the
+mean of the encoder's predictions and each tuning step draws its batch from the views (the ``oracle`` row of
+``facesmith bench concept`` is this with many steps on several renders of one identity).
 """
 from __future__ import annotations
 
@@ -23,8 +27,8 @@ from .diffusion import (ParamHolder, caption_ids, denoise_loss, frozen, latent_s
                         scaling_factor, training_scheduler)
 from .encoder import DomainEncoder, native_size, preprocess
 from .lora import fresh_lora, hooked_lora, weight_offset_l2
-from .tokens import DEFAULT_TOKEN, check_token_free, check_token_text, class_embedding, swapped_embedding, \
-    tokenizer_with, vector_tokens
+from .tokens import DEFAULT_TOKEN, check_token_free, check_token_text, class_embedding, expand_prompt, \
+    swapped_embedding, tokenizer_with, vector_tokens
 
 log = logging.getLogger("facesmith")
 
@@ -37,11 +41,16 @@ DEFAULT_TUNING_BATCH = 2
 
 
 class OneImageObjective:
-    """Denoising loss on one reference image with the concept token in ``caption``; trains ``offset`` (always) and
-    the LoRA modules (if given), with L2 penalties on the offset and the LoRA weight offsets."""
+    """Denoising loss on the reference image with the concept token in ``caption``; trains ``offset`` (always) and
+    the LoRA modules (if given), with L2 penalties on the offset and the LoRA weight offsets.
+
+    ``stats`` holds one row per reference view (``latent_stats``); with several views ``caption`` is a list with one
+    caption per view and each step's batch draws views uniformly. Captions name ``tokens[0]`` only; every vector
+    token is written in (``expand_prompt``), so all ``len(tokens)`` vectors train."""
 
     def __init__(self, dp, tokens: list[str], base_embedding: torch.Tensor, init_offset: torch.Tensor,
-                 stats: torch.Tensor, caption: str, lora=None, lora_scale: float = 1.0, emb_reg: float = 0.0,
+                 stats: torch.Tensor, caption: "str | list[str]", lora=None, lora_scale: float = 1.0,
+                 emb_reg: float = 0.0,
                  weight_reg: float = 0.0, batch_size: int = 4, seed: int = 0, t_min: int = 0):
         self.dp = dp
         self.tok, self.start = tokenizer_with(dp.tokenizer, tokens)
@@ -50,7 +59,10 @@ class OneImageObjective:
         self.lora, self.lora_scale = lora, lora_scale
         self.emb_reg, self.weight_reg = emb_reg, weight_reg
         self.stats, self.batch_size = stats, int(batch_size)
-        self.ids = caption_ids(self.tok, [caption] * self.batch_size)
+        captions = [caption] * stats.shape[0] if isinstance(caption, str) else list(caption)
+        if len(captions) != stats.shape[0]:
+            raise ValueError(f"{len(captions)} captions for {stats.shape[0]} reference views")
+        self.ids = caption_ids(self.tok, [expand_prompt(c, tokens[0], len(tokens)) for c in captions])
         self.sched = training_scheduler(dp)
         self.sf = scaling_factor(dp.vae)
         self.gen = torch.Generator("cpu").manual_seed(int(seed))
@@ -66,16 +78,20 @@ class OneImageObjective:
         return [p for m in self.modules().values() for p in m.parameters()]
 
     def make_batch(self, step):
-        return sample_latents(self.stats.expand(self.batch_size, -1, -1, -1), self.sf, self.gen)
+        n = self.stats.shape[0]
+        idx = (torch.zeros(self.batch_size, dtype=torch.long) if n == 1
+               else torch.randint(n, (self.batch_size,), generator=self.gen))
+        return sample_latents(self.stats[idx], self.sf, self.gen), idx
 
     def embedding(self) -> torch.Tensor:
         return self.base_embedding.to(self.offset.value.device) + self.offset.value
 
-    def loss(self, latents, step):
+    def loss(self, batch, step):
+        latents, idx = batch
         te = self.dp.text_encoder
         emb = self.embedding()
         with swapped_embedding(te, self.start, emb.to(te.device)):
-            cond = te(self.ids.to(te.device))[0]
+            cond = te(self.ids[idx].to(te.device))[0]
         loss = denoise_loss(self.dp.unet, self.sched, latents, cond, self.gen, t_min=self.t_min)
         logs = {"denoise": float(loss.detach())}
         if self.emb_reg:
@@ -89,10 +105,10 @@ class OneImageObjective:
         return loss, logs
 
 
-def _reference(pipe, image) -> torch.Tensor:
+def _reference(pipe, image, several: bool = False) -> torch.Tensor:
     dp = getattr(pipe, "pipe", pipe)
     x = preprocess(image, native_size(dp))
-    if x.shape[0] != 1:
+    if x.shape[0] != 1 and not several:
         raise ValueError(f"one reference image is needed, got a batch of {x.shape[0]}")
     return x
 
@@ -106,10 +122,14 @@ def _run(objective, steps: int, lr: float, seed: int, progress: Optional[Progres
 
 
 def embed_e4t(encoder: DomainEncoder, pipe, image, token: str = DEFAULT_TOKEN, steps: int = 0,
-              lr: float = DEFAULT_TUNING_LR, caption: str = DEFAULT_CAPTION, batch_size: int = DEFAULT_TUNING_BATCH,
+              lr: float = DEFAULT_TUNING_LR, caption: "str | list[str]" = DEFAULT_CAPTION,
+              batch_size: int = DEFAULT_TUNING_BATCH,
               seed: int = 0, emb_reg: float | None = None, weight_reg: float | None = None,
               progress: Optional[Progress] = None) -> Concept:
-    """E4T: encoder forward on one image (+ ``steps`` tuning steps of embedding and LoRA) -> Concept."""
+    """E4T: encoder forward on one image (+ ``steps`` tuning steps of embedding and LoRA) -> Concept.
+
+    ``image`` may hold several views of one person with ``caption`` a list of one caption per view (each naming
+    ``{token}``): the start is the mean prediction over the views and tuning draws from all of them."""
     t0 = time.perf_counter()
     check_token_text(token)
     if steps < 0:
@@ -117,9 +137,13 @@ def embed_e4t(encoder: DomainEncoder, pipe, image, token: str = DEFAULT_TOKEN, s
     encoder.check_base(pipe)
     dp = getattr(pipe, "pipe", pipe)
     check_token_free(dp.tokenizer, token, encoder.cfg.n_vectors)
-    x = _reference(pipe, image)
+    x = _reference(pipe, image, several=True)
+    captions = [caption] * x.shape[0] if isinstance(caption, str) else list(caption)
+    if len(captions) != x.shape[0]:
+        raise ValueError(f"{len(captions)} captions for {x.shape[0]} reference images; give one per image")
+    captions = [c.format(token=token) for c in captions]
     _, offset = encoder.predict_model(dp, x)
-    offset = offset[0]
+    offset = offset.mean(0)
     lora = encoder.lora
     name, fp = pipeline_identity(pipe)
     hp = encoder.info.get("hyper_parameters", {})
@@ -133,7 +157,7 @@ def embed_e4t(encoder: DomainEncoder, pipe, image, token: str = DEFAULT_TOKEN, s
         init = lora if lora else fresh_lora(dp.unet, max(1, rank), seed)
         with frozen(dp.unet, dp.text_encoder, dp.vae), hooked_lora(dp.unet, init, alpha / rank) as mods:
             obj = OneImageObjective(dp, tokens, encoder.class_embedding, offset, stats,
-                                    caption.format(token=token), lora=mods, lora_scale=alpha / rank,
+                                    captions, lora=mods, lora_scale=alpha / rank,
                                     emb_reg=emb_reg, weight_reg=weight_reg, batch_size=batch_size, seed=seed,
                                     t_min=int(hp.get("t_min", 0)))
             result = _run(obj, steps, lr, seed, progress)
@@ -144,7 +168,7 @@ def embed_e4t(encoder: DomainEncoder, pipe, image, token: str = DEFAULT_TOKEN, s
     return Concept(token=token, embedding=emb, base_name=name, base_fingerprint=fp, method="e4t", lora=lora,
                    lora_rank=rank if lora else 0, lora_alpha=alpha if lora else 0.0,
                    class_word=encoder.cfg.class_word,
-                   metadata={"tuning_steps": int(steps), "tuning_lr": float(lr), "seed": int(seed),
+                   metadata={"tuning_steps": int(steps), "tuning_lr": float(lr), "seed": int(seed), "views": int(x.shape[0]),
                              "domain_id": encoder.domain_id,
                              "encoder_steps": encoder.info.get("steps"), "loss_history": history,
                              "seconds": round(time.perf_counter() - t0, 4), "offset_norm": float(offset.norm())})

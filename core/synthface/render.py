@@ -202,7 +202,27 @@ def _face_outline(t: IdentityTraits, cx, cy, S, n=64):
 
 def render(identity: int, attributes: dict | None = None, size: int = 64, view: int | None = None) -> np.ndarray:
     """Render one face. ``view=None`` is the canonical pose; an int gives a deterministic jittered view."""
-    t = identity_traits(identity)
+    return _draw(identity_traits(identity), attributes, size, view, _check_identity(identity))
+
+
+def facts_code(facts: dict) -> int:
+    """The index of a trait combination (the inverse of the digits ``identity_traits`` reads)."""
+    traits_from_facts(facts)  # validates
+    code = 0
+    for name in TRAIT_NAMES:
+        code = code * len(TRAIT_VOCAB[name]) + TRAIT_VOCAB[name].index(facts[name])
+    return code
+
+
+def render_facts(facts: dict, attributes: dict | None = None, size: int = 64, view: int | None = None) -> np.ndarray:
+    """Render the person that ``facts`` describe: any combination of the trait vocabulary, not only the
+    IDENTITY_COUNT numbered identities (pose jitter and hat colour are drawn from the combination)."""
+    return _draw(traits_from_facts(facts), attributes, size, view, IDENTITY_COUNT + facts_code(facts))
+
+
+def _draw(t: IdentityTraits, attributes: dict | None, size: int, view: int | None, key: int) -> np.ndarray:
+    """Draw traits ``t`` with ``attributes``; ``key`` seeds the per-view jitter (the identity id for identities)."""
+    identity = key
     at = check_attributes(attributes or {})
     if size < 16 or size > 1024:
         raise ValueError(f"SynthFace size must be in [16, 1024], got {size}")
