@@ -253,12 +253,13 @@ def goals(out: dict) -> dict:
 def run(quick: bool = False, n_identities: int | None = None, images_per_prompt: int | None = None,
         k: int = E4T_K, ti_steps: int = TI_STEPS, seed: int = 0, bp=None, encoder=None, split: str = "heldout",
         e4t_lr: float = DEFAULT_TUNING_LR, cfg: float = EVAL_CFG, methods: tuple | None = None,
-        e4t_batch: int = DEFAULT_TUNING_BATCH, oracle_steps: int | None = None, oracle_views: int = ORACLE_VIEWS,
-        oracle_lr: float = ORACLE_LR, oracle_batch: int = ORACLE_BATCH,
+        e4t_batch: int = DEFAULT_TUNING_BATCH, oracle_steps: int | None = None, n_views: int = ORACLE_VIEWS,
+        oracle_lr: float = ORACLE_LR, oracle_batch: int = ORACLE_BATCH, eval_steps: int = EVAL_STEPS,
         measure_overhead: bool = True) -> dict:
     """The metrics dict described in the module doc. ``quick``: QUICK_IDENTITIES identities x 4 prompts x 2 images
     and ORACLE_QUICK_STEPS oracle steps; full: FULL_IDENTITIES x 4 x 4 and ORACLE_STEPS.
-    ``split="val"`` is for choosing settings (k, lr, cfg) without looking at the held-out identities."""
+    ``split="val"`` is for choosing settings (k, lr, cfg) without looking at the held-out identities; fewer
+    ``eval_steps`` (sampler steps per generated image) only for tests."""
     from ..concept.encoder import untrained
     from ..concept.personalize import embed_e4t
     from ..concept.textual_inversion import embed_textual_inversion
@@ -304,7 +305,7 @@ def run(quick: bool = False, n_identities: int | None = None, images_per_prompt:
         prompts = change_prompts(ref_attrs, rng)
         asked = [a for _, a in prompts for _ in range(per_prompt)]
         facts = identity_traits(ident).facts()
-        views = oracle_views(ident, ref, ref_attrs, bp.native_size, oracle_views, seed) if "oracle" in methods \
+        views = oracle_views(ident, ref, ref_attrs, bp.native_size, n_views, seed) if "oracle" in methods \
             else None
         for m, make in methods.items():
             if make is None:
@@ -318,7 +319,8 @@ def run(quick: bool = False, n_identities: int | None = None, images_per_prompt:
                 texts, conds = [p for p, _ in prompts], [concept]
                 if m in ("e4t_k", "e4t_0") and (example is None or m == "e4t_k"):
                     example = concept
-            imgs = generate_for_prompts(bp, texts, per_prompt, seed=seed + 100 * n, cfg=cfg, conditioners=conds)
+            imgs = generate_for_prompts(bp, texts, per_prompt, seed=seed + 100 * n, steps=eval_steps, cfg=cfg,
+                                        conditioners=conds)
             acc[m]["identities"].append(_judge_identity(imgs, _similarities(imgs, ref), threshold, asked,
                                                         ref_attrs, facts))
         log.info("concept bench: identity %d/%d done", n + 1, n_ids)
@@ -332,8 +334,8 @@ def run(quick: bool = False, n_identities: int | None = None, images_per_prompt:
         out.update(overhead(bp, example, "a photo of <fs-person>, smiling", repeats=5 if quick else 15))
     out["settings"] = {"split": split, "identities": n_ids, "images_per_prompt": per_prompt, "k": k,
                        "e4t_batch": e4t_batch,
-                       "ti_steps": ti_steps, "e4t_lr": e4t_lr, "ti_lr": TI_LR, "eval_steps": EVAL_STEPS,
-                       "oracle_steps": o_steps, "oracle_views": oracle_views, "oracle_lr": oracle_lr,
+                       "ti_steps": ti_steps, "e4t_lr": e4t_lr, "ti_lr": TI_LR, "eval_steps": eval_steps,
+                       "oracle_steps": o_steps, "oracle_views": n_views, "oracle_lr": oracle_lr,
                        "oracle_batch": oracle_batch, "threshold": threshold, "sem_over": "identities",
                        "eval_cfg": cfg, "encoder": encoder.info.get("command", ENCODER_NAME),
                        "encoder_steps": encoder.info.get("steps")}

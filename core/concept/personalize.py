@@ -168,7 +168,7 @@ def embed_e4t(encoder: DomainEncoder, pipe, image, token: str = DEFAULT_TOKEN, s
     return Concept(token=token, embedding=emb, base_name=name, base_fingerprint=fp, method="e4t", lora=lora,
                    lora_rank=rank if lora else 0, lora_alpha=alpha if lora else 0.0,
                    class_word=encoder.cfg.class_word,
-                   metadata={"tuning_steps": int(steps), "tuning_lr": float(lr), "seed": int(seed), "views": int(x.shape[0]),
-                             "domain_id": encoder.domain_id,
+                   metadata={"tuning_steps": int(steps), "tuning_lr": float(lr), "seed": int(seed),
+                             "views": int(x.shape[0]), "domain_id": encoder.domain_id,
                              "encoder_steps": encoder.info.get("steps"), "loss_history": history,
                              "seconds": round(time.perf_counter() - t0, 4), "offset_norm": float(offset.norm())})
