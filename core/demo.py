@@ -52,7 +52,7 @@ def judge_rows(workflow_name: str, result, out_dir: Path) -> list[dict]:
     """One report row per saved image: file, prompt, attributes seen, adherence, identity similarity."""
     from .images import comfy_to_numpy
     from .judges.attributes import AttributeJudge
-    from .judges.metrics import attribute_adherence, identity_similarity
+    from .judges.metrics import attribute_adherence, identity_similarity, recognizer
     from .synthface.captions import parse_caption
 
     judge = AttributeJudge.load()
@@ -79,7 +79,8 @@ def judge_rows(workflow_name: str, result, out_dir: Path) -> list[dict]:
             adh = attribute_adherence(images[i:i + 1], [asked])["mean"] if asked else None
             rows.append({"workflow": workflow_name, "node": nid, "file": str(files[i]) if i < len(files) else None,
                          "prompt": text, "asked": asked, "seen": {k: attrs[k] for k in asked} or attrs,
-                         "adherence": adh, "identity_similarity": None if sims[i] is None else float(sims[i])})
+                         "adherence": adh, "identity_similarity": None if sims[i] is None else float(sims[i]),
+                         "same_person": None if sims[i] is None else bool(sims[i] > recognizer().threshold)})
     if ref is not None:
         rows.insert(0, {"workflow": workflow_name, "node": "reference", "file": None, "prompt": "reference face",
                         "reference": comfy_to_numpy(ref)[0], "asked": {}, "seen": {}, "adherence": None,
@@ -93,11 +94,13 @@ def write_report(out_dir: Path, rows: list[dict], summary: dict) -> Path:
     from .formats import atomic_write_text
 
     cells = []
+    references: dict[str, str] = {}
     for r in rows:
+        beside = ""
         if r.get("reference") is not None:
             ref_path = out_dir / f"{r['workflow']}_reference.png"
             Image.fromarray(r["reference"]).save(ref_path)
-            src = ref_path.name
+            src = references[r["workflow"]] = ref_path.name
         elif r["file"]:
             src = Path(r["file"]).relative_to(out_dir).as_posix()
         else:
@@ -106,17 +109,21 @@ def write_report(out_dir: Path, rows: list[dict], summary: dict) -> Path:
         if r["adherence"] is not None:
             facts.append(f"adherence {r['adherence']:.2f}")
         if r["identity_similarity"] is not None:
-            facts.append(f"identity sim {r['identity_similarity']:.2f}")
+            verdict = "same person" if r.get("same_person") else "NOT the same person"
+            facts.append(f"identity sim {r['identity_similarity']:.2f}: the recognizer says {verdict}")
+            if r["workflow"] in references:  # the personalised image beside its reference
+                beside = (f'<img src="{html.escape(references[r["workflow"]])}" width="80" height="80" '
+                          'title="reference">')
         seen = ", ".join(f"{k}: {v}" for k, v in r["seen"].items())
         cells.append(
-            f'<figure><img src="{html.escape(src)}" width="160" height="160">'
+            f'<figure>{beside}<img src="{html.escape(src)}" width="160" height="160">'
             f"<figcaption><b>{html.escape(r['workflow'])}</b><br>{html.escape(r['prompt'] or '')}"
             f"<br><small>judge sees: {html.escape(seen)}</small><br>{html.escape(' · '.join(facts))}"
             "</figcaption></figure>")
     summary_rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
                            for k, v in summary.items())
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>FaceSmith demo</title>
-<style>body{{font-family:sans-serif;margin:20px}}figure{{display:inline-block;width:180px;vertical-align:top;
+<style>body{{font-family:sans-serif;margin:20px}}figure{{display:inline-block;width:260px;vertical-align:top;
 margin:6px}}img{{image-rendering:pixelated;border:1px solid #ccc}}figcaption{{font-size:12px}}
 td{{padding:2px 8px;border-bottom:1px solid #eee}}</style></head><body>
 <h1>FaceSmith demo (built-in SynthFace domain)</h1><table>{summary_rows}</table>

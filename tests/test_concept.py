@@ -289,7 +289,7 @@ def test_embedding_and_kohya_lora_round_trip(base, encoder, image, tmp_path):
     assert list(tensors) == ["emb_params"] and tuple(tensors["emb_params"].shape) == (2, bm.TEXT_HIDDEN)
     assert meta["token"] == "<fs-rt>" and meta["base_fingerprint"] == base.fingerprint
     lt, _ = load_safetensors(lora_path)
-    key = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    key = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q"
     assert f"{key}.lora_down.weight" in lt and f"{key}.lora_up.weight" in lt
     assert float(lt[f"{key}.alpha"]) == 2.0
     assert "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn2_to_out_0.lora_up.weight" in lt

@@ -114,3 +114,13 @@ def test_time_budget_resolves_to_a_recorded_step_count(facesmith, tmp_path):
     assert f"--init-from {out}" in rec2["command"]
     assert resolved_argv(["--synthface", "--steps", "99", "--seconds", "40", "--lr", "1"], 7) == \
         ["--synthface", "--lr", "1", "--steps", "7"]
+
+
+def test_readme_documents_every_identity_phrase(facesmith):
+    from pathlib import Path
+
+    from facesmith.core.synthface.captions import TRAIT_PHRASES
+
+    readme = (Path(facesmith.__file__).parent / "README.md").read_text()
+    missing = [p for d in TRAIT_PHRASES.values() for p in d.values() if f"`{p}`" not in readme]
+    assert not missing, f"README's identity vocabulary lacks {missing}"
