@@ -40,7 +40,7 @@ def small_run(models):
 
     bp, encoder = models
     return concept.run(quick=True, n_identities=2, images_per_prompt=1, k=2, ti_steps=4, oracle_steps=4, n_views=3,
-                       eval_steps=4, measure_overhead=True, bp=bp, encoder=encoder)
+                       eval_steps=4, measure_overhead=True, overhead_repeats=1, bp=bp, encoder=encoder)
 
 
 @needs_models

@@ -165,12 +165,12 @@ def load_encoder():
     return DomainEncoder.load(path)
 
 
-def overhead(bp, concept, prompt: str, repeats: int = 15) -> dict:
+def overhead(bp, concept, prompt: str, repeats: int = 15, steps: int = EVAL_STEPS) -> dict:
     """Median Generate seconds without and with ``concept`` (interleaved), and the relative overhead."""
     from ..generate import GenerateRequest, generate
 
-    req = GenerateRequest(prompt=prompt, seed=0, steps=EVAL_STEPS, cfg=EVAL_CFG, scheduler="dpmpp_2m")
-    plain = GenerateRequest(prompt=prompt.replace(concept.token, "a person"), seed=0, steps=EVAL_STEPS, cfg=EVAL_CFG,
+    req = GenerateRequest(prompt=prompt, seed=0, steps=steps, cfg=EVAL_CFG, scheduler="dpmpp_2m")
+    plain = GenerateRequest(prompt=prompt.replace(concept.token, "a person"), seed=0, steps=steps, cfg=EVAL_CFG,
                             scheduler="dpmpp_2m")
     generate(bp, plain)
     generate(bp, req, [concept])
@@ -255,11 +255,12 @@ def run(quick: bool = False, n_identities: int | None = None, images_per_prompt:
         e4t_lr: float = DEFAULT_TUNING_LR, cfg: float = EVAL_CFG, methods: tuple | None = None,
         e4t_batch: int = DEFAULT_TUNING_BATCH, oracle_steps: int | None = None, n_views: int = ORACLE_VIEWS,
         oracle_lr: float = ORACLE_LR, oracle_batch: int = ORACLE_BATCH, eval_steps: int = EVAL_STEPS,
-        measure_overhead: bool = True) -> dict:
+        measure_overhead: bool = True, overhead_repeats: int | None = None) -> dict:
     """The metrics dict described in the module doc. ``quick``: QUICK_IDENTITIES identities x 4 prompts x 2 images
     and ORACLE_QUICK_STEPS oracle steps; full: FULL_IDENTITIES x 4 x 4 and ORACLE_STEPS.
     ``split="val"`` is for choosing settings (k, lr, cfg) without looking at the held-out identities; fewer
-    ``eval_steps`` (sampler steps per generated image) only for tests."""
+    ``eval_steps`` (sampler steps per generated image) and ``overhead_repeats`` (default 5 quick, 15 full) only
+    for tests."""
     from ..concept.encoder import untrained
     from ..concept.personalize import embed_e4t
     from ..concept.textual_inversion import embed_textual_inversion
@@ -331,7 +332,8 @@ def run(quick: bool = False, n_identities: int | None = None, images_per_prompt:
         for row in out.values():
             row["share_of_oracle"] = float(row["identity_similarity"] / o) if o > 0 else None
     if measure_overhead and example is not None:
-        out.update(overhead(bp, example, "a photo of <fs-person>, smiling", repeats=5 if quick else 15))
+        repeats = overhead_repeats or (5 if quick else 15)
+        out.update(overhead(bp, example, "a photo of <fs-person>, smiling", repeats=repeats, steps=eval_steps))
     out["settings"] = {"split": split, "identities": n_ids, "images_per_prompt": per_prompt, "k": k,
                        "e4t_batch": e4t_batch,
                        "ti_steps": ti_steps, "e4t_lr": e4t_lr, "ti_lr": TI_LR, "eval_steps": eval_steps,
