@@ -106,7 +106,8 @@ class VaeObjective:
     def loss(self, batch, step):
         x, eps = batch
         post = self.vae.encode(x).latent_dist
-        z = post.mean + post.std * eps[:, :post.mean.shape[1]]  # the posterior sample, from the step's noise
+        # the posterior sample from the step's noise (the first half of ``eps``: the shipped VAE was trained so)
+        z = post.mean + post.std * eps[:, :post.mean.shape[1]]
         rec = self.vae.decode(z).sample
         err = (rec - x).abs() + (rec - x) ** 2
         recon = (err * self.weight.to(x.device)).mean()

@@ -1,9 +1,11 @@
 """SynthFace renderer: a deterministic procedural face, ``render(identity, attributes) -> uint8 HxWx3``.
 
-Identity traits (what a person would recognise: face shape, skin tone, eye shape/spacing/colour, brows, nose, mouth,
-ears, hair line and style, moles) come only from the identity id. Attributes (hair colour, expression, glasses, hat,
-beard, background) are chosen independently. Small pose/scale/lighting jitter comes from a per-view seed.
-Drawing happens at 4x the output size with PIL and is downsampled with a box filter (anti-aliasing).
+An identity is one combination of 13 discrete, bold identity traits (``TRAIT_VOCAB``: skin tone, face shape, eye
+colour, shape and spacing, brow weight and shape, nose, mouth, ears, mole, hairline, hair style); the 20,000
+identities are distinct combinations fixed by the domain seed, and ``render_facts`` draws any combination. Each
+trait has words (captions.py), so a prompt can describe a person completely. Attributes (hair colour, expression,
+glasses, hat, beard, background) are chosen independently. Small pose/scale/lighting jitter comes from a per-view
+seed. Drawing happens at 4x the output size with PIL and is downsampled with a box filter (anti-aliasing).
 """
 from __future__ import annotations
 
