@@ -48,3 +48,26 @@ def test_random_weight_model_stays_near_chance(bench):
     m = bench["metrics"]
     assert abs(m["random_base_attribute_adherence"] - m["chance_attribute_adherence"]) < 0.15
     assert m["base_attribute_adherence"] - m["random_base_attribute_adherence"] > 0.3
+
+
+def test_the_base_renders_who_a_prompt_describes(bench):
+    """The identity world's text route: a prompt describing a held-out person gives that person, clearly more than a
+    prompt describing someone else (measured against a real render of the person)."""
+    m = bench["metrics"]
+    route = m["text_route_detail"]
+    assert route["own_description_similarity"] > route["other_description_similarity"]
+    assert m["text_route"] >= 0.2
+    vae = m["vae_roundtrip"]
+    assert vae["attribute_min"] >= 0.9 and vae["identity_verification"] >= 0.8  # the VAE keeps who it is
+    assert 0.0 <= m["identity_richness"] <= 1.0 and m["heldout_identities"] >= 2000
+    assert m["goals"]["text_route_ge_0.20"] == (m["text_route"] >= 0.20)
+
+
+def test_identity_world_units_are_identities():
+    """The world's standard errors are over units (identities), not over images."""
+    import numpy as np
+
+    from facesmith.core.bench.stats import identity_mean_sem
+
+    mean, sem = identity_mean_sem([[1, 1, 1, 1], [0, 0]])  # identity a has four images, b two
+    assert mean == 0.5 and np.isclose(sem, 0.5)  # per image it would be 0.67

@@ -47,7 +47,6 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -56,6 +55,7 @@ from ..concept.personalize import DEFAULT_TUNING_BATCH, DEFAULT_TUNING_LR
 from ..synthface.render import ATTRIBUTES, check_attributes, identity_traits, random_attributes, render
 from ..synthface.splits import identities
 from .base import EVAL_CFG, EVAL_STEPS, generate_for_prompts, load_builtin_base
+from .stats import identity_mean_sem
 
 log = logging.getLogger("facesmith.bench")
 
@@ -101,16 +101,6 @@ def oracle_views(identity: int, ref: np.ndarray, ref_attrs: dict, size: int, n_v
     attrs = [check_attributes(ref_attrs)] + [random_attributes(rng) for _ in range(n_views - 1)]
     images = [ref] + [render(identity, a, size, view=int(rng.integers(1 << 30))) for a in attrs[1:]]
     return np.stack(images), [caption(a, subject="{token}") for a in attrs]
-
-
-def identity_mean_sem(per_identity: Sequence[Sequence[float]]) -> tuple[float, float]:
-    """(mean, standard error) over IDENTITIES: each identity's values are averaged first (identities without values
-    are left out), then the mean and s.e. (ddof=1) of those means; s.e. is NaN with fewer than 2 identities."""
-    means = np.array([float(np.mean(v)) for v in per_identity if len(v)])
-    if len(means) == 0:
-        return float("nan"), float("nan")
-    sem = float(np.std(means, ddof=1) / np.sqrt(len(means))) if len(means) > 1 else float("nan")
-    return float(np.mean(means)), sem
 
 
 def leak_asks(asked: list[dict], reference: dict) -> list[dict]:

@@ -21,7 +21,7 @@ import torch
 from ..synthface.captions import caption
 from ..synthface.render import CORE_FACTS, identity_traits, random_attributes, render
 from ..synthface.splits import identities
-from .stats import mean_sem, per_unit_means
+from .stats import identity_mean_sem, mean_sem
 
 
 def _heldout_sample(n: int, seed: int) -> list[int]:
@@ -112,7 +112,9 @@ def identity_richness(n_pairs: int, seed: int = 13) -> dict:
     b = [render(j, random_attributes(rng), 64, view=int(rng.integers(1 << 30))) for _, j in pick]
     sims = (embed(np.stack(a)) * embed(np.stack(b))).sum(1).numpy()
     different = sims <= _threshold()
-    units = [i for i, _ in pick]
-    share, sem = mean_sem(per_unit_means(different, units))
+    by_identity: dict[int, list[bool]] = {}
+    for (i, _), d in zip(pick, different):
+        by_identity.setdefault(i, []).append(bool(d))
+    share, sem = identity_mean_sem(list(by_identity.values()))
     return {"identity_richness": share, "identity_richness_sem": sem, "n_pairs": len(pick),
             "pairs_available": len(pairs), "mean_similarity": float(sims.mean())}

@@ -2,11 +2,13 @@
 per-image figures are averaged per unit first."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 
 def mean_sem(per_unit) -> tuple[float, float]:
-    """Mean and standard error of the mean of one value per sampled unit (NaN s.e. for fewer than 2 units)."""
+    """Mean and standard error (ddof=1) of one value per sampled unit (NaN s.e. for fewer than 2 units)."""
     x = np.asarray(per_unit, dtype=np.float64)
     if x.size == 0:
         return float("nan"), float("nan")
@@ -14,13 +16,7 @@ def mean_sem(per_unit) -> tuple[float, float]:
     return float(x.mean()), sem
 
 
-def per_unit_means(values, units) -> np.ndarray:
-    """The mean of ``values`` within each unit (``units[i]`` names the unit of ``values[i]``), in first-seen order."""
-    order, sums, counts = [], {}, {}
-    for v, u in zip(np.asarray(values, dtype=np.float64), units):
-        if u not in sums:
-            order.append(u)
-            sums[u], counts[u] = 0.0, 0
-        sums[u] += v
-        counts[u] += 1
-    return np.asarray([sums[u] / counts[u] for u in order])
+def identity_mean_sem(per_identity: Sequence[Sequence[float]]) -> tuple[float, float]:
+    """(mean, standard error) over IDENTITIES: each identity's values are averaged first (identities without values
+    are left out), then :func:`mean_sem` of those means."""
+    return mean_sem([float(np.mean(v)) for v in per_identity if len(v)])
