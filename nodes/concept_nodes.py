@@ -150,7 +150,7 @@ class FaceSmithTrainDomainEncoder:
         from ..core.images import comfy_to_numpy
         from ..trainers.e4t import DomainTrainSettings, build_pool, folder_images, synthface_images, \
             train_domain_encoder
-        from ..trainers.loop import loss_graph
+        from ..core.training.loop import loss_graph
 
         node = self.DISPLAY_NAME
         if not name or not name.strip():

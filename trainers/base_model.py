@@ -1,4 +1,4 @@
-"""Objectives that train the tiny SynthFace base model, in two stages on the one loop (trainers/loop.py):
+"""Objectives that train the tiny SynthFace base model, in two stages on the one loop (core/training/loop.py):
 
 1. ``VaeObjective``: the AutoencoderKL reconstructs SynthFace images (L1 + MSE, extra weight on the mouth region,
    which carries the expression and is the first detail a tiny VAE loses; a tiny KL term).
@@ -25,7 +25,7 @@ from ..core.synthface.dataset import render_many
 from ..core.synthface.render import TRAIT_NAMES, identity_traits, random_attributes
 from ..core.synthface.splits import identities, is_heldout_combo
 from ..core.bench.harness import machine as machine_description
-from .loop import TrainConfig, fit_steps, train
+from ..core.training.loop import TrainConfig, fit_steps, train
 
 log = logging.getLogger("facesmith.train")
 

@@ -29,7 +29,7 @@ from ..core.concept.encoder import DomainEncoder, extract_features, native_size,
 from ..core.concept.lora import trainable_lora, weight_offset_l2
 from ..core.concept.tokens import swapped_embedding, tokenizer_with, vector_tokens
 from ..core.progress import Progress
-from .loop import TrainConfig, TrainResult, fit_steps, train
+from ..core.training.loop import TrainConfig, TrainResult, fit_steps, train
 
 log = logging.getLogger("facesmith.train")
 

@@ -1,4 +1,4 @@
-"""Objectives that train the SynthFace judges on the one loop (trainers/loop.py), and ``build_judges`` which trains,
+"""Objectives that train the SynthFace judges on the one loop (core/training/loop.py), and ``build_judges`` which trains,
 measures on held-out identities, and writes them (safetensors + ONNX for insightface).
 
 All three judges learn from one pool of renders of TRAIN identities (random attributes and views, 64x64):
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from ..core.judges import data as jdata
 from ..core.judges.align import ARCFACE_DST, canonical_matrix, similarity_transform, warp
 from ..core.judges.nets import STRIDES, AttributeNet, DetectorNet, RecognizerNet, anchor_centers
-from .loop import TrainConfig, train
+from ..core.training.loop import TrainConfig, train
 
 log = logging.getLogger("facesmith.train")
 
