@@ -16,8 +16,10 @@ PACK = __package__.rsplit(".", 1)[0]  # "facesmith"
 # name -> (module relative to the pack root, help)
 COMMANDS = {
     "run": ("core.runner.command", "run a workflow JSON (UI or API format) headless"),
-    "convert": ("core.runner.command_convert", "convert a workflow saved by ComfyUI's editor (UI format) to API format"),
-    "demo": ("core.demo", "build/load the built-in SynthFace models and run every shipped workflow, with an HTML report"),
+    "convert": ("core.runner.command_convert",
+                "convert a workflow saved by ComfyUI's editor (UI format) to API format"),
+    "demo": ("core.demo",
+             "build/load the built-in SynthFace models and run every shipped workflow, with an HTML report"),
     "synthface": ("core.synthface.command", "SynthFace domain tools (export a dataset folder)"),
     "train": ("trainers.command", "train FaceSmith models (base, judges, domain-encoder)"),
     "bench": ("core.bench.harness", "run a benchmark and write {machine, metrics} JSON"),

@@ -36,6 +36,59 @@ class NoCompleteCheckpoint(RuntimeError):
     """Checkpoints exist in the work dir but none of them can be resumed from."""
 
 
+class RecipeMismatch(ValueError):
+    """The newest checkpoint was made with settings that shape training differently from this run's."""
+
+    def __init__(self, path: Path, differences: list[str]):
+        super().__init__(f"{path} was made with other training settings than this run ({'; '.join(differences)}); "
+                         f"resuming would mix two runs: {START_FRESH_HINT}, or use another work dir")
+        self.path, self.differences = path, differences
+
+
+# The loop's own settings that shape the weights (``steps`` is not one: a finished run continues with more steps).
+LOOP_RECIPE = ("learning_rate", "weight_decay", "max_grad_norm", "seed", "precision", "ema_decay", "warmup_steps",
+               "lr_schedule")
+
+
+def recipe_of(config) -> dict:
+    """What a checkpoint records of ``config`` (a TrainConfig): the loop's shaping settings plus the objective's
+    ``config.recipe``, normalised through JSON (what state.json holds)."""
+    recipe = {k: getattr(config, k) for k in LOOP_RECIPE}
+    overlap = set(recipe) & set(config.recipe)
+    if overlap:
+        raise ValueError(f"TrainConfig.recipe repeats loop settings {sorted(overlap)}; leave them to the loop")
+    recipe.update(config.recipe)
+    return json.loads(json.dumps(recipe, sort_keys=True, default=str))
+
+
+def recipe_differences(saved: dict, now: dict) -> list[str]:
+    """``name: <saved> in the checkpoint, <now> now`` for every setting that differs (a missing one counts)."""
+    out = []
+    for k in sorted(set(saved) | set(now)):
+        a, b = saved.get(k, "(not set)"), now.get(k, "(not set)")
+        if a != b:
+            out.append(f"{k}: {json.dumps(a)} in the checkpoint, {json.dumps(b)} now")
+    return out
+
+
+def check_resumable(ckpt: Checkpoint, config) -> None:
+    """Refuse to resume ``ckpt`` under ``config`` when a shaping setting differs or the checkpoint is past the run's
+    last step. Checkpoints written before recipes were recorded are checked on the loop settings they kept."""
+    now = recipe_of(config)
+    saved = ckpt.state.get("recipe")
+    if saved is None:  # an older checkpoint: only its TrainConfig was kept
+        old = ckpt.state.get("config") or {}
+        saved = {k: old[k] for k in LOOP_RECIPE if k in old}
+        now = {k: now[k] for k in saved}
+        log.warning("%s records no training recipe (an older FaceSmith); only the loop settings were compared",
+                    ckpt.path)
+    problems = recipe_differences(saved, now)
+    if ckpt.step > config.steps:
+        problems.append(f"the checkpoint is at step {ckpt.step}, past this run's {config.steps} steps")
+    if problems:
+        raise RecipeMismatch(ckpt.path, problems)
+
+
 @dataclass
 class Checkpoint:
     """A checkpoint read completely into memory (nothing applied yet)."""

@@ -6,6 +6,11 @@ progress callbacks, interruption (the last checkpoint stays intact and resumable
 An objective owns: which modules train, how a step's batch is made, how a batch becomes a loss, and what the
 final artifact is.
 
+Resume is exact: a checkpoint keeps the trainable weights, optimizer, schedule, EMA, the global RNG states and the
+fp16 GradScaler, and objectives draw each batch from its step key. A checkpoint also records the settings that shape
+the weights (the loop's and the objective's ``TrainConfig.recipe``); resuming under other ones is refused with the
+differences (``RecipeMismatch``) instead of silently mixing two runs, and ``resume=False`` starts fresh.
+
 Several processes (``accelerate launch --num_processes N``) are plain data parallelism done by the loop itself, so
 objectives need not know about it: objectives run their own, unwrapped modules (a LoRA inside a UNet trains through
 the UNet's forward), which a DDP wrapper would never see, so the modules are not DDP-wrapped. Instead the loop
@@ -34,7 +39,7 @@ from safetensors.torch import save_file
 from ..locks import folder_lock
 from ..progress import Interrupted, Progress, report
 from .checkpoints import candidates as checkpoint_candidates
-from .checkpoints import newest_complete
+from .checkpoints import check_resumable, newest_complete, recipe_of
 
 log = logging.getLogger("facesmith.train")
 
@@ -55,6 +60,9 @@ class TrainConfig:
     lr_schedule: str = "constant"    # "constant" or "cosine" (decays to 10% of learning_rate at the last step)
     work_dir: str | None = None      # where checkpoints live; None = no checkpoints
     resume: bool = True              # continue from the newest checkpoint in work_dir if there is one
+    # What else shapes the weights (the objective's data, batch size, model shape ...: plain JSON values). A
+    # checkpoint records it with the loop's own shaping settings; resuming under other values is refused.
+    recipe: dict = field(default_factory=dict)
 
     def check(self) -> None:
         if self.steps < 0:
@@ -215,7 +223,11 @@ def _train(objective: Objective, config: TrainConfig, progress: Progress | None 
     result = TrainResult(steps_done=0)
     start = 0
     loaded = newest_complete(config.work_dir) if config.resume else None  # read and checked before applying
+    stale = []  # --no-resume: an earlier run's checkpoints, removed once this run has written its first one
+    if config.work_dir and not config.resume and Path(config.work_dir).is_dir():
+        stale = checkpoint_candidates(config.work_dir)[0]
     if loaded is not None:
+        check_resumable(loaded, config)
         ckpt, state = loaded.path, loaded.state
         _load_trainable_state(modules, loaded.trainable)
         optimizer.load_state_dict(loaded.optimizer)
@@ -227,6 +239,7 @@ def _train(objective: Objective, config: TrainConfig, progress: Progress | None 
         result.resumed_from = start
         if hasattr(objective, "load_extra_state"):
             objective.load_extra_state(state.get("objective", {}))
+        restore_random_state(accelerator, state, restore_rng=world == 1)
         if accelerator.is_main_process:
             log.info("resumed from %s (step %d)", ckpt, start)
     if world > 1:
@@ -275,14 +288,17 @@ def _train(objective: Objective, config: TrainConfig, progress: Progress | None 
             if config.work_dir and config.checkpoint_every and (step % config.checkpoint_every == 0
                                                                 or step == config.steps):
                 if accelerator.is_main_process:
-                    _save_checkpoint(config, step, modules, optimizer, scheduler, ema, result, objective)
+                    _save_checkpoint(config, step, modules, optimizer, scheduler, ema, result, objective, stale,
+                                     random_state(accelerator))
+                    stale = []
                 accelerator.wait_for_everyone()
             _report(progress, step, config.steps, accelerator)
     except (Interrupted, KeyboardInterrupt) as exc:
         result.interrupted = True
         kept = None
         if config.work_dir and step > start and accelerator.is_main_process:
-            kept = _save_checkpoint(config, step, modules, optimizer, scheduler, ema, result, objective)
+            kept = _save_checkpoint(config, step, modules, optimizer, scheduler, ema, result, objective, stale,
+                                    random_state(accelerator))
         elif loaded is not None:
             kept = loaded.path
         exc.checkpoint = kept  # what the command line names ("checkpoint kept: ...")
@@ -381,8 +397,10 @@ def _average_gradients(params: list[torch.nn.Parameter], loss: torch.Tensor, wor
     return meta[0].item() / world
 
 
-def _save_checkpoint(config, step, modules, optimizer, scheduler, ema, result, objective) -> Path:
-    """Write checkpoint-<step>/ atomically (tmp folder + rename), then prune old ones."""
+def _save_checkpoint(config, step, modules, optimizer, scheduler, ema, result, objective, stale=(),
+                     more_state: dict | None = None) -> Path:
+    """Write checkpoint-<step>/ atomically (tmp folder + rename), remove ``stale`` ones (an earlier run's, when this
+    run started fresh), then prune old ones."""
     root = Path(config.work_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"checkpoint-{step}"
@@ -393,21 +411,72 @@ def _save_checkpoint(config, step, modules, optimizer, scheduler, ema, result, o
         save_file(_trainable_state(modules), str(tmp / "trainable.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         state = {"step": step, "loss_history": result.loss_history, "scheduler": scheduler.state_dict(),
-                 "config": asdict(config)}
+                 "config": asdict(config), "recipe": recipe_of(config)}
         if ema is not None:
             save_file(ema.state(), str(tmp / "ema.safetensors"))
             state["ema_updates"] = ema.updates
         if hasattr(objective, "extra_state"):
             state["objective"] = objective.extra_state()
+        state.update(more_state or {})  # random_state(): RNGs and the GradScaler
         (tmp / "state.json").write_text(json.dumps(state))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
     finally:  # a full disk or an interrupt mid-write: no half checkpoint folder stays behind
         shutil.rmtree(tmp, ignore_errors=True)
+    _remove_stale(stale, step)
     found, _stray = checkpoint_candidates(root)  # newest first; stray folders are never pruned
     for old in found[config.keep_checkpoints:]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def random_state(accelerator) -> dict:
+    """The states a bit-identical resume needs beyond weights and optimizer, as JSON: the global RNGs (python,
+    numpy, torch CPU and CUDA; an objective should draw from its step key, but dropout, augmentations written with
+    ``torch.randn`` ... use these) and, with fp16, the GradScaler (its loss scale and growth tracker)."""
+    import random
+
+    import numpy as np
+
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    out = {"rng": {"python": [version, list(internal), gauss],
+                   "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+                   "torch": torch.get_rng_state().tolist(),
+                   "cuda": [s.tolist() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else []}}
+    scaler = getattr(accelerator, "scaler", None)
+    if scaler is not None:
+        out["scaler"] = scaler.state_dict()
+    return out
+
+
+def restore_random_state(accelerator, state: dict, restore_rng: bool = True) -> None:
+    """Apply what ``random_state`` recorded (a checkpoint from before it was recorded restores nothing). With
+    several processes each keeps its own seeded RNGs (only the main process writes checkpoints)."""
+    import random
+
+    import numpy as np
+
+    rng = state.get("rng")
+    if rng and restore_rng:
+        version, internal, gauss = rng["python"]
+        random.setstate((version, tuple(internal), gauss))
+        name, keys, pos, has_gauss, cached = rng["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+        torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
+        if rng.get("cuda") and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in rng["cuda"]])
+    scaler = getattr(accelerator, "scaler", None)
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+
+
+def _remove_stale(stale: list[Path], keep_step: int) -> None:
+    """Remove an earlier run's checkpoints (``resume=False``) so they are neither resumed nor kept in place of ours."""
+    for old in stale:
+        if old.name != f"checkpoint-{keep_step}":
+            log.info("removed %s (an earlier run's checkpoint; this run started fresh)", old)
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def loss_graph(history: list[float], width: int = 512, height: int = 256, title: str = "loss"):
