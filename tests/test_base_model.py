@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+pytestmark = pytest.mark.slow  # end to end: see [tool.pytest.ini_options] markers
+
 from facesmith.core.assets import assets
 
 pytestmark = pytest.mark.skipif(not all(a.present for a in assets() if a.name in ("base", "judges")),

@@ -77,6 +77,7 @@ def tiny_base_dir(tmp_path_factory):
     return tiny_models.save_tiny_sd15(tmp_path_factory.mktemp("base") / "tiny-sd15")
 
 
+@pytest.mark.slow
 def test_train_domain_encoder_command_refuses_other_settings(tiny_base_dir, tmp_path, capsys):
     from facesmith.core import cli
 

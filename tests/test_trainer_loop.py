@@ -182,6 +182,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_average_gradients_over_different_batches(tmp_path):
     """Two CPU processes (gloo over loopback) train through the one loop: each sees its own batches, both end with
     the same weights, and those equal one process training on the average of the two batches' gradients."""
@@ -232,6 +233,7 @@ def test_two_processes_average_gradients_over_different_batches(tmp_path):
     assert not torch.allclose(ref.model.weight.detach(), KeyedObjective().model.weight)  # it did train
 
 
+@pytest.mark.slow
 def test_single_process_trainers_refuse_a_multi_process_launch():
     """Only the domain-encoder command is data parallel; the others say so instead of writing files N times."""
     env = dict(os.environ, WORLD_SIZE="2")
