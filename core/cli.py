@@ -1,5 +1,9 @@
 """The ``facesmith`` command line. Each sub-command lives in its own module with ``add_arguments`` and ``main``;
-this file only routes, importing the chosen module lazily so ``facesmith --help`` stays fast."""
+this file only routes, importing the chosen module lazily so ``facesmith --help`` stays fast.
+
+It is the application's entry point (the composition root): the one module under ``core/`` that names modules of
+the layers above the engine (``trainers``), by name in ``COMMANDS``, never by an import statement
+(tests/test_layers.py)."""
 from __future__ import annotations
 
 import argparse
@@ -7,15 +11,19 @@ import logging
 import sys
 from importlib import import_module
 
-# name -> (module relative to this package, help)
+PACK = __package__.rsplit(".", 1)[0]  # "facesmith"
+
+# name -> (module relative to the pack root, help)
 COMMANDS = {
-    "run": ("runner.command", "run a workflow JSON (UI or API format) headless"),
-    "convert": ("runner.command_convert", "convert a workflow saved by ComfyUI's editor (UI format) to API format"),
-    "demo": ("demo", "build/load the built-in SynthFace models and run every shipped workflow, with an HTML report"),
-    "synthface": ("synthface.command", "SynthFace domain tools (export a dataset folder)"),
-    "train": ("train_command", "train FaceSmith models (base, judges, domain-encoder)"),
-    "bench": ("bench.harness", "run a benchmark and write {machine, metrics} JSON"),
-    "assets": ("assets", "build or check the built-in SynthFace assets"),
+    "run": ("core.runner.command", "run a workflow JSON (UI or API format) headless"),
+    "convert": ("core.runner.command_convert",
+                "convert a workflow saved by ComfyUI's editor (UI format) to API format"),
+    "demo": ("core.demo",
+             "build/load the built-in SynthFace models and run every shipped workflow, with an HTML report"),
+    "synthface": ("core.synthface.command", "SynthFace domain tools (export a dataset folder)"),
+    "train": ("trainers.command", "train FaceSmith models (base, judges, domain-encoder)"),
+    "bench": ("core.bench.harness", "run a benchmark and write {machine, metrics} JSON"),
+    "assets": ("core.assets", "build or check the built-in SynthFace assets"),
 }
 
 
@@ -28,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(_module=_mod)
         # sub-command modules add their own arguments lazily
         if name in sys.argv[1:2]:
-            import_module(f".{_mod}", __package__).add_arguments(p)
+            import_module(f"{PACK}.{_mod}").add_arguments(p)
     return parser
 
 
@@ -41,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    module = import_module(f".{args._module}", __package__)
+    module = import_module(f"{PACK}.{args._module}")
     try:
         return int(module.main(args) or 0)
     except KeyboardInterrupt as exc:  # Ctrl-C: one line, no traceback
@@ -65,7 +73,7 @@ def user_errors() -> tuple:
 
     errors = [OSError, ValueError, FolderLocked]
     try:
-        from ..trainers.checkpoints import NoCompleteCheckpoint
+        from .training.checkpoints import NoCompleteCheckpoint
         errors.append(NoCompleteCheckpoint)
     except ImportError:  # pragma: no cover - trainers need torch
         pass

@@ -5,8 +5,9 @@ checks its interrupt flag; the headless runner and the command line pass one tha
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 
 class Interrupted(RuntimeError):
@@ -56,3 +57,25 @@ def tqdm_progress(label: str, total: int | None = None) -> Progress:
             b.close()
 
     return Progress(on_update=on_update, label=label)
+
+
+# Where node code gets its Progress when ComfyUI is absent: the headless runner installs a factory(label) -> Progress
+# for the time of a run (``headless_progress``), and ``nodes/comfy_bridge.node_progress`` asks for it here. The slot
+# lives in the engine so the runner never needs to know about the node modules.
+_headless_factory: Optional[Callable[[str], Progress]] = None
+
+
+def headless_progress_factory() -> Optional[Callable[[str], Progress]]:
+    """The factory the headless runner installed, or None (inside ComfyUI, tests, plain scripts)."""
+    return _headless_factory
+
+
+@contextlib.contextmanager
+def headless_progress(factory: Optional[Callable[[str], Progress]]) -> Iterator[None]:
+    """Install ``factory`` for node progress while the block runs; the previous one is restored afterwards."""
+    global _headless_factory
+    old, _headless_factory = _headless_factory, factory
+    try:
+        yield
+    finally:
+        _headless_factory = old

@@ -11,17 +11,9 @@ from typing import Iterator, Optional
 
 import torch
 
-from ..core.progress import Interrupted, Progress
+from ..core.progress import Interrupted, Progress, headless_progress_factory
 
 log = logging.getLogger("facesmith")
-
-# The headless runner sets this to a factory(label) -> Progress, so nodes report per-step progress there too.
-_headless_progress_factory = None
-
-
-def set_headless_progress_factory(factory) -> None:
-    global _headless_progress_factory
-    _headless_progress_factory = factory
 
 
 def _comfy_interrupt_flag() -> bool:
@@ -51,8 +43,9 @@ def node_progress(label: str) -> Progress:
         return Progress(on_update=on_update, should_stop=_comfy_interrupt_flag, label=label)
     except Exception:
         pass
-    if _headless_progress_factory is not None:
-        return _headless_progress_factory(label)
+    factory = headless_progress_factory()  # the headless runner's (core/progress.py), so nodes report there too
+    if factory is not None:
+        return factory(label)
     return Progress(label=label)
 
 

@@ -150,7 +150,8 @@ class FaceSmithTrainDomainEncoder:
         from ..core.images import comfy_to_numpy
         from ..trainers.e4t import DomainTrainSettings, build_pool, folder_images, synthface_images, \
             train_domain_encoder
-        from ..trainers.loop import loss_graph
+        from ..core.training.checkpoints import RecipeMismatch
+        from ..core.training.loop import loss_graph
 
         node = self.DISPLAY_NAME
         if not name or not name.strip():
@@ -205,9 +206,14 @@ class FaceSmithTrainDomainEncoder:
             pool = build_pool(pipeline, imgs, ids, attrs, caps, cfg=cfg, progress=node_progress(f"{node}: encode"),
                               source=source)
         work_dir = safe_join(root, f"{WORK_SUBDIR}/{out.stem}")
-        with interruptible(), grad_enabled():
-            bundle, result = train_domain_encoder(pipeline, pool, settings, work_dir=str(work_dir),
-                                                  resume=bool(resume), progress=node_progress(node))
+        try:
+            with interruptible(), grad_enabled():
+                bundle, result = train_domain_encoder(pipeline, pool, settings, work_dir=str(work_dir),
+                                                      resume=bool(resume), progress=node_progress(node))
+        except RecipeMismatch as exc:
+            raise input_error(node, "resume", f"is on, but the checkpoint {exc.path} of '{name}' was trained with "
+                                              f"other settings ({'; '.join(exc.differences)}); turn 'resume' off "
+                                              "to start fresh, or choose another name") from exc
         bundle.info.update(base_model=pipeline.name, dataset=dataset)
         bundle.save(out, overwrite=overwrite, dtype=torch.float16)
         graph = torch.from_numpy(np.array(loss_graph(result.loss_history, title=f"E4T domain tuning {out.stem}")))

@@ -8,8 +8,9 @@ import pytest
 
 from facesmith.core.assets import assets
 
-pytestmark = pytest.mark.skipif(not all(a.present for a in assets() if a.name in ("base", "judges")),
-                                reason="built-in base model / judges not built (facesmith assets --build)")
+pytestmark = [pytest.mark.slow,  # runs the base benchmark end to end: see [tool.pytest.ini_options] markers
+              pytest.mark.skipif(not all(a.present for a in assets() if a.name in ("base", "judges")),
+                                 reason="built-in base model / judges not built (facesmith assets --build)")]
 
 
 @pytest.fixture(scope="module")

@@ -44,6 +44,7 @@ def small_run(models):
 
 
 @needs_models
+@pytest.mark.slow
 def test_every_method_reports_the_issue_keys(small_run):
     from facesmith.core.synthface.render import TRAIT_NAMES
 
@@ -73,6 +74,7 @@ def test_every_method_reports_the_issue_keys(small_run):
 
 
 @needs_models
+@pytest.mark.slow
 def test_goals_follow_from_the_figures(small_run):
     from facesmith.core.bench.concept import _worse
 
@@ -93,6 +95,7 @@ def test_goals_follow_from_the_figures(small_run):
 
 
 @needs_models
+@pytest.mark.slow
 def test_oracle_tunes_every_vector_on_every_view(models):
     from facesmith.core.bench import concept
     from facesmith.core.concept.diffusion import latent_stats

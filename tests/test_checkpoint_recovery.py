@@ -10,7 +10,7 @@ import types
 import pytest
 
 import tiny_models  # noqa: F401  (makes the pack importable as ``facesmith``)
-from facesmith.trainers import loop
+from facesmith.core.training import loop
 from test_trainer_loop import LinearObjective
 
 
@@ -58,7 +58,7 @@ def test_resume_falls_back_to_the_newest_complete_checkpoint(work, damage, caplo
 
 
 def test_no_complete_checkpoint_fails_with_the_paths_and_no_resume(work):
-    from facesmith.trainers import checkpoints
+    from facesmith.core.training import checkpoints
 
     for c in ("checkpoint-6", "checkpoint-8", "checkpoint-10"):
         _truncate(work / c / "optimizer.pt", 0.3)
@@ -94,7 +94,7 @@ def _fake_train_command(monkeypatch, work, stop_at):
     mod.add_arguments = lambda p: None
     mod.main = main
     monkeypatch.setitem(sys.modules, "facesmith.core._faketrain", mod)
-    monkeypatch.setitem(cli.COMMANDS, "faketrain", ("_faketrain", "test"))
+    monkeypatch.setitem(cli.COMMANDS, "faketrain", ("core._faketrain", "test"))
     return cli
 
 

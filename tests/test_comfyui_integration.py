@@ -39,6 +39,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # end to end: see [tool.pytest.ini_options] markers
+
 ROOT = Path(__file__).resolve().parents[1]
 ENV_URL = "FACESMITH_COMFYUI_URL"
 ENV_TIMEOUT = "FACESMITH_COMFYUI_TIMEOUT"

@@ -93,6 +93,7 @@ def test_base_batches_depend_only_on_the_step(facesmith):
     assert not torch.equal(a[1], obj.make_batch(8)[1])
 
 
+@pytest.mark.slow  # builds a base model end to end (timed probes + two training stages)
 def test_time_budget_resolves_to_a_recorded_step_count(facesmith, tmp_path):
     from facesmith.trainers.base_model import BaseSettings, build_base
     from facesmith.trainers.e4t_cli import resolved_argv

@@ -116,7 +116,7 @@ def test_fp16_variant_folder_and_lora_guard(tmp_path, sd15, models_dir):
 
     from peft import LoraConfig
 
-    from facesmith.core.checkpoint_convert import pipeline_to_original
+    from checkpoint_convert import pipeline_to_original
 
     with_lora = tiny_models.build_tiny_sd15(seed=0)
     with_lora.unet.add_adapter(LoraConfig(r=2, target_modules=["to_q", "to_v"]))
@@ -453,7 +453,7 @@ def test_full_size_unet_layout_roundtrips_through_diffusers(arch):
     from diffusers import UNet2DConditionModel
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
-    from facesmith.core.checkpoint_convert import unet_to_original
+    from checkpoint_convert import unet_to_original
 
     state, config = _meta_state(UNet2DConditionModel, **FULL_UNETS[arch])
     original = unet_to_original(state, config)
@@ -469,7 +469,7 @@ def test_full_size_vae_and_text_encoder_layouts():
     from diffusers.loaders.single_file_utils import CHECKPOINT_KEY_NAMES, convert_ldm_vae_checkpoint
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from facesmith.core import checkpoint_convert as cc
+    import checkpoint_convert as cc
 
     state, config = _meta_state(AutoencoderKL, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
                                 down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)

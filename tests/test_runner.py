@@ -8,7 +8,6 @@ import importlib
 import json
 import os
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -159,8 +158,9 @@ class FakeProgressUser:
     env = []
 
     def run(self, images):
-        bridge = sys.modules["facesmith.nodes.comfy_bridge"]
-        p = bridge.factory("FakeProgressUser")
+        from facesmith.core.progress import headless_progress_factory
+
+        p = headless_progress_factory()("FakeProgressUser")  # what nodes/comfy_bridge.node_progress asks for
         for i in range(3):
             p.update(i + 1, 3)
         FakeProgressUser.seen.append(p)
@@ -513,14 +513,8 @@ def test_contract_violations_and_list_outputs(rn, classes, dirs):
 
 def test_nodes_get_headless_progress_bars(rn, classes, dirs, monkeypatch):
     out, inp = dirs
-    bridge = types.SimpleNamespace(_headless_progress_factory=None)
+    from facesmith.core.progress import headless_progress_factory
 
-    def set_factory(f):
-        bridge._headless_progress_factory = f
-        bridge.factory = f
-
-    bridge.set_headless_progress_factory = set_factory
-    monkeypatch.setitem(sys.modules, "facesmith.nodes.comfy_bridge", bridge)
     wf = {"1": {"class_type": "LoadImage", "inputs": {"image": "face.png"}},
           "2": {"class_type": "FakeProgressUser", "inputs": {"images": ["1", 0]}},
           "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}}}
@@ -530,7 +524,7 @@ def test_nodes_get_headless_progress_bars(rn, classes, dirs, monkeypatch):
     assert len(FakeProgressUser.seen) == 1
     p = FakeProgressUser.seen[0]
     assert p.label == "[2/3] FakeProgressUser" and p.on_update is not None  # a tqdm bar, numbered like the line
-    assert bridge._headless_progress_factory is None  # restored after the run
+    assert headless_progress_factory() is None  # restored after the run
     assert FakeProgressUser.env[-1] == str(out.resolve())  # FaceSmith nodes saving files write under --out
 
 

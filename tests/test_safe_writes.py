@@ -138,7 +138,7 @@ def test_export_leaves_no_temporary_file_on_a_full_disk(tmp_path, monkeypatch):
 
 
 def test_checkpoint_writer_leaves_no_temporary_folder_on_a_full_disk(tmp_path, monkeypatch):
-    from facesmith.trainers import loop
+    from facesmith.core.training import loop
     from test_trainer_loop import LinearObjective
 
     monkeypatch.setattr(loop.torch, "save", _disk_full)
@@ -185,7 +185,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
 def test_export_and_training_take_the_folder_lock(tmp_path):
     from facesmith.core import locks
 
-    from facesmith.trainers import loop
+    from facesmith.core.training import loop
     from test_trainer_loop import LinearObjective
 
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])

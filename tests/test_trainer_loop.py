@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from facesmith.core.progress import Interrupted, Progress
-from facesmith.trainers.loop import TrainConfig, latest_checkpoint, loss_graph, train
+from facesmith.core.training.loop import TrainConfig, latest_checkpoint, loss_graph, train
 
 TRUE_W = torch.tensor([[2.0, -3.0, 0.5]])
 
@@ -162,7 +162,7 @@ DDP_CONFIG = dict(steps=6, learning_rate=0.05, log_every=2, warmup_steps=2, lr_s
 
 def _two_process_worker(out_dir: str) -> None:
     """Body of one spawned process (see test_two_processes_average_gradients_over_different_batches)."""
-    from facesmith.trainers.loop import TrainConfig, train
+    from facesmith.core.training.loop import TrainConfig, train
 
     torch.set_num_threads(1)
     obj = KeyedObjective()
@@ -182,6 +182,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_average_gradients_over_different_batches(tmp_path):
     """Two CPU processes (gloo over loopback) train through the one loop: each sees its own batches, both end with
     the same weights, and those equal one process training on the average of the two batches' gradients."""
@@ -232,6 +233,7 @@ def test_two_processes_average_gradients_over_different_batches(tmp_path):
     assert not torch.allclose(ref.model.weight.detach(), KeyedObjective().model.weight)  # it did train
 
 
+@pytest.mark.slow
 def test_single_process_trainers_refuse_a_multi_process_launch():
     """Only the domain-encoder command is data parallel; the others say so instead of writing files N times."""
     env = dict(os.environ, WORLD_SIZE="2")

@@ -57,6 +57,7 @@ def test_validates_with_builtin_models(name, node_classes, tmp_path):
     assert set(prompt) == {str(n.id) for n in WORKFLOWS[name]()}
 
 
+@pytest.mark.slow
 @built
 @pytest.mark.parametrize("name", ["synthface_text_to_image", "e4t_personalize"])
 def test_facesmith_run_writes_pngs_with_workflow(name, tmp_path):

@@ -148,7 +148,7 @@ def save_tiny_sdxl(folder: Path, seed: int = 0) -> Path:
 
 def save_tiny_checkpoint(pipe, path: Path) -> Path:
     """Save ``pipe`` as a single-file original-layout checkpoint (through the pack's converter and writer)."""
-    from facesmith.core.checkpoint_convert import save_original_checkpoint
+    from checkpoint_convert import save_original_checkpoint
 
     return save_original_checkpoint(pipe, path, metadata={"made_by": "tests/tiny_models.py"})
 

@@ -32,6 +32,8 @@ def add_arguments(p) -> None:
         kw = {"choices": ["no", "fp16", "bf16"]} if f.name == "precision" else {}
         p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
                        help=f"{_HELP[f.name]} (default {f.default})", **kw)
+    p.add_argument("--no-resume", action="store_true",
+                   help="start fresh: ignore (and replace) the checkpoints and finished VAE in --work-dir")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
 
 
@@ -43,6 +45,7 @@ def main(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = BaseSettings(**{f.name: getattr(args, f.name) for f in fields(BaseSettings)})
-    out = build_base(Path(args.out), Path(args.work_dir), settings, progress_factory=tqdm_progress)
+    out = build_base(Path(args.out), Path(args.work_dir), settings, progress_factory=tqdm_progress,
+                     resume=not args.no_resume)
     print(f"saved {out}")
     return 0

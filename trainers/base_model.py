@@ -1,4 +1,4 @@
-"""Objectives that train the tiny SynthFace base model, in two stages on the one loop (trainers/loop.py):
+"""Objectives that train the tiny SynthFace base model, in two stages on the one loop (core/training/loop.py):
 
 1. ``VaeObjective``: the AutoencoderKL reconstructs SynthFace images (L1 + MSE, extra weight on the mouth region,
    which carries the expression and is the first detail a tiny VAE loses; a tiny KL term).
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -25,7 +26,8 @@ from ..core.synthface.dataset import render_many
 from ..core.synthface.render import TRAIT_NAMES, identity_traits, random_attributes
 from ..core.synthface.splits import identities, is_heldout_combo
 from ..core.bench.harness import machine as machine_description
-from .loop import TrainConfig, fit_steps, train
+from ..core.training.checkpoints import RecipeMismatch, recipe_differences, recipe_of
+from ..core.training.loop import TrainConfig, fit_steps, train
 
 log = logging.getLogger("facesmith.train")
 
@@ -269,15 +271,29 @@ class BaseSettings:
         return "facesmith train base " + " ".join(flags)
 
 
-def _vae_config(settings: BaseSettings, work_dir: Path | None) -> TrainConfig:
+def vae_recipe(settings: BaseSettings) -> dict:
+    """What shapes the VAE stage besides the loop's settings (checkpoints record it and refuse other values)."""
+    return {"stage": "vae", "pool": settings.pool, "vae_batch": settings.vae_batch}
+
+
+def unet_recipe(settings: BaseSettings) -> dict:
+    """What shapes the UNet + text encoder stage (the VAE's step count included: its latents are the data)."""
+    return {"stage": "unet", "pool": settings.pool, "unet_batch": settings.unet_batch, "vae_steps": settings.vae_steps,
+            "mention_p": settings.mention_p, "identity_p": settings.identity_p, "anonymous_p": settings.anonymous_p,
+            "init_from": settings.init_from}
+
+
+def _vae_config(settings: BaseSettings, work_dir: Path | None, resume: bool = True) -> TrainConfig:
     return TrainConfig(steps=settings.vae_steps, learning_rate=settings.lr, seed=settings.seed,
                        work_dir=None if work_dir is None else str(work_dir), checkpoint_every=250, log_every=100,
-                       warmup_steps=100, lr_schedule="cosine", precision=settings.precision)
+                       warmup_steps=100, lr_schedule="cosine", precision=settings.precision, resume=resume,
+                       recipe=vae_recipe(settings))
 
 
-def train_vae(vae, images, settings: BaseSettings, work_dir: Path, progress: Progress | None = None):
+def train_vae(vae, images, settings: BaseSettings, work_dir: Path, progress: Progress | None = None,
+              resume: bool = True):
     obj = VaeObjective(vae, images, batch_size=settings.vae_batch, seed=settings.seed)
-    return train(obj, _vae_config(settings, work_dir), progress)
+    return train(obj, _vae_config(settings, work_dir, resume), progress)
 
 
 def fit_vae_steps(vae, images, settings: BaseSettings) -> int:
@@ -296,16 +312,18 @@ def _text_to_image_objective(components: dict, latents, attrs, identity, setting
                                 scaling=components["vae"].config.scaling_factor)
 
 
-def _text_to_image_config(settings: BaseSettings, work_dir: Path | None, ema: float = 0.999) -> TrainConfig:
+def _text_to_image_config(settings: BaseSettings, work_dir: Path | None, ema: float = 0.999,
+                          resume: bool = True) -> TrainConfig:
     return TrainConfig(steps=settings.unet_steps, learning_rate=settings.lr, seed=settings.seed,
                        work_dir=None if work_dir is None else str(work_dir), checkpoint_every=500, log_every=100,
-                       ema_decay=ema, warmup_steps=200, lr_schedule="cosine", precision=settings.precision)
+                       ema_decay=ema, warmup_steps=200, lr_schedule="cosine", precision=settings.precision,
+                       resume=resume, recipe=unet_recipe(settings))
 
 
 def train_text_to_image(components: dict, latents, attrs, identity, settings: BaseSettings, work_dir: Path,
-                        progress: Progress | None = None):
+                        progress: Progress | None = None, resume: bool = True):
     obj = _text_to_image_objective(components, latents, attrs, identity, settings)
-    return train(obj, _text_to_image_config(settings, work_dir), progress), obj.scaling
+    return train(obj, _text_to_image_config(settings, work_dir, resume=resume), progress), obj.scaling
 
 
 def fit_unet_steps(components: dict, latents, attrs, identity, settings: BaseSettings) -> int:
@@ -320,10 +338,13 @@ def fit_unet_steps(components: dict, latents, attrs, identity, settings: BaseSet
     return fit_steps(make, _text_to_image_config(settings, None), settings.unet_seconds)
 
 
-def build_base(out_dir: Path, work_dir: Path, settings: BaseSettings, progress_factory=None) -> Path:
-    """Train the whole base model in stages (each resumable from work_dir) and save a diffusers folder."""
+def build_base(out_dir: Path, work_dir: Path, settings: BaseSettings, progress_factory=None,
+               resume: bool = True) -> Path:
+    """Train the whole base model in stages (each resumable from work_dir) and save a diffusers folder.
+
+    ``resume=False`` starts fresh: the stages' checkpoints and a finished VAE in ``work_dir`` are not used (the
+    rendered pool, a pure function of ``pool`` and ``seed``, is)."""
     import os
-    import shutil
 
     from diffusers import AutoencoderKL
 
@@ -348,18 +369,22 @@ def build_base(out_dir: Path, work_dir: Path, settings: BaseSettings, progress_f
         comps, earlier = _load_start(Path(settings.init_from), comps)
         vae_result = earlier["vae"]
         settings = replace(settings, vae_steps=int(vae_result["steps"]))
-    elif (vae_done / "config.json").exists():
-        comps["vae"] = AutoencoderKL.from_pretrained(vae_done, local_files_only=True)
+    elif resume and (vae_done / "config.json").exists():
         vae_result = json.loads((vae_done / "facesmith_train.json").read_text())
+        _check_finished_vae(vae_done, vae_result, replace(settings, vae_steps=int(vae_result["steps"])))
+        comps["vae"] = AutoencoderKL.from_pretrained(vae_done, local_files_only=True)
         settings = replace(settings, vae_steps=int(vae_result["steps"]))
     else:
         if settings.vae_seconds > 0:
             settings = replace(settings, vae_steps=fit_vae_steps(comps["vae"], images, settings))
             log.info("train base: %d VAE steps fit %.0f s here", settings.vae_steps, settings.vae_seconds)
-        r = train_vae(comps["vae"], images, settings, work_dir / "vae-ckpt", progress=pf("train VAE"))
+        r = train_vae(comps["vae"], images, settings, work_dir / "vae-ckpt", progress=pf("train VAE"),
+                      resume=resume)
+        shutil.rmtree(work_dir / "vae.tmp", ignore_errors=True)
         comps["vae"].save_pretrained(work_dir / "vae.tmp", safe_serialization=True)
         vae_result = {"steps": r.steps_done, "final_loss": float(np.mean(r.loss_history[-100:])),
-                      "seconds": time.time() - t0}
+                      "seconds": time.time() - t0, "recipe": recipe_of(_vae_config(settings, None))}
+        shutil.rmtree(vae_done, ignore_errors=True)  # a fresh start replaces an earlier run's VAE
         (work_dir / "vae.tmp" / "facesmith_train.json").write_text(json.dumps(vae_result))
         os.replace(work_dir / "vae.tmp", vae_done)
     comps["vae"].requires_grad_(False).to(device)
@@ -371,7 +396,7 @@ def build_base(out_dir: Path, work_dir: Path, settings: BaseSettings, progress_f
         log.info("train base: %d UNet steps fit %.0f s here", settings.unet_steps, settings.unet_seconds)
     t0 = time.time()
     r, _ = train_text_to_image(comps, latents, attrs, ident, settings, work_dir / "unet-ckpt",
-                               progress=pf("train UNet + text encoder"))
+                               progress=pf("train UNet + text encoder"), resume=resume)
     times["unet_text_s"] = time.time() - t0
     used = zero_unused_token_rows(comps["text_encoder"], comps["tokenizer"])
     pipe = bm.make_pipeline(comps).to("cpu", torch.float16)  # stored in fp16 (half the size); loaders upcast
@@ -393,6 +418,18 @@ def build_base(out_dir: Path, work_dir: Path, settings: BaseSettings, progress_f
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, out_dir)
     return out_dir
+
+
+def _check_finished_vae(folder: Path, record: dict, settings: BaseSettings) -> None:
+    """A finished VAE in the work dir is reused only when it was trained with this run's settings."""
+    saved = record.get("recipe")
+    if saved is None:
+        log.warning("train base: %s records no recipe (an older FaceSmith); reused without checking its settings",
+                    folder)
+        return
+    problems = recipe_differences(saved, recipe_of(_vae_config(settings, None)))
+    if problems:
+        raise RecipeMismatch(folder, problems)
 
 
 def _load_start(folder: Path, comps: dict) -> tuple[dict, dict]:

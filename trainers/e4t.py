@@ -29,7 +29,7 @@ from ..core.concept.encoder import DomainEncoder, extract_features, native_size,
 from ..core.concept.lora import trainable_lora, weight_offset_l2
 from ..core.concept.tokens import swapped_embedding, tokenizer_with, vector_tokens
 from ..core.progress import Progress
-from .loop import TrainConfig, TrainResult, fit_steps, train
+from ..core.training.loop import TrainConfig, TrainResult, fit_steps, train
 
 log = logging.getLogger("facesmith.train")
 
@@ -245,11 +245,25 @@ class DomainTrainSettings:
             raise ValueError(f"uncond_p must be in [0, 1), got {self.uncond_p}")
 
 
-def _domain_config(settings: DomainTrainSettings, work_dir: Optional[str], resume: bool = True) -> TrainConfig:
+# settings that do not shape the weights, or that the loop records itself (TrainConfig's shaping settings)
+_NOT_RECIPE = {"steps", "seconds", "checkpoint_every", "log_every", "gradient_checkpointing", "learning_rate", "seed",
+               "precision", "warmup_steps", "lr_schedule"}
+
+
+def domain_recipe(settings: DomainTrainSettings, pool: DomainPool, bundle: DomainEncoder) -> dict:
+    """What shapes domain tuning besides the loop's settings: checkpoints record it and refuse other values."""
+    recipe = {k: v for k, v in asdict(settings).items() if k not in _NOT_RECIPE}
+    recipe.update(encoder=asdict(bundle.encoder.cfg), base_fingerprint=bundle.base_fingerprint,
+                  pool_rows=len(pool), pool_source=pool.source)
+    return recipe
+
+
+def _domain_config(settings: DomainTrainSettings, work_dir: Optional[str], resume: bool = True,
+                   recipe: Optional[dict] = None) -> TrainConfig:
     return TrainConfig(steps=settings.steps, learning_rate=settings.learning_rate, seed=settings.seed,
                        precision=settings.precision, checkpoint_every=settings.checkpoint_every,
                        log_every=settings.log_every, warmup_steps=settings.warmup_steps,
-                       lr_schedule=settings.lr_schedule, work_dir=work_dir, resume=resume)
+                       lr_schedule=settings.lr_schedule, work_dir=work_dir, resume=resume, recipe=recipe or {})
 
 
 def _domain_objective(dp, bundle, pool: DomainPool, mods, settings: DomainTrainSettings, move_base: bool):
@@ -294,7 +308,8 @@ def train_domain_encoder(pipe, pool: DomainPool, settings: DomainTrainSettings, 
             trainable_lora(dp.unet, settings.rank, settings.lora_alpha) as mods, \
             gradient_checkpointing(dp.unet, settings.gradient_checkpointing):
         obj = _domain_objective(dp, bundle, pool, mods, settings, move_base)
-        result = train(obj, _domain_config(settings, work_dir, resume), progress)
+        result = train(obj, _domain_config(settings, work_dir, resume, domain_recipe(settings, pool, bundle)),
+                       progress)
         bundle.lora = mods.weights()
     bundle.encoder.cpu().float().eval()
     tail = result.loss_history[-100:]

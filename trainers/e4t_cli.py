@@ -99,7 +99,7 @@ def main(args) -> int:
     from ..core.models import load_pipeline
     from ..core.progress import tqdm_progress
     from .e4t import DomainTrainSettings, build_pool, folder_images, synthface_images, train_domain_encoder
-    from .loop import loss_graph
+    from ..core.training.loop import loss_graph
 
     if args.threads:
         torch.set_num_threads(args.threads)

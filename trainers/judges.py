@@ -1,5 +1,5 @@
-"""Objectives that train the SynthFace judges on the one loop (trainers/loop.py), and ``build_judges`` which trains,
-measures on held-out identities, and writes them (safetensors + ONNX for insightface).
+"""Objectives that train the SynthFace judges on the one loop (core/training/loop.py), and ``build_judges`` which
+trains, measures on held-out identities, and writes them (safetensors + ONNX for insightface).
 
 All three judges learn from one pool of renders of TRAIN identities (random attributes and views, 64x64):
 
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from ..core.judges import data as jdata
 from ..core.judges.align import ARCFACE_DST, canonical_matrix, similarity_transform, warp
 from ..core.judges.nets import STRIDES, AttributeNet, DetectorNet, RecognizerNet, anchor_centers
-from .loop import TrainConfig, train
+from ..core.training.loop import TrainConfig, train
 
 log = logging.getLogger("facesmith.train")
 
@@ -81,7 +81,7 @@ class AttributeObjective:
                  weights: dict[str, float] | None = None):
         self.net, self.pool, self.batch_size = net.to(memory_format=torch.channels_last), pool, batch_size
         self.weights = weights or {}
-        self.rng = np.random.default_rng([seed, 11])
+        self.seed = seed  # batches are drawn from (seed, 11, step): a resumed run sees the same ones
         self.labels = torch.from_numpy(pool.labels)
 
     def modules(self):
@@ -91,14 +91,15 @@ class AttributeObjective:
         return list(self.net.parameters())
 
     def make_batch(self, step):
-        idx = self.rng.integers(0, len(self.pool), self.batch_size)
+        rng = np.random.default_rng([self.seed, 11, step])
+        idx = rng.integers(0, len(self.pool), self.batch_size)
         x = _to_float(self.pool.images[idx])
         # small shifts (+-2 px, edge replicated) so a slightly off-centre generated face is still read right
-        dx, dy = self.rng.integers(-2, 3, 2)
+        dx, dy = rng.integers(-2, 3, 2)
         if dx or dy:
             x = F.pad(x, (2, 2, 2, 2), mode="replicate")
             x = torch.roll(x, shifts=(int(dy), int(dx)), dims=(2, 3))[..., 2:-2, 2:-2]
-        x = augment(x, self.rng)
+        x = augment(x, rng)
         return (x * 2 - 1).contiguous(memory_format=torch.channels_last), self.labels[idx]
 
     def loss(self, batch, step):
@@ -184,7 +185,7 @@ class RecognizerObjective:
                  margin: float = 0.3, scale: float = 32.0, trait_weight: float = 1.0):
         self.net, self.pool, self.batch_size = net.to(memory_format=torch.channels_last), pool, batch_size
         self.trait_weight = trait_weight
-        self.rng = np.random.default_rng([seed, 22])
+        self.seed = seed  # batches are drawn from (seed, 22, step): a resumed run sees the same ones
         ids, classes = np.unique(pool.identity, return_inverse=True)
         self.classes = torch.from_numpy(classes.astype(np.int64))
         self.head = MarginHead(len(ids), net.fc.out_features, scale, margin)
@@ -199,8 +200,9 @@ class RecognizerObjective:
         return list(self.net.parameters()) + list(self.head.parameters()) + list(self.trait_head.parameters())
 
     def make_batch(self, step):
-        idx = self.rng.integers(0, len(self.pool), self.batch_size)
-        x = augment(recognizer_inputs(self.pool, idx, self.rng, landmark_noise=0.8), self.rng, max_sigma=1.6)
+        rng = np.random.default_rng([self.seed, 22, step])
+        idx = rng.integers(0, len(self.pool), self.batch_size)
+        x = augment(recognizer_inputs(self.pool, idx, rng, landmark_noise=0.8), rng, max_sigma=1.6)
         return (x * 2 - 1).contiguous(memory_format=torch.channels_last), self.classes[idx]
 
     def loss(self, batch, step):
@@ -260,7 +262,8 @@ def detector_canvases(pool: jdata.Pool, idx: np.ndarray, rng: np.random.Generato
         slope = torch.from_numpy(rng.uniform(-0.3, 0.3, (2, k, 1, 1, 1))).float()
         gy = torch.linspace(-1, 1, size).view(1, 1, size, 1) * slope[0]
         gx = torch.linspace(-1, 1, size).view(1, 1, 1, size) * slope[1]
-        blank = (col + gx + gy + torch.randn(k, 3, size, size) * float(rng.uniform(0, 0.1))).clamp(0, 1)
+        gen = torch.Generator().manual_seed(int(rng.integers(1 << 31)))  # from the batch's rng, not the global one
+        blank = (col + gx + gy + torch.randn(k, 3, size, size, generator=gen) * float(rng.uniform(0, 0.1))).clamp(0, 1)
         x[torch.from_numpy(neg)] = blank
     has = ~neg
     return x, np.asarray(boxes, np.float32), np.asarray(kps, np.float32), has
@@ -309,7 +312,7 @@ class DetectorObjective:
                  kps_weight: float = 2.0):
         self.net, self.pool, self.batch_size = net.to(memory_format=torch.channels_last), pool, batch_size
         self.size, self.kps_weight = size, kps_weight
-        self.rng = np.random.default_rng([seed, 33])
+        self.seed = seed  # batches are drawn from (seed, 33, step): a resumed run sees the same ones
 
     def modules(self):
         return {"detector": self.net}
@@ -318,9 +321,10 @@ class DetectorObjective:
         return list(self.net.parameters())
 
     def make_batch(self, step):
-        idx = self.rng.integers(0, len(self.pool), self.batch_size)
-        x, boxes, kps, has = detector_canvases(self.pool, idx, self.rng, self.size)
-        x = augment(x, self.rng, max_sigma=1.2, brightness=0.25)
+        rng = np.random.default_rng([self.seed, 33, step])
+        idx = rng.integers(0, len(self.pool), self.batch_size)
+        x, boxes, kps, has = detector_canvases(self.pool, idx, rng, self.size)
+        x = augment(x, rng, max_sigma=1.2, brightness=0.25)
         x = ((x * 255.0 - 127.5) / 128.0).contiguous(memory_format=torch.channels_last)
         return x, detector_targets(boxes, kps, has, self.size)
 
@@ -376,26 +380,27 @@ DEFAULTS = {"pool_identities": 8000, "per_identity": 4, "attr_steps": 800, "rec_
 EVAL_SEED = 777  # build-time evaluation renders; benchmarks re-measure with other seeds
 
 
-def _train_one(objective, steps: int, lr: float, seed: int, work_dir: Path | None, progress, ema: float = 0.995):
-    """Train one judge (resumable from ``work_dir``); its checkpoints are removed once it has finished, so a later
-    identical command starts from scratch and reproduces the same weights."""
+def _train_one(objective, steps: int, lr: float, seed: int, work_dir: Path | None, progress, ema: float = 0.995,
+               recipe: dict | None = None, resume: bool = True):
+    """Train one judge (resumable from ``work_dir``; ``recipe``: what else shapes it, checked on resume); its
+    checkpoints are removed once it has finished, so a later identical command starts from scratch and reproduces
+    the same weights."""
     import shutil
 
     cfg = TrainConfig(steps=steps, learning_rate=lr, weight_decay=1e-4, seed=seed, ema_decay=ema, warmup_steps=50,
-                      log_every=100, checkpoint_every=250, work_dir=str(work_dir) if work_dir else None)
+                      log_every=100, checkpoint_every=250, work_dir=str(work_dir) if work_dir else None,
+                      recipe=recipe or {}, resume=resume)
     result = train(objective, cfg, progress)
     if work_dir is not None:
         shutil.rmtree(work_dir, ignore_errors=True)
-    rng_state = objective.rng.bit_generator.state
-    recalibrate_bn(next(iter(objective.modules().values())), [objective.make_batch(0)[0] for _ in range(16)])
-    objective.rng.bit_generator.state = rng_state
+    recalibrate_bn(next(iter(objective.modules().values())), [objective.make_batch(k)[0] for k in range(16)])
     for m in objective.modules().values():
         m.to(memory_format=torch.contiguous_format)
     return result
 
 
 def build_judges(out_dir: Path, onnx_dir: Path | None, work_dir: Path | None, seed: int = 0, overwrite: bool = False,
-                 progress_factory=None, command: str = "", **overrides) -> dict:
+                 progress_factory=None, command: str = "", resume: bool = True, **overrides) -> dict:
     """Train the attribute judge, the identity recognizer and the detector on TRAIN identities, measure them on
     VAL/HELD-OUT identities, and write ``attributes/recognizer/detector.safetensors`` (+ README.md) to ``out_dir``
     and the insightface ONNX pack to ``onnx_dir``. Returns the measured figures."""
@@ -440,6 +445,8 @@ def build_judges(out_dir: Path, onnx_dir: Path | None, work_dir: Path | None, se
     key = json.dumps([cfg, seed, ATTR_ARCH, REC_ARCH, DET_ARCH], sort_keys=True)
     key = hashlib.sha256(key.encode()).hexdigest()[:10]
     wd = (lambda name: Path(work_dir) / f"{name}-{key}") if work_dir else (lambda name: None)
+    # ... and their checkpoints record it (checked on resume, should a folder be reused under other settings)
+    pool_recipe = {"pool_identities": cfg["pool_identities"], "per_identity": cfg["per_identity"]}
     common_meta = {"seed": seed, "pool": {"identities": cfg["pool_identities"], "per_identity": cfg["per_identity"],
                                           "split": "train"}, "command": command}
 
@@ -448,7 +455,8 @@ def build_judges(out_dir: Path, onnx_dir: Path | None, work_dir: Path | None, se
     heads = {k: len(v) for k, v in jdata.HEADS.items()}
     attr_net = AttributeNet(heads, tuple(ATTR_ARCH["widths"]), tuple(ATTR_ARCH["blocks"]))
     _train_one(AttributeObjective(attr_net, pool, 128, seed), cfg["attr_steps"], cfg["attr_lr"], seed, wd("attributes"),
-               pf("train attribute judge"))
+               pf("train attribute judge"), recipe=dict(pool_recipe, judge="attributes", arch=ATTR_ARCH, batch=128),
+               resume=resume)
     timings["attributes_train_s"] = round(time.time() - t0, 1)
     round_trip_half(attr_net)
     judge = AttributeJudge(attr_net, jdata.HEADS)
@@ -460,7 +468,8 @@ def build_judges(out_dir: Path, onnx_dir: Path | None, work_dir: Path | None, se
     rec_net = RecognizerNet(REC_ARCH["dim"], tuple(REC_ARCH["widths"]), tuple(REC_ARCH["blocks"]),
                             input_size=REC_ARCH["input_size"])
     _train_one(RecognizerObjective(rec_net, pool, 128, seed), cfg["rec_steps"], cfg["rec_lr"], seed, wd("recognizer"),
-               pf("train recognizer"))
+               pf("train recognizer"), recipe=dict(pool_recipe, judge="recognizer", arch=REC_ARCH, batch=128),
+               resume=resume)
     timings["recognizer_train_s"] = round(time.time() - t0, 1)
     round_trip_half(rec_net)
     rec = IdentityRecognizer(rec_net, 0.0)
@@ -477,7 +486,8 @@ def build_judges(out_dir: Path, onnx_dir: Path | None, work_dir: Path | None, se
     det_net = DetectorNet(tuple(DET_ARCH["widths"]), DET_ARCH["head_width"])
     _train_one(DetectorObjective(det_net, pool, 32, seed, kps_weight=4.0), cfg["det_steps"], cfg["det_lr"], seed,
                wd("detector"),
-               pf("train detector"))
+               pf("train detector"), recipe=dict(pool_recipe, judge="detector", arch=DET_ARCH, batch=32),
+               resume=resume)
     timings["detector_train_s"] = round(time.time() - t0, 1)
     round_trip_half(det_net)
     det_eval = jdata.detection_accuracy(FaceDetector(det_net), jdata.eval_images("heldout", cfg["det_eval_images"],

@@ -23,6 +23,7 @@ def add_arguments(p) -> None:
     p.add_argument("--work-dir", default=".cache/train-judges", help="render pool + checkpoints; a rerun resumes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace existing judge files")
+    p.add_argument("--no-resume", action="store_true", help="start fresh: ignore the checkpoints in --work-dir")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (the timings in README.md use 1)")
     p.add_argument("--pool-identities", type=int, default=DEFAULTS["pool_identities"],
                    help="TRAIN identities rendered for training")
@@ -60,7 +61,7 @@ def main(args) -> int:
     command = "facesmith " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["train"] else ""
     summary = build_judges(
         out, onnx, Path(args.work_dir) if args.work_dir else None, seed=args.seed, overwrite=args.overwrite,
-        progress_factory=tqdm_progress, command=command,
+        progress_factory=tqdm_progress, command=command, resume=not args.no_resume,
         pool_identities=args.pool_identities, per_identity=args.per_identity, attr_steps=args.attr_steps,
         rec_steps=args.rec_steps, det_steps=args.det_steps, eval_images=args.eval_images,
         eval_pairs=args.eval_pairs)

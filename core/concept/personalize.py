@@ -1,6 +1,6 @@
 """One-image personalisation: E4T (encoder forward + optional k tuning steps) and the textual-inversion baseline.
 
-Both run on the one training loop (``trainers/loop.py``) with a :class:`OneImageObjective`:
+Both run on the one training loop (``core/training/loop.py``) with a :class:`OneImageObjective`:
 
 - **E4T** (paper sec. 4.2): the domain encoder predicts the word-embedding offset from the image; the concept starts
   as (class embedding + offset, domain LoRA). With ``steps > 0`` the embedding and the LoRA are refined for ``steps``
@@ -22,6 +22,7 @@ from typing import Optional
 import torch
 
 from ..progress import Progress
+from ..training.loop import TrainConfig, train
 from .concept import Concept, pipeline_identity
 from .diffusion import (ParamHolder, caption_ids, denoise_loss, frozen, latent_stats, sample_latents,
                         scaling_factor, training_scheduler)
@@ -114,8 +115,6 @@ def _reference(pipe, image, several: bool = False) -> torch.Tensor:
 
 
 def _run(objective, steps: int, lr: float, seed: int, progress: Optional[Progress]):
-    from ...trainers.loop import TrainConfig, train
-
     cfg = TrainConfig(steps=int(steps), learning_rate=float(lr), seed=int(seed), work_dir=None, log_every=0,
                       checkpoint_every=0, max_grad_norm=1.0)
     return train(objective, cfg, progress)

