@@ -438,7 +438,8 @@ class FaceSmithLoadConcept:
     CATEGORY = "FaceSmith/Concept"
     DESCRIPTION = (
         "Loads a concept saved by 'Save Concept' (embedding + optional kohya LoRA) back into a FACESMITH_CONCEPT. "
-        "'auto' picks the LoRA named in the embedding's metadata."
+        "'auto' picks the LoRA named in the embedding's metadata; LoRAs of other tools (kohya, diffusers, peft keys) "
+        "are read too."
     )
     RETURN_TYPES = (CONCEPT_TYPE,)
     RETURN_NAMES = ("concepts",)

@@ -2,10 +2,11 @@
 
 - embedding: ``models/embeddings/NAME.safetensors`` with ``emb_params`` ``(n_vectors, dim)`` (ComfyUI's
   ``embedding:NAME`` prompt syntax); the concept's token, base, method and LoRA settings are in the metadata.
-- LoRA: ``models/loras/NAME.safetensors`` in kohya format for the SD1.5 UNet:
+- LoRA: written as ``models/loras/NAME.safetensors`` in kohya format for the SD1.5 UNet:
   ``lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight`` / ``.lora_up.weight`` /
   ``.alpha`` (diffusers' ``convert_state_dict_to_kohya`` on keys prefixed ``unet.``; its alpha (= rank) is replaced by
-  the real ``lora_alpha x scale``), which ComfyUI's LoraLoader maps onto the UNet's attention weights.
+  the real ``lora_alpha x scale``), which ComfyUI's LoraLoader maps onto the UNet's attention weights. Read back
+  (and LoRAs of other tools: kohya, diffusers, peft keys) through diffusers' ``lora_state_dict``.
 
 An E4T concept's ``domain_id`` (the domain LoRA it shares with other concepts of its encoder) is written as the string
 metadata key ``domain_id`` into the LoRA file and the embedding beside it; on load it is taken from the LoRA file
@@ -14,7 +15,6 @@ that is actually loaded, so a concept read with another tool's LoRA, or without 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Optional
 
@@ -29,35 +29,16 @@ from .lora import LoraWeights
 EMBEDDING_KEY = "emb_params"
 FORMAT = "facesmith.concept.v1"
 
-_KOHYA_PATTERNS = [
-    # diffusers-layout SD UNet names with '.' turned into '_'
-    (re.compile(r"^(down_blocks|up_blocks)_(\d+)_attentions_(\d+)_transformer_blocks_(\d+)_(attn[12])_"
-                r"(to_q|to_k|to_v|to_out_0)$"),
-     lambda m: f"{m[1]}.{m[2]}.attentions.{m[3]}.transformer_blocks.{m[4]}.{m[5]}.{_proj(m[6])}"),
-    (re.compile(r"^mid_block_attentions_(\d+)_transformer_blocks_(\d+)_(attn[12])_(to_q|to_k|to_v|to_out_0)$"),
-     lambda m: f"mid_block.attentions.{m[1]}.transformer_blocks.{m[2]}.{m[3]}.{_proj(m[4])}"),
-]
-
-
-def _proj(name: str) -> str:
-    return "to_out.0" if name == "to_out_0" else name
-
-
 def kohya_name(module_path: str) -> str:
     """``down_blocks.0....attn1.to_q`` -> ``lora_unet_down_blocks_0_..._attn1_to_q``."""
     return "lora_unet_" + module_path.replace(".", "_")
 
 
-def module_path_from_kohya(name: str) -> str:
-    """Inverse of :func:`kohya_name` for SD-UNet attention projections (raises for anything else)."""
-    if not name.startswith("lora_unet_"):
-        raise ValueError(f"{name!r} is not a kohya UNet LoRA key (lora_unet_...)")
-    rest = name[len("lora_unet_"):]
-    for pattern, build in _KOHYA_PATTERNS:
-        m = pattern.match(rest)
-        if m:
-            return build(m)
-    raise ValueError(f"kohya LoRA key {name!r} is not an SD-UNet attention projection (to_q/to_k/to_v/to_out_0)")
+_PROJECTIONS = (".to_q", ".to_k", ".to_v", ".to_out.0")
+
+
+def _attention_projection(path: str) -> bool:
+    return path.endswith(_PROJECTIONS) and (".attn1." in path or ".attn2." in path)
 
 
 def lora_to_kohya(lora: LoraWeights, alpha: float) -> dict[str, torch.Tensor]:
@@ -77,27 +58,59 @@ def lora_to_kohya(lora: LoraWeights, alpha: float) -> dict[str, torch.Tensor]:
     return kohya
 
 
-def lora_from_kohya(tensors: dict[str, torch.Tensor]) -> tuple[LoraWeights, int, float]:
-    """``(lora, rank, alpha)`` from a kohya UNet LoRA (text-encoder keys are rejected: a concept LoRA has none)."""
-    lora: dict = {}
-    alphas = set()
-    for key, t in tensors.items():
-        if key.endswith(".lora_down.weight"):
-            stem = key[: -len(".lora_down.weight")]
-            up = tensors.get(f"{stem}.lora_up.weight")
-            if up is None:
-                raise ValueError(f"LoRA key {key} has no matching {stem}.lora_up.weight")
-            lora[module_path_from_kohya(stem)] = (t.float(), up.float())
-            a = tensors.get(f"{stem}.alpha")
-            alphas.add(float(a) if a is not None else float(t.shape[0]))
-        elif key.startswith("lora_te"):
+def lora_from_state_dict(tensors: dict[str, torch.Tensor], metadata: Optional[dict] = None
+                         ) -> tuple[LoraWeights, int, float]:
+    """``(lora, rank, alpha)`` from a UNet LoRA of another tool or of FaceSmith: kohya (``lora_unet_*.lora_down``),
+    diffusers (``unet.*.processor.to_q_lora.down``) or peft (``[unet.]*.lora_A``) keys, read through diffusers'
+    ``lora_state_dict`` and ``convert_unet_state_dict_to_peft``. Text-encoder keys are rejected (a concept LoRA has
+    none), and so are layers other than the attention projections a concept LoRA trains. ``metadata``: the file's
+    header metadata; a diffusers file keeps its ``lora_alpha`` there (``lora_adapter_metadata``), a kohya file in
+    ``.alpha`` tensors; without either, alpha = rank."""
+    from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
+    from diffusers.loaders.lora_pipeline import StableDiffusionLoraLoaderMixin
+    from diffusers.utils.state_dict_utils import convert_unet_state_dict_to_peft
+
+    for key in tensors:
+        if key.startswith(("lora_te", "text_encoder")):
             raise ValueError(f"this LoRA also changes the text encoder ({key}); FaceSmith concept LoRAs are UNet-only")
+    sd, alphas = StableDiffusionLoraLoaderMixin.lora_state_dict(dict(tensors))
+    if not any(k.startswith("unet.") for k in sd):  # a bare peft state dict of the UNet
+        sd = {f"unet.{k}": v for k, v in sd.items()}
+    stray = [k for k in sd if not k.startswith("unet.")]
+    if stray:
+        raise ValueError(f"LoRA keys outside the UNet: {stray[:3]}")
+    peft = convert_unet_state_dict_to_peft({k[len("unet."):]: v for k, v in sd.items()})
+    # network alphas are keyed like the down weights: convert the keys the same way
+    peft_alphas = convert_unet_state_dict_to_peft(
+        {k[len("unet."):-len(".alpha")]: float(v) for k, v in (alphas or {}).items() if k.startswith("unet.")})
+    default_alpha = None
+    if (metadata or {}).get(LORA_ADAPTER_METADATA_KEY):
+        adapter = json.loads(metadata[LORA_ADAPTER_METADATA_KEY])
+        if adapter.get("unet.alpha_pattern") or adapter.get("unet.rank_pattern"):
+            raise ValueError("LoRA layers differ in rank or alpha (peft rank_pattern/alpha_pattern)")
+        if adapter.get("unet.lora_alpha") is not None:
+            default_alpha = float(adapter["unet.lora_alpha"])
+    lora: dict = {}
+    alpha_set = set()
+    for key, down in peft.items():
+        if not key.endswith(".lora_A.weight"):
+            if not key.endswith(".lora_B.weight"):
+                raise ValueError(f"unexpected LoRA key {key}")
+            continue
+        path = key[: -len(".lora_A.weight")]
+        if not _attention_projection(path):
+            raise ValueError(f"LoRA layer {path!r} is not an SD-UNet attention projection (to_q/to_k/to_v/to_out.0)")
+        up = peft.get(f"{path}.lora_B.weight")
+        if up is None:
+            raise ValueError(f"LoRA layer {path} has a down (A) weight but no up (B) weight")
+        lora[path] = (down.float(), up.float())
+        alpha_set.add(float(peft_alphas.get(key, default_alpha if default_alpha is not None else down.shape[0])))
     if not lora:
-        raise ValueError("no lora_unet_*.lora_down.weight keys found")
+        raise ValueError("no UNet LoRA layers found (kohya lora_unet_*, diffusers or peft keys)")
     ranks = {int(d.shape[0]) for d, _ in lora.values()}
-    if len(ranks) != 1 or len(alphas) != 1:
-        raise ValueError(f"LoRA layers differ in rank {sorted(ranks)} or alpha {sorted(alphas)}")
-    return lora, ranks.pop(), alphas.pop()
+    if len(ranks) != 1 or len(alpha_set) != 1:
+        raise ValueError(f"LoRA layers differ in rank {sorted(ranks)} or alpha {sorted(alpha_set)}")
+    return lora, ranks.pop(), alpha_set.pop()
 
 
 def concept_metadata(c: Concept, lora_file: Optional[str]) -> dict:
@@ -155,7 +168,7 @@ def load_concept(embedding_path, lora_path=None, token: Optional[str] = None, lo
     if lora_path is not None:
         lmeta = check_lora_file(lora_path)
         try:
-            lora, rank, alpha = lora_from_kohya(load_checked(lora_path))
+            lora, rank, alpha = lora_from_state_dict(load_checked(lora_path), lmeta)
         except ValueError as exc:
             raise ValueError(f"{lora_path}: {exc}") from None
         scale = 1.0

@@ -119,7 +119,8 @@ def check_embedding_file(path, key_hint: str) -> tuple[str, dict]:
 
 
 def check_lora_file(path) -> dict:
-    """Check a kohya LoRA file from its header: floating-point tensors only, sane sizes; returns its metadata."""
+    """Check a LoRA file (kohya, diffusers or peft keys) from its header: floating-point tensors only, sane sizes;
+    returns its metadata."""
     specs, meta = read_header(path)
     for key, spec in specs.items():
         if key.endswith(".alpha"):

@@ -1,5 +1,6 @@
 """Training inputs of the SynthFace judges: augmentations (blur, noise, brightness) that make the judges tolerate
-the softer images a generator makes, recognizer crops aligned like ``embed`` / ``norm_crop`` do, and detector canvases."""
+the softer images a generator makes, recognizer crops aligned like ``embed`` / ``norm_crop`` do, and detector
+canvases."""
 from __future__ import annotations
 
 import math
