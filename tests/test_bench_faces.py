@@ -1,8 +1,8 @@
 """``facesmith bench faces``: registered beside the other benchmarks; its scoring says "same face above every
-different pair" only when that holds; the committed result JSON has the harness's shape and the measured claims."""
+different pair" only when that holds; detection rates and the real recognizer's claim are measured here on a few
+real photos, not read from the committed result JSON."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -47,15 +47,35 @@ def test_variants_keep_one_face_and_change_it(facesmith):
     assert v["darker"].mean() < v["head_crop"].mean() < v["brighter"].mean()
 
 
-def test_committed_result_has_the_harness_shape_and_the_claims(facesmith):
-    data = json.loads(RESULT.read_text())
-    assert data["benchmark"] == "faces" and set(data["machine"]) >= {"cpu", "cpu_count", "torch", "cuda"}
-    m = data["metrics"]
-    assert m["lfw_crops_per_class"] == 100 and "synthface" in m["detection"]
-    for det in m["detection"].values():
-        assert 0.0 <= det["lfw_face_detection_rate"] <= 1.0 and det["t1_people"] == 6
-    real = m["recognition_real"]
-    assert real["same_face_always_above_every_different_pair"] is True
-    assert real["same_face_min"] > real["different_people_max"]
-    assert m["recognition_synthface_on_real"]["same_face_always_above_every_different_pair"] is False
+def test_detection_measures_rates_on_a_few_real_crops(facesmith):
+    """Measured here on 10 LFW crops per class with the built-in detector (under a second), not read from the
+    committed bench_faces.json."""
+    from facesmith.core.bench.faces import T1_PEOPLE, _detection, real_photos
+
+    det = _detection("synthface", "synthface", real_photos(), 10)
+    for key in ("lfw_face_detection_rate", "lfw_found_only_by_padded_retry", "lfw_non_face_false_detection_rate"):
+        assert 0.0 <= det[key] <= 1.0 and det[key] * 10 == pytest.approx(round(det[key] * 10)), (key, det)
+    assert det["lfw_found_only_by_padded_retry"] <= det["lfw_face_detection_rate"]
+    assert det["t1_people"] == T1_PEOPLE and det["seconds_per_lfw_crop"] > 0
+
+
+@pytest.mark.slow
+def test_real_recognizer_puts_every_variant_above_every_different_pair(facesmith):
+    """The bench's headline claim, re-measured (about 20 s on 2 cores) instead of read from bench_faces.json: with
+    the real-face recognizer (dlib ResNet, MTCNN or dlib detector) each person's crops, flips and lighting changes
+    score above every pair of different people in the group photo."""
+    from facesmith.core.bench.faces import T1_PEOPLE, _recognition, real_photos
+    from facesmith.core.identity import wheel_models
+
+    if not wheel_models.dlib_available():
+        pytest.skip("dlib-bin / face-recognition-models not installed")
+    det = "mtcnn" if wheel_models.mtcnn_available() else "dlib"
+    res = _recognition(real_photos(), det, "dlib", "synthface")
+    assert "error" not in res, res
+    assert res["people"] == T1_PEOPLE + 1
+    assert res["same_face_always_above_every_different_pair"], res
+    assert res["same_face_min"] > res["different_people_max"]
+
+
+def test_readme_documents_the_command():
     assert (RESULT.parent / "README.md").read_text().count("facesmith bench faces") >= 1

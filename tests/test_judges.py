@@ -21,19 +21,18 @@ def heldout_images(facesmith):
     return data.eval_images("heldout", 200, seed=4242)
 
 
-def test_weight_files_carry_their_measurements(judges):
+def test_weight_files_name_their_kind_and_provenance(judges):
+    """The files say what they are and how they were made. Their accuracy is not read from the stored ``held_out``
+    figures here: the tests below re-measure it on fresh held-out renders."""
     from facesmith.core.formats import read_safetensors_metadata
     from facesmith.core.judges.common import BUILTIN_JUDGES_DIR
 
-    attr, rec = judges
+    _, rec = judges
     for name in ("attributes", "recognizer", "detector"):
         meta = read_safetensors_metadata(BUILTIN_JUDGES_DIR / f"{name}.safetensors")
         assert meta["facesmith_kind"] == f"facesmith.judge.{name}"
         assert "held_out" in meta and "seed" in meta and "arch" in meta and "steps" in meta
     assert 0.0 < rec.threshold < 1.0
-    assert attr.held_out["attribute_mean"] >= 0.98
-    assert rec.held_out["verification_accuracy"] >= 0.98
-    assert (BUILTIN_JUDGES_DIR / "README.md").read_text().count("%") > 10
 
 
 def test_attribute_judge_on_fresh_heldout_renders(judges, heldout_images):
@@ -87,7 +86,8 @@ def test_metrics_same_identity_high_different_low(facesmith):
     with pytest.raises(ValueError, match="unknown attribute"):
         metrics.attribute_adherence(imgs[:1], [{"wings": True}])
     report = metrics.judge_report()
-    assert report["attributes"]["attribute_mean"] >= 0.98 and report["threshold"] == metrics.recognizer().threshold
+    assert {"attributes", "recognizer", "threshold"} <= set(report)  # the stored figures, reported, not judged here
+    assert report["threshold"] == metrics.recognizer().threshold
 
 
 def test_remeasure_judges_quickly(facesmith):
