@@ -9,6 +9,12 @@ requests that are clearly too big, not to predict usage to the megabyte.
 The limit: ``FACESMITH_MAX_MEMORY`` (``"24G"``, ``"512M"``, a byte count; ``0``/``off`` turns the guard off; the
 headless runner's ``--max-memory`` sets it), else a share of the device's memory: 80% of the machine's RAM for the
 CPU (psutil, else ``sysconf``, else 8 GiB), the GPU's total memory for CUDA.
+
+Training (``check_training_memory``, called by the training loop before its first step) is estimated the same rough
+way: the trainable parameters four times over (weights, gradients and AdamW's two moments), every frozen module's
+weights once, and activations for the batch: the objective's ``memory_estimate(batch_size)`` when it has one, else
+``TRAIN_ACTIVATION_FACTOR`` times the bytes of the tensors of one ``make_batch``. Again only meant to stop absurd
+requests (a batch of a million 1024px images), not to predict a run's peak.
 """
 from __future__ import annotations
 
@@ -18,13 +24,15 @@ import re
 import torch
 
 __all__ = ["ENV_MAX_MEMORY", "MemoryLimitExceeded", "parse_size", "format_size", "memory_limit",
-           "estimate_generate_bytes", "check_generate_memory"]
+           "estimate_generate_bytes", "check_generate_memory", "estimate_training_bytes", "check_training_memory"]
 
 ENV_MAX_MEMORY = "FACESMITH_MAX_MEMORY"
 CPU_SHARE = 0.8
 FALLBACK_BYTES = 8 * 1024 ** 3
 UNET_FACTOR = 40    # activation bytes per latent pixel per UNet base channel and element byte (skips, resnets, qkv)
 VAE_FACTOR = 8      # the same for the VAE decoder at full resolution
+TRAIN_ACTIVATION_FACTOR = 32  # training activations per byte of one batch's tensors (no memory_estimate)
+ADAMW_COPIES = 4    # a trainable parameter, its gradient and AdamW's exp_avg and exp_avg_sq
 RAISE_HINT = (f"raise the limit with --max-memory SIZE (facesmith run) or the environment variable {ENV_MAX_MEMORY} "
               "(e.g. 64G; 0 turns the guard off)")
 
@@ -132,3 +140,76 @@ def check_generate_memory(pipe, request) -> int:
             f"{format_size(limit)} ({source}); lower width, height or batch_size, or {RAISE_HINT}",
             estimate, limit)
     return estimate
+
+
+def _tensor_bytes(obj, seen: set | None = None) -> int:
+    """Bytes of the tensors in ``obj`` (a tensor, or lists/tuples/dicts of them, nested)."""
+    seen = set() if seen is None else seen
+    if isinstance(obj, torch.Tensor):
+        if id(obj) in seen:
+            return 0
+        seen.add(id(obj))
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v, seen) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v, seen) for v in obj)
+    return 0
+
+
+def _optimized(params) -> list:
+    """The parameters of ``params`` (parameters or optimizer param groups)."""
+    out = []
+    for item in params:
+        if isinstance(item, dict):
+            out.extend(item["params"])
+        else:
+            out.append(item)
+    return out
+
+
+def estimate_training_bytes(objective, params, batch_key: int = 0) -> dict:
+    """Rough bytes a training of ``objective`` needs (see the module doc): a dict with ``trainable`` (parameters,
+    gradients and AdamW state), ``frozen`` (every other weight of the objective's modules: ``modules()`` and the
+    ``nn.Module`` attributes of the objective), ``activations``, ``batch_size`` (the objective's, or None) and
+    ``total``. ``params`` are what the optimizer gets (parameters or param groups)."""
+    trainable_ids = {id(p) for p in _optimized(params)}
+    modules = list(objective.modules().values())
+    modules += [v for v in vars(objective).values() if isinstance(v, torch.nn.Module)]
+    seen: set[int] = set()
+    trainable = frozen = 0
+    for p in _optimized(params):
+        if id(p) not in seen:
+            seen.add(id(p))
+            trainable += ADAMW_COPIES * p.numel() * p.element_size()
+    for m in modules:
+        for t in list(m.parameters()) + list(m.buffers()):
+            if id(t) not in seen and id(t) not in trainable_ids:
+                seen.add(id(t))
+                frozen += t.numel() * t.element_size()
+    batch_size = getattr(objective, "batch_size", None)
+    if hasattr(objective, "memory_estimate"):
+        activations = int(objective.memory_estimate(batch_size))
+    else:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():  # batches draw from their key; keep RNGs as they were
+            activations = TRAIN_ACTIVATION_FACTOR * _tensor_bytes(objective.make_batch(batch_key))
+    total = int(trainable + frozen + activations)
+    return {"trainable": int(trainable), "frozen": int(frozen), "activations": int(activations),
+            "batch_size": batch_size, "total": total}
+
+
+def check_training_memory(objective, params, device=None, batch_key: int = 0) -> int | None:
+    """Raise :class:`MemoryLimitExceeded` before a training starts when its estimate is above the limit; returns the
+    estimate (None when the guard is off: no estimate is made, so no batch is built)."""
+    limit, source = memory_limit(device)
+    if limit is None:
+        return None
+    est = estimate_training_bytes(objective, params, batch_key)
+    if est["total"] > limit:
+        batch = f"batch {est['batch_size']}: " if est["batch_size"] is not None else ""
+        raise MemoryLimitExceeded(
+            f"training needs about {format_size(est['total'])} ({batch}trainable weights with gradients and AdamW "
+            f"state {format_size(est['trainable'])}, frozen weights {format_size(est['frozen'])}, activations "
+            f"{format_size(est['activations'])}), above the memory limit of {format_size(limit)} ({source}); lower "
+            f"the batch size, or {RAISE_HINT}", est["total"], limit)
+    return est["total"]

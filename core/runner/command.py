@@ -47,7 +47,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NODE_ID.INPUT=VALUE",
                         help="override an input value, e.g. --set 5.seed=42 (repeatable)")
     parser.add_argument("--max-memory", default=None, metavar="SIZE",
-                        help="refuse a Generate estimated to need more memory than this (e.g. 24G; 0 = no limit; "
+                        help="refuse a Generate or a training estimated to need more memory than this (e.g. 24G; 0 = no limit; "
                              "default: FACESMITH_MAX_MEMORY, else 80%% of the RAM / the GPU's memory)")
     parser.add_argument("--check", action="store_true", help="only validate the workflow; run nothing")
     parser.add_argument("--no-progress", action="store_true", help="no per-node lines or progress bars")

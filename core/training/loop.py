@@ -37,6 +37,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..locks import folder_lock
+from ..memory import check_training_memory
 from ..progress import Interrupted, Progress, report
 from .checkpoints import candidates as checkpoint_candidates
 from .checkpoints import check_resumable, newest_complete, recipe_of
@@ -202,6 +203,8 @@ def _train(objective: Objective, config: TrainConfig, progress: Progress | None 
     set_seed(config.seed, device_specific=True)  # seed + process index: the same seed with one process
     modules = objective.modules()
     params = objective.parameters()
+    # the memory guard (core/memory.py): refuse a run estimated not to fit before any step (MemoryLimitExceeded)
+    check_training_memory(objective, params, accelerator.device, batch_key=rank)
     # foreach: one fused update over all tensors (the default only on CUDA); the same maths, fewer kernel calls
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay, foreach=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(config, s))
