@@ -81,3 +81,24 @@ def test_env_var_raises_and_lowers_the_limit(monkeypatch):
         obj = absurd()
         assert train(obj, TrainConfig(steps=1, log_every=0, checkpoint_every=0)).steps_done == 1
         assert obj.steps_run == 1
+
+
+def test_one_image_tuning_is_unchanged_by_the_guard(monkeypatch):
+    """One-image tuning draws its batches from a generator held in the objective: the guard must estimate without
+    drawing, so a tuning run gives the same concept with the guard on and off."""
+    import numpy as np
+
+    from facesmith.core.concept.encoder import untrained
+    from facesmith.core.concept.personalize import embed_e4t
+    from facesmith.core.synthface import base_model as bm
+    from facesmith.core.models import as_base_pipeline
+
+    torch.manual_seed(0)
+    bp = as_base_pipeline(bm.make_pipeline(bm.build_components(0)), name="rand")
+    enc = untrained(bp, n_vectors=1, rank=2, seed=0)
+    image = np.full((64, 64, 3), 140, np.uint8)
+    monkeypatch.setenv("FACESMITH_MAX_MEMORY", "0")  # guard off
+    off = embed_e4t(enc, bp, image, token="<g>", steps=3, seed=0)
+    monkeypatch.delenv("FACESMITH_MAX_MEMORY")        # guard on (machine default)
+    on = embed_e4t(enc, bp, image, token="<g>", steps=3, seed=0)
+    assert torch.equal(off.embedding, on.embedding)

@@ -78,6 +78,15 @@ class OneImageObjective:
     def parameters(self):
         return [p for m in self.modules().values() for p in m.parameters()]
 
+    def memory_estimate(self, batch_size) -> int:
+        """Rough activation bytes of one step for the training memory guard, computed without drawing a batch (the
+        batches come from ``self.gen``, so building one for the estimate would change the tuning's random stream):
+        the loop's default factor times the bytes of one batch of latents."""
+        from ..memory import TRAIN_ACTIVATION_FACTOR
+
+        per_sample = self.stats[0].numel() // 2 * self.stats.element_size()  # stats hold mean and std
+        return TRAIN_ACTIVATION_FACTOR * int(batch_size or self.batch_size) * per_sample
+
     def make_batch(self, step):
         n = self.stats.shape[0]
         idx = (torch.zeros(self.batch_size, dtype=torch.long) if n == 1
