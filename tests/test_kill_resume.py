@@ -35,21 +35,7 @@ from safetensors.torch import save_file
 from facesmith.core.progress import Progress
 from facesmith.core.training.loop import TrainConfig, train
 
-class DropoutObjective:  # as in tests/test_exact_resume.py: dropout draws from the global RNG
-    def __init__(self):
-        torch.manual_seed(0)
-        self.model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Dropout(0.5), torch.nn.Linear(16, 1))
-    def modules(self):
-        return {"model": self.model}
-    def parameters(self):
-        return list(self.model.parameters())
-    def make_batch(self, step):
-        g = torch.Generator().manual_seed(step)
-        x = torch.randn(8, 4, generator=g)
-        return x, x.sum(1, keepdim=True)
-    def loss(self, batch, step):
-        x, y = batch
-        return torch.nn.functional.mse_loss(self.model(x), y), {}
+from test_exact_resume import DropoutObjective  # dropout draws from the global RNG
 
 work_dir, out, pause = (None if sys.argv[2] == "-" else sys.argv[2]), sys.argv[3], float(sys.argv[4])
 obj = DropoutObjective()

@@ -30,15 +30,9 @@ def _heldout_sample(n: int, seed: int) -> list[int]:
     return [int(i) for i in rng.choice(ids, size=min(n, len(ids)), replace=False)]
 
 
-def _threshold() -> float:
-    from ..judges.metrics import recognizer
-
-    return float(recognizer().threshold)
-
-
 @torch.no_grad()
 def vae_roundtrip(vae, n_identities: int, seed: int = 11) -> dict:
-    from ..judges.metrics import attribute_judge, embed
+    from ..judges.metrics import attribute_judge, embed, recognizer
     from ..images import comfy_to_model, model_to_comfy, numpy_to_comfy
 
     rng = np.random.default_rng(seed)
@@ -56,12 +50,12 @@ def vae_roundtrip(vae, n_identities: int, seed: int = 11) -> dict:
     seen = attribute_judge().predict(recon)
     per_attribute = {k: float(np.mean([s[k] == a[k] for s, a in zip(seen, attrs)])) for k in attrs[0]}
     e_rec, e_orig, e_other = embed(recon), embed(np.stack(originals)), embed(np.stack(others))
-    thr = _threshold()
+    thr = float(recognizer().threshold)
     sim_rec = (e_rec * e_other).sum(1).numpy()
+    verified, verified_sem = mean_sem(sim_rec > thr)
     sim_orig = (e_orig * e_other).sum(1).numpy()
     return {"per_attribute": per_attribute, "attribute_min": min(per_attribute.values()),
-            "identity_verification": mean_sem(sim_rec > thr)[0],
-            "identity_verification_sem": mean_sem(sim_rec > thr)[1],
+            "identity_verification": verified, "identity_verification_sem": verified_sem,
             "identity_verification_originals": float(np.mean(sim_orig > thr)),
             "identity_similarity": float(sim_rec.mean()), "identity_similarity_originals": float(sim_orig.mean()),
             "n_identities": len(ids)}
@@ -99,7 +93,7 @@ def text_route(bp, n_identities: int, images_per_prompt: int = 2, seed: int = 12
 def identity_richness(n_pairs: int, seed: int = 13) -> dict:
     """Share of pairs of different held-out identities with all CORE_FACTS equal that the recognizer calls
     different (real renders, independent attributes and views)."""
-    from ..judges.metrics import embed
+    from ..judges.metrics import embed, recognizer
 
     groups: dict[tuple, list[int]] = {}
     for i in identities("heldout"):
@@ -111,7 +105,7 @@ def identity_richness(n_pairs: int, seed: int = 13) -> dict:
     a = [render(i, random_attributes(rng), 64, view=int(rng.integers(1 << 30))) for i, _ in pick]
     b = [render(j, random_attributes(rng), 64, view=int(rng.integers(1 << 30))) for _, j in pick]
     sims = (embed(np.stack(a)) * embed(np.stack(b))).sum(1).numpy()
-    different = sims <= _threshold()
+    different = sims <= float(recognizer().threshold)
     by_identity: dict[int, list[bool]] = {}
     for (i, _), d in zip(pick, different):
         by_identity.setdefault(i, []).append(bool(d))
