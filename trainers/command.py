@@ -9,6 +9,8 @@ TRAINABLES = {
     "base": (".base_cli", "the tiny SynthFace text-to-image base model"),
     "judges": (".judges_cli", "the SynthFace judges (identity recognizer, attribute classifier)"),
     "domain-encoder": (".e4t_cli", "an E4T domain encoder + domain LoRA over a dataset folder"),
+    "face-encoder": (".face_encoder_cli", "the identity adapter's own face recognizer (not the judge)"),
+    "identity-adapter": (".identity_adapter_cli", "an IDAdapter-style identity adapter over SynthFace"),
 }
 
 

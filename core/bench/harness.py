@@ -16,6 +16,7 @@ log = logging.getLogger("facesmith.bench")
 BENCHMARKS = {
     "base": "SynthFace judges and the tiny base model's prompt adherence",
     "concept": "E4T (0 and k tuning steps) vs textual inversion vs an untrained encoder on held-out identities",
+    "identity": "identity adapter (1 and 4 references, ablations) vs E4T on held-out identities",
     "faces": "face pipeline on real photos shipped in wheels: detection rates, same face vs different people",
     "train": "step time of the one training loop vs a bare diffusers + peft loop (LoRA on the built-in base)",
 }

@@ -26,7 +26,7 @@ from .tokens import (check_prompt_has, check_token_free, check_token_text, expan
 
 log = logging.getLogger("facesmith")
 
-METHODS = ("e4t", "textual_inversion", "untrained_encoder")
+METHODS = ("e4t", "textual_inversion", "untrained_encoder", "identity_adapter")
 
 
 class BaseMismatch(ValueError):

@@ -1,0 +1,191 @@
+"""Benchmark ``identity``: tuning-free identity (the identity adapter) against E4T on SynthFace HELD-OUT identities.
+
+For each held-out identity, one reference render (random attributes) and three more renders of the same person
+(other attributes, pose and light) go through the face pipeline (built-in detector, ArcFace alignment; its recognizer
+is not used). Methods:
+
+- ``adapter_1ref``: the shipped identity adapter from the reference's face;
+- ``adapter_4ref``: the same from all four faces (mixed: ``combine="average"``);
+- ``adapter_no_mix``: an adapter trained with the same recipe but without mixed features (its one reference was the
+  target image itself), from the reference;
+- ``adapter_no_idloss``: an adapter trained without the face identity loss, from the reference;
+- ``e4t_0`` / ``e4t_k``: the shipped E4T encoder without / with ``k`` tuning steps (as in ``bench concept``);
+- ``no_identity`` (the floor): "a person" instead of the identity token.
+
+Each identity generates images for prompts that CHANGE the reference's hair colour, glasses, hat and expression, the
+same seeds for every method. Per method: ``identity_similarity`` and ``verification_rate`` (the SynthFace judge's
+recognizer against the reference; the adapter's own face encoder is another network), ``attribute_adherence``,
+``reference_leak`` (share of asked changes where the judge sees the reference's value), ``diversity`` (mean pairwise
+RMS pixel difference, in [0, 1] RGB, between images of one prompt made with different seeds) and
+``seconds_per_identity`` (reference image(s) -> conditioning: face pipeline + adapter, or E4T encoder + tuning;
+warm, one thread). The sampled unit is the identity: means over identities of per-identity means, ``*_sem`` their
+standard errors. Comparisons between methods (``comparisons``) are PAIRED over identities (same identities, prompts
+and seeds): the mean per-identity difference of identity similarity and its standard error. ``goals`` holds the
+issue's targets as booleans computed from the figures.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+
+from ..synthface.render import identity_traits, random_attributes, render
+from ..synthface.splits import identities
+from .base import EVAL_CFG, EVAL_STEPS, generate_for_prompts, load_builtin_base
+from .concept import E4T_K, _judge_identity, _row, _similarities, _threshold, change_prompts, load_encoder
+from .stats import mean_sem
+
+log = logging.getLogger("facesmith.bench")
+
+TOKEN = "<fs-person>"
+ADAPTERS = {  # method -> adapter file under models/facesmith/identity/
+    "adapter_1ref": "synthface-idadapter.safetensors",
+    "adapter_4ref": "synthface-idadapter.safetensors",
+    "adapter_no_mix": "synthface-idadapter-no-mix.safetensors",
+    "adapter_no_idloss": "synthface-idadapter-no-idloss.safetensors",
+}
+METHODS = ("adapter_1ref", "adapter_4ref", "adapter_no_mix", "adapter_no_idloss", "e4t_0", "e4t_k", "no_identity")
+FULL_IDENTITIES = 64
+QUICK_IDENTITIES = 3
+N_REFS = 4
+GOALS = {"adapter_1ref_verification": 0.60, "adapter_time_share_of_e4t_k": 0.10, "adherence_points_below_base": 0.05,
+         "reference_leak": 0.10}
+
+
+def load_adapter(name: str):
+    from .. import paths
+    from ..identity.adapter import IdentityAdapter
+
+    return IdentityAdapter.load(paths.resolve("facesmith", f"identity/{name}"))
+
+
+def diversity(images: torch.Tensor, per_prompt: int) -> float:
+    """Mean pairwise RMS difference between images of the same prompt (consecutive groups of ``per_prompt``)."""
+    x = images.float().reshape(images.shape[0], -1)
+    vals = []
+    for g in range(0, x.shape[0], per_prompt):
+        grp = x[g:g + per_prompt]
+        for i in range(len(grp)):
+            for j in range(i + 1, len(grp)):
+                vals.append(float((grp[i] - grp[j]).pow(2).mean().sqrt()))
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def paired(a: list[float], b: list[float]) -> dict:
+    """Mean and s.e. of per-identity differences ``a - b`` (same identities, prompts and seeds)."""
+    d = np.asarray(a, float) - np.asarray(b, float)
+    m, se = mean_sem(d)
+    return {"difference": m, "sem": se, "over_2_sem": bool(m > 2 * se) if np.isfinite(se) else False}
+
+
+def goals(out: dict, comps: dict) -> dict:
+    g: dict = {}
+    one, e4t_k, floor = out.get("adapter_1ref"), out.get("e4t_k"), out.get("no_identity")
+    if one is not None:
+        g["adapter_1ref_verification_ge_0.60"] = one["verification_rate"] >= GOALS["adapter_1ref_verification"]
+        g["adapter_1ref_leak_le_0.10"] = one["reference_leak"] <= GOALS["reference_leak"]
+        if e4t_k is not None:
+            g["adapter_1ref_similarity_ge_e4t_k"] = one["identity_similarity"] >= e4t_k["identity_similarity"]
+            g["adapter_1ref_time_lt_e4t_k_over_10"] = (
+                one["seconds_per_identity"] < GOALS["adapter_time_share_of_e4t_k"] * e4t_k["seconds_per_identity"])
+        if floor is not None:
+            g["adapter_1ref_adherence_within_5_points_of_base"] = (
+                one["attribute_adherence"] >= floor["attribute_adherence"] - GOALS["adherence_points_below_base"])
+    for name in ("4ref_beats_1ref", "no_mix_worse", "no_idloss_worse"):
+        if name in comps:
+            g[name] = comps[name]["over_2_sem"]
+    return {k: bool(v) for k, v in g.items()}
+
+
+def run(quick: bool = False, n_identities: int | None = None, images_per_prompt: int | None = None,
+        seed: int = 0, bp=None, adapters: dict | None = None, encoder=None, methods: tuple | None = None,
+        k: int = E4T_K, eval_steps: int = EVAL_STEPS, cfg: float = EVAL_CFG, split: str = "heldout") -> dict:
+    """The metrics dict described in the module doc. ``adapters``: method -> IdentityAdapter (default: the files in
+    ``ADAPTERS``)."""
+    from ..concept.personalize import embed_e4t
+    from ..identity import face_pipeline as fp
+    from ..identity.adapter import IdentityConditioner
+
+    n_ids = n_identities or (QUICK_IDENTITIES if quick else FULL_IDENTITIES)
+    per_prompt = images_per_prompt or (2 if quick else 4)
+    methods = tuple(methods or METHODS)
+    bp = bp or load_builtin_base()
+    adapters = dict(adapters or {})
+    for m in methods:
+        if m in ADAPTERS and m not in adapters:
+            adapters[m] = load_adapter(ADAPTERS[m])
+    if any(m.startswith("e4t") for m in methods):
+        encoder = encoder or load_encoder()
+    settings = fp.FaceSettings(recognizer="none")
+    rng = np.random.default_rng(seed)
+    chosen = [int(i) for i in rng.choice(identities(split), n_ids, replace=False)]
+
+    def adapter_make(m):
+        def make(refs):
+            faces = fp.analyze(refs, settings)
+            return IdentityConditioner(adapters[m], adapters[m].identity(bp, faces.crops), token=TOKEN)
+        return make
+
+    makers = {m: adapter_make(m) for m in methods if m in ADAPTERS}
+    if "e4t_0" in methods:
+        makers["e4t_0"] = lambda refs: embed_e4t(encoder, bp, refs[0], token=TOKEN, steps=0, seed=seed)
+    if "e4t_k" in methods:
+        makers["e4t_k"] = lambda refs: embed_e4t(encoder, bp, refs[0], token=TOKEN, steps=k, seed=seed)
+    warm = np.stack([render(int(identities("train")[0]), random_attributes(np.random.default_rng(99)),
+                            bp.native_size, view=v) for v in range(N_REFS)])
+    for m, make in makers.items():  # warm-up, untimed
+        make(warm if m == "adapter_4ref" else warm[:1])
+    threshold = _threshold()
+    acc = {m: {"identities": [], "seconds": [], "diversity": []} for m in methods}
+    for n, ident in enumerate(chosen):
+        ref_attrs = random_attributes(rng)
+        refs = [render(ident, ref_attrs, bp.native_size, view=int(rng.integers(1 << 30)))]
+        refs += [render(ident, random_attributes(rng), bp.native_size, view=int(rng.integers(1 << 30)))
+                 for _ in range(N_REFS - 1)]
+        refs = np.stack(refs)
+        prompts = change_prompts(ref_attrs, rng, token=TOKEN)
+        asked = [a for _, a in prompts for _ in range(per_prompt)]
+        facts = identity_traits(ident).facts()
+        for m in methods:
+            if m == "no_identity":
+                texts, conds = [p.replace(TOKEN, "a person") for p, _ in prompts], []
+            else:
+                t0 = time.perf_counter()
+                cond = makers[m](refs if m == "adapter_4ref" else refs[:1])
+                acc[m]["seconds"].append(time.perf_counter() - t0)
+                texts, conds = [p for p, _ in prompts], [cond]
+            imgs = generate_for_prompts(bp, texts, per_prompt, seed=seed + 100 * n, steps=eval_steps, cfg=cfg,
+                                        conditioners=conds)
+            acc[m]["identities"].append(_judge_identity(imgs, _similarities(imgs, refs[0]), threshold, asked,
+                                                        ref_attrs, facts))
+            acc[m]["diversity"].append(diversity(imgs, per_prompt))
+        log.info("identity bench: identity %d/%d done", n + 1, n_ids)
+
+    out: dict = {}
+    for m, a in acc.items():
+        row = _row(a["identities"], a["seconds"], [])
+        row.pop("bytes_per_concept", None)
+        row["seconds_per_identity"] = row.pop("seconds_per_concept")
+        row["diversity"], row["diversity_sem"] = mean_sem(a["diversity"])
+        out[m] = row
+    per_id = {m: [float(np.mean(p["sims"])) for p in a["identities"]] for m, a in acc.items()}
+    comps = {}
+    for name, (a, b) in {"4ref_beats_1ref": ("adapter_4ref", "adapter_1ref"),
+                         "no_mix_worse": ("adapter_1ref", "adapter_no_mix"),
+                         "no_idloss_worse": ("adapter_1ref", "adapter_no_idloss"),
+                         "adapter_1ref_minus_e4t_k": ("adapter_1ref", "e4t_k")}.items():
+        if a in per_id and b in per_id:
+            comps[name] = paired(per_id[a], per_id[b])
+    result: dict = dict(out)  # metrics["<method>"][...], as the issue names them
+    result["comparisons"] = comps
+    result["settings"] = {"split": split, "identities": n_ids, "images_per_prompt": per_prompt, "k": k,
+                          "references_4ref": N_REFS, "eval_steps": eval_steps, "eval_cfg": cfg,
+                          "threshold": threshold, "sem_over": "identities",
+                          "adapters": {m: a.info.get("command", "?") for m, a in adapters.items()},
+                          "adapter_steps": {m: a.info.get("steps") for m, a in adapters.items()},
+                          "face_pipeline": "built-in SynthFace detector, ArcFace alignment (recognizer not used)"}
+    result["goal_thresholds"] = dict(GOALS)
+    result["goals"] = goals(out, comps)
+    return result
