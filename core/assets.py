@@ -14,6 +14,9 @@ log = logging.getLogger("facesmith")
 
 JUDGES_DIR = BUILTIN_MODELS / "facesmith" / "judges"
 ENCODER_DIR = BUILTIN_MODELS / "facesmith"
+IDENTITY_DIR = BUILTIN_MODELS / "facesmith" / "identity"
+ADAPTER_TRAINING = ["--identities", "2400", "--views", "5", "--batch-size", "16", "--lr", "1e-3", "--seed", "0",
+                    "--steps", "600", "--pool-cache", ".cache/train-identity/pool-2400x5.safetensors"]
 
 
 @dataclass
@@ -37,6 +40,11 @@ def assets() -> list[Asset]:
         Asset("domain-encoder", "E4T domain encoder + domain LoRA for synthface-base",
               ENCODER_DIR / "e4t" / "synthface-e4t.safetensors",
               _e4t_steps()),
+        Asset("face-encoder", "the identity adapter's own face recognizer (not the judge)",
+              IDENTITY_DIR / "face-encoder.safetensors",
+              [["train", "face-encoder", "--seed", "11", "--out", str(IDENTITY_DIR / "face-encoder.safetensors")]]),
+        Asset("identity-adapter", "identity adapter (IDAdapter) for synthface-base, and its two ablations",
+              IDENTITY_DIR / "synthface-idadapter.safetensors", _adapter_steps()),
     ]
 
 
@@ -57,6 +65,17 @@ def _e4t_steps() -> list[list[str]]:
              "--views", "4", "--batch-size", "64", "--lr", "2e-3", "--rank", "4", "--n-vectors", "4",
              "--same-p", "0.5", "--precision", "bf16", "--seed", "0", "--steps", "294", "--out", out,
              "--work-dir", ".cache/train-e4t/synthface-e4t"]]
+
+
+def _adapter_steps() -> list[list[str]]:
+    """The commands that made the shipped adapter and its ablations (see assets/models/facesmith/identity/README.md)."""
+    out = []
+    for name, extra in (("synthface-idadapter", []), ("synthface-idadapter-no-mix", ["--no-mix"]),
+                        ("synthface-idadapter-no-idloss", ["--id-weight", "0"])):
+        out.append(["train", "identity-adapter", *ADAPTER_TRAINING, *extra,
+                    "--out", str(IDENTITY_DIR / f"{name}.safetensors"),
+                    "--work-dir", f".cache/train-identity/{name}"])
+    return out
 
 
 def missing() -> list[Asset]:

@@ -18,6 +18,7 @@ API_DIR = WORKFLOWS_DIR / "api"
 
 BASE = "diffusers/synthface-base"
 ENCODER = "e4t/synthface-e4t.safetensors"
+ADAPTER = "identity/synthface-idadapter.safetensors"
 REFERENCE = dict(identity=18, hair="brown", expression="neutral", glasses="no", hat="no", beard="no",
                  background="gray", size=64, view=1)
 
@@ -83,10 +84,91 @@ def e4t_train_domain_encoder() -> list[N]:
     ]
 
 
+def _analysis(id_, pos, links):
+    return N(id_, "FaceSmithFaceAnalysis", dict(detector="auto", recognizer="none", insightface_pack="auto",
+                                                provider="CPU", det_size=640, on_no_face="error", select="largest",
+                                                face_index=0, retry=True), links, pos)
+
+
+def _apply_identity(id_, pos, links, combine="average"):
+    return N(id_, "FaceSmithApplyIdentity", dict(token="<identity>", weight=1.0, start_at=0.0, end_at=1.0,
+                                                 combine=combine), links, pos)
+
+
+def identity_one_photo() -> list[N]:
+    """One face photo -> an identity (identity adapter, no tuning) -> variations by prompt; judges likeness and
+    attributes and saves the identity for reuse without the photo."""
+    prompt = "a photo of <identity>, wearing a hat, with blue hair"
+    return [
+        N(1, "FaceSmithLoadBaseModel", dict(model=BASE, arch="auto", device="auto", dtype="auto"), {}, (40, 80)),
+        N(2, "FaceSmithLoadIdentityAdapter", dict(adapter=ADAPTER), {}, (40, 300)),
+        N(3, "FaceSmithSynthFace", dict(REFERENCE), {}, (40, 460), title="Reference (held-out identity 18)"),
+        _analysis(4, (460, 460), {"images": (3, 0)}),
+        _apply_identity(5, (880, 300), {"pipeline": (1, 0), "adapter": (2, 0), "faces": (4, 0)}),
+        _generate(6, (1300, 80), prompt, {"pipeline": (1, 0), "concepts": (5, 0)}),
+        N(7, "SaveImage", dict(filename_prefix="facesmith/identity_one_photo"), {"images": (6, 0)}, (1720, 80)),
+        N(8, "FaceSmithJudgeFaces", dict(prompt=prompt), {"images": (6, 0), "reference": (3, 0)}, (1720, 460)),
+        N(9, "FaceSmithSaveIdentity", dict(name="identity-demo", overwrite=True), {"identity": (5, 1)},
+          (1300, 620)),
+    ]
+
+
+def identity_several_photos() -> list[N]:
+    """Several photos of one person (different hair, glasses, expression, pose) -> one mixed identity."""
+    prompt = "a photo of <identity>, smiling, with black hair"
+    views = [dict(REFERENCE, hair="blond", glasses="yes", view=11), dict(REFERENCE, expression="smiling", view=12),
+             dict(REFERENCE, hat="yes", background="green", view=13)]
+    nodes = [
+        N(1, "FaceSmithLoadBaseModel", dict(model=BASE, arch="auto", device="auto", dtype="auto"), {}, (40, 80)),
+        N(2, "FaceSmithLoadIdentityAdapter", dict(adapter=ADAPTER), {}, (40, 300)),
+    ]
+    for k, v in enumerate([REFERENCE] + views):
+        nodes.append(N(10 + k, "FaceSmithSynthFace", dict(v), {}, (40, 460 + 420 * k),
+                       title=f"Photo {k + 1} (held-out identity 18)"))
+        nodes.append(_analysis(20 + k, (460, 460 + 420 * k), {"images": (10 + k, 0)}))
+    nodes += [
+        N(3, "FaceSmithMergeFaces", {}, {f"faces_{k + 1}": (20 + k, 0) for k in range(4)}, (880, 460)),
+        _apply_identity(4, (1300, 300), {"pipeline": (1, 0), "adapter": (2, 0), "faces": (3, 0)}),
+        _generate(5, (1720, 80), prompt, {"pipeline": (1, 0), "concepts": (4, 0)}),
+        N(6, "SaveImage", dict(filename_prefix="facesmith/identity_several_photos"), {"images": (5, 0)},
+          (2140, 80)),
+        N(7, "FaceSmithJudgeFaces", dict(prompt=prompt), {"images": (5, 0), "reference": (10, 0)}, (2140, 460)),
+    ]
+    return nodes
+
+
+def identity_vs_e4t() -> list[N]:
+    """The same reference through the identity adapter (no tuning) and through E4T (encoder + tuning steps), side
+    by side, both judged against the reference."""
+    prompt_id = "a photo of <identity>, wearing glasses, with red hair"
+    prompt_e4t = "a photo of <fs-person>, wearing glasses, with red hair"
+    return [
+        N(1, "FaceSmithLoadBaseModel", dict(model=BASE, arch="auto", device="auto", dtype="auto"), {}, (40, 80)),
+        N(2, "FaceSmithLoadIdentityAdapter", dict(adapter=ADAPTER), {}, (40, 300)),
+        N(3, "FaceSmithLoadDomainEncoder", dict(encoder=ENCODER), {}, (40, 460)),
+        N(4, "FaceSmithSynthFace", dict(REFERENCE), {}, (40, 620), title="Reference (held-out identity 18)"),
+        _analysis(5, (460, 620), {"images": (4, 0)}),
+        _apply_identity(6, (880, 80), {"pipeline": (1, 0), "adapter": (2, 0), "faces": (5, 0)}),
+        _generate(7, (1300, 80), prompt_id, {"pipeline": (1, 0), "concepts": (6, 0)}),
+        N(8, "SaveImage", dict(filename_prefix="facesmith/identity_adapter"), {"images": (7, 0)}, (1720, 80)),
+        N(9, "FaceSmithJudgeFaces", dict(prompt=prompt_id), {"images": (7, 0), "reference": (4, 0)}, (2140, 80)),
+        N(10, "FaceSmithEmbedConcept", dict(method="e4t", token="<fs-person>", steps=15, learning_rate=_tuning_lr(),
+                                            face_crop=False, seed=0),
+          {"pipeline": (1, 0), "image": (4, 0), "encoder": (3, 0)}, (880, 620)),
+        _generate(11, (1300, 620), prompt_e4t, {"pipeline": (1, 0), "concepts": (10, 0)}),
+        N(12, "SaveImage", dict(filename_prefix="facesmith/identity_e4t"), {"images": (11, 0)}, (1720, 620)),
+        N(13, "FaceSmithJudgeFaces", dict(prompt=prompt_e4t), {"images": (11, 0), "reference": (4, 0)},
+          (2140, 620)),
+    ]
+
+
 WORKFLOWS = {
     "synthface_text_to_image": text_to_image,
     "e4t_personalize": e4t_personalize,
     "e4t_train_domain_encoder": e4t_train_domain_encoder,
+    "identity_one_photo": identity_one_photo,
+    "identity_several_photos": identity_several_photos,
+    "identity_vs_e4t": identity_vs_e4t,
 }
 
 

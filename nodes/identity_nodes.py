@@ -222,6 +222,30 @@ class FaceSmithFaceSimilarity:
         return {"ui": {"text": [report]}, "result": (report, text_scores, mean)}
 
 
+class FaceSmithMergeFaces:
+    DISPLAY_NAME = "Merge Faces (FaceSmith)"
+    CATEGORY = "FaceSmith/Identity"
+    DESCRIPTION = ("Joins FACES from several 'Face Analysis' nodes (e.g. one per photo, when the photos differ in size "
+                   "and cannot share one IMAGE batch) into one FACES, in input order: several photos of one person "
+                   "for 'Apply Identity' or a reference for 'Face Similarity'.")
+    RETURN_TYPES = (FACES_TYPE,)
+    RETURN_NAMES = ("faces",)
+    OUTPUT_TOOLTIPS = ("All connected faces, faces_1's first.",)
+    FUNCTION = "run"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        opt = {f"faces_{i}": (FACES_TYPE, {"tooltip": f"More faces ({i}th)."}) for i in (2, 3, 4)}
+        return {"required": {"faces_1": (FACES_TYPE, {"tooltip": "Faces from 'Face Analysis'."})}, "optional": opt}
+
+    def run(self, faces_1, faces_2=None, faces_3=None, faces_4=None):
+        try:
+            return (fp.merge([faces_1, faces_2, faces_3, faces_4]),)
+        except ValueError as exc:
+            raise input_error(self.DISPLAY_NAME, "faces_2", exc) from None
+
+
 NODE_CLASS_MAPPINGS = {"FaceSmithFaceAnalysis": FaceSmithFaceAnalysis,
-                       "FaceSmithFaceSimilarity": FaceSmithFaceSimilarity}
+                       "FaceSmithFaceSimilarity": FaceSmithFaceSimilarity,
+                       "FaceSmithMergeFaces": FaceSmithMergeFaces}
 NODE_DISPLAY_NAME_MAPPINGS = {k: v.DISPLAY_NAME for k, v in NODE_CLASS_MAPPINGS.items()}

@@ -15,7 +15,6 @@ branch with the domain LoRA in place.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Optional
@@ -27,7 +26,7 @@ from ..core.concept.diffusion import (caption_ids, denoise_loss, frozen, gradien
                                       sample_latents, scaling_factor, training_scheduler)
 from ..core.concept.encoder import DomainEncoder, extract_features, native_size, preprocess, untrained
 from ..core.concept.lora import trainable_lora, weight_offset_l2
-from ..core.concept.tokens import swapped_embedding, tokenizer_with, vector_tokens
+from ..core.concept.tokens import put_token, swapped_embedding, tokenizer_with, vector_tokens
 from ..core.progress import Progress
 from ..core.training.loop import TrainConfig, TrainResult, fit_steps, train
 
@@ -118,12 +117,7 @@ def folder_images(folder: str, size: int):
 
 def token_caption(text: str, token: str, class_word: str) -> str:
     """Put ``token`` where the caption names the class (``a person`` -> ``<token>``), else prepend it."""
-    for pattern in (rf"\b(a|an|the)\s+{re.escape(class_word)}\b", rf"\b{re.escape(class_word)}\b"):
-        new, n = re.subn(pattern, token, text, count=1, flags=re.IGNORECASE)
-        if n:
-            return new
-    text = text.strip()
-    return f"a photo of {token}" + (f", {text}" if text else "")
+    return put_token(text, token, class_word)
 
 
 class DomainObjective:

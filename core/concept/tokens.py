@@ -198,3 +198,14 @@ def class_embedding(tokenizer, text_encoder, class_word: str = CLASS_WORD, n_vec
     weight = text_encoder.get_input_embeddings().weight
     row = weight[ids[0]].detach().float().cpu()
     return row.unsqueeze(0).repeat(int(n_vectors), 1).clone()
+
+
+def put_token(text: str, token: str, class_word: str = CLASS_WORD) -> str:
+    """``text`` with ``token`` where it names the class (``a person`` -> ``token``), else
+    ``a photo of token, text``."""
+    for pattern in (rf"\b(a|an|the)\s+{re.escape(class_word)}\b", rf"\b{re.escape(class_word)}\b"):
+        new, n = re.subn(pattern, token, text, count=1, flags=re.IGNORECASE)
+        if n:
+            return new
+    text = text.strip()
+    return f"a photo of {token}" + (f", {text}" if text else "")

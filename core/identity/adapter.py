@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..concept.tokens import put_token
 from ..formats import save_safetensors
 from .adapter_net import (AdapterConfig, IdentityAdapterNet, cross_attention_layers, ip_attention, region_weights,
                           schedule_active)
@@ -407,7 +407,7 @@ class IdentityConditioner:
 
     def rewrite_prompt(self, prompt: str) -> str:
         if self.token not in prompt:
-            prompt = with_token(prompt, self.token, self.adapter.cfg.class_word)
+            prompt = put_token(prompt, self.token, self.adapter.cfg.class_word)
         return self.concept.rewrite_prompt(prompt)
 
     @contextlib.contextmanager
@@ -418,15 +418,3 @@ class IdentityConditioner:
                                start_at=self.start_at, end_at=self.end_at, mask=self.mask)
         with self.concept.applied(pipe), attached(dp.unet, entry, pipe=dp):
             yield
-
-
-def with_token(text: str, token: str, class_word: str = "person") -> str:
-    """``text`` with ``token`` where it names the class (``a person`` -> ``token``), else ``a photo of token, text``."""
-    import re
-
-    for pattern in (rf"\b(a|an|the)\s+{re.escape(class_word)}\b", rf"\b{re.escape(class_word)}\b"):
-        new, n = re.subn(pattern, token, text, count=1, flags=re.IGNORECASE)
-        if n:
-            return new
-    text = text.strip()
-    return f"a photo of {token}" + (f", {text}" if text else "")

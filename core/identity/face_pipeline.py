@@ -308,6 +308,35 @@ def synthface_hints(faces: Faces) -> list[str]:
     return []
 
 
+def merge(parts: list[Faces]) -> Faces:
+    """Several FACES (e.g. one per photo, photos of different sizes) as one: rows concatenated, image indices
+    renumbered in order. They must come from the same detector and recognizer settings."""
+    parts = [p for p in parts if p is not None]
+    if not parts:
+        raise ValueError("nothing to merge")
+    first = parts[0]
+    for p in parts[1:]:
+        if (p.recognizer, p.detector) != (first.recognizer, first.detector):
+            raise ValueError(f"these FACES were analysed differently (detector {p.detector!r}, recognizer "
+                             f"{p.recognizer!r} vs {first.detector!r}, {first.recognizer!r}); analyse every photo "
+                             "with the same settings")
+    offset, index, skipped, found, retried, others = 0, [], [], [], [], []
+    for p in parts:
+        index.append(np.asarray(p.image_index, np.int64) + offset)
+        skipped += [i + offset for i in p.skipped]
+        retried += [i + offset for i in p.retried]
+        others += [(i + offset, b) for i, b in p.others]
+        found += list(p.found)
+        offset += p.num_images
+    embs = None if any(p.embeddings is None for p in parts) else torch.cat([p.embeddings for p in parts])
+    return replace(first, boxes=np.concatenate([p.boxes for p in parts]),
+                   landmarks=np.concatenate([p.landmarks for p in parts]),
+                   scores=np.concatenate([p.scores for p in parts]), image_index=np.concatenate(index),
+                   crops=torch.cat([p.crops for p in parts]), embeddings=embs, num_images=offset, found=found,
+                   retried=retried, skipped=skipped, others=others,
+                   notes=list(dict.fromkeys(n for p in parts for n in p.notes)))
+
+
 # --------------------------------------------------------------------------------------------- likeness
 
 
@@ -346,5 +375,5 @@ def compare(images, reference: Faces, combine: str = "mean", select: str = "larg
 
 
 __all__ = ["COMBINE", "FacePipeline", "FaceSettings", "Faces", "NoFaceError", "ON_NO_FACE", "SELECT",
-           "SYNTHFACE_ONLY", "align", "analyze", "as_uint8_images", "compare", "pipeline", "requirement_problem",
+           "SYNTHFACE_ONLY", "align", "analyze", "merge", "as_uint8_images", "compare", "pipeline", "requirement_problem",
            "resolve", "similarity", "synthface_hints"]
