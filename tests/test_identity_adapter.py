@@ -182,3 +182,39 @@ def test_objective_batches_and_learning(world):
         assert "id" in logs
     assert float(mix.loss(b, 0)[0]) < first
     assert not hasattr(bp.pipe.unet, "_facesmith_identity_state")
+
+
+def test_nodes_apply_save_load_and_errors(world, tmp_path, monkeypatch):
+    from facesmith.core import paths
+    from facesmith.core.identity import face_pipeline as fp
+    from facesmith.nodes.identity_adapter_nodes import (FaceSmithApplyIdentity, FaceSmithLoadIdentity,
+                                                        FaceSmithSaveIdentity)
+    from facesmith.nodes.identity_nodes import FaceSmithMergeFaces
+
+    bp, adapter, refs = world
+    monkeypatch.setenv("FACESMITH_MODELS", str(tmp_path / "models"))
+    faces = [fp.analyze(refs[i:i + 1], fp.FaceSettings(recognizer="none")) for i in range(3)]
+    merged, = FaceSmithMergeFaces().run(faces[0], faces[1], faces_4=faces[2])
+    assert len(merged) == 3 and merged.num_images == 3 and merged.image_index.tolist() == [0, 1, 2]
+    apply = FaceSmithApplyIdentity()
+    concepts, ident = apply.apply(bp, adapter, "<identity>", 1.0, 0.0, 1.0, "average", faces=merged)
+    assert ident.n_references == 3 and len(concepts) == 1
+    # a second identity appends; the same token twice is refused, naming the input
+    more, _ = apply.apply(bp, adapter, "<other>", 0.8, 0.0, 0.6, "concat", identity=ident, concepts=concepts)
+    assert [c.token for c in more] == ["<identity>", "<other>"]
+    with pytest.raises(ValueError, match=r"Apply Identity \(FaceSmith\).*token"):
+        apply.apply(bp, adapter, "<identity>", 1.0, 0.0, 1.0, "average", identity=ident, concepts=concepts)
+    with pytest.raises(ValueError, match="faces.*identity"):
+        apply.apply(bp, adapter, "<identity>", 1.0, 0.0, 1.0, "average")
+    assert "end_at" in FaceSmithApplyIdentity.VALIDATE_INPUTS(start_at=0.8, end_at=0.2)
+    assert FaceSmithApplyIdentity.VALIDATE_INPUTS(start_at=0.2, end_at=0.8, token="<ok>") is True
+    # save -> list -> load; traversal and silent overwrite refused
+    saved = FaceSmithSaveIdentity().save(ident, "me", False)
+    path = saved["result"][0]
+    assert path.startswith(str(tmp_path / "models")) and "identities" in path
+    with pytest.raises(ValueError, match="overwrite"):
+        FaceSmithSaveIdentity().save(ident, "me", False)
+    assert "name" in FaceSmithSaveIdentity.VALIDATE_INPUTS(name="../../evil")
+    loaded, = FaceSmithLoadIdentity().load("identities/me.safetensors")
+    assert torch.equal(loaded.ctx, ident.ctx)
+    assert paths.find("facesmith", "identities/me.safetensors") is not None
