@@ -74,8 +74,10 @@ def diversity(images: torch.Tensor, per_prompt: int) -> float:
 
 
 def paired(a: list[float], b: list[float]) -> dict:
-    """Mean and s.e. of per-identity differences ``a - b`` (same identities, prompts and seeds)."""
+    """Mean and s.e. of per-identity differences ``a - b`` (same identities, prompts and seeds; identities where
+    either is undefined, e.g. no asked change to leak, are left out)."""
     d = np.asarray(a, float) - np.asarray(b, float)
+    d = d[np.isfinite(d)]
     m, se = mean_sem(d)
     return {"difference": m, "sem": se, "over_2_sem": bool(m > 2 * se) if np.isfinite(se) else False}
 
@@ -170,14 +172,18 @@ def run(quick: bool = False, n_identities: int | None = None, images_per_prompt:
         row["seconds_per_identity"] = row.pop("seconds_per_concept")
         row["diversity"], row["diversity_sem"] = mean_sem(a["diversity"])
         out[m] = row
-    per_id = {m: [float(np.mean(p["sims"])) for p in a["identities"]] for m, a in acc.items()}
+    per_id = {m: {"identity_similarity": [float(np.mean(p["sims"])) for p in a["identities"]],
+                  "attribute_adherence": [float(p["adherence"]) for p in a["identities"]],
+                  "reference_leak": [float(p["leak"]) for p in a["identities"]]} for m, a in acc.items()}
     comps = {}
     for name, (a, b) in {"4ref_beats_1ref": ("adapter_4ref", "adapter_1ref"),
                          "no_mix_worse": ("adapter_1ref", "adapter_no_mix"),
                          "no_idloss_worse": ("adapter_1ref", "adapter_no_idloss"),
                          "adapter_1ref_minus_e4t_k": ("adapter_1ref", "e4t_k")}.items():
         if a in per_id and b in per_id:
-            comps[name] = paired(per_id[a], per_id[b])
+            comps[name] = {key: paired(per_id[a][key], per_id[b][key]) for key in per_id[a]}
+            # "worse"/"beats" is read on identity similarity; adherence and leak are shown beside it
+            comps[name].update(comps[name]["identity_similarity"])
     result: dict = dict(out)  # metrics["<method>"][...], as the issue names them
     result["comparisons"] = comps
     result["settings"] = {"split": split, "identities": n_ids, "images_per_prompt": per_prompt, "k": k,

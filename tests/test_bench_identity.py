@@ -1,0 +1,37 @@
+"""``facesmith bench identity``: the issue's keys for every method, s.e. over identities, paired comparisons and
+goals computed from the figures (a tiny run with an untrained adapter: mechanics, not quality)."""
+import math
+
+import torch
+
+
+def test_identity_bench_keys_and_pairing(facesmith):
+    from facesmith.core.bench import identity as bench
+    from facesmith.core.bench.base import load_builtin_base
+    from facesmith.core.identity.adapter import new_adapter
+    from facesmith.core.identity.face_encoder import ARCH, FaceEncoder
+    from facesmith.core.judges.nets import RecognizerNet
+
+    torch.manual_seed(0)
+    bp = load_builtin_base()
+    fe = FaceEncoder(RecognizerNet(ARCH["dim"], tuple(ARCH["widths"]), tuple(ARCH["blocks"])), 0.5, {}, None)
+    ad = new_adapter(bp, fe)
+    adapters = {m: ad for m in bench.ADAPTERS}
+    out = bench.run(n_identities=2, images_per_prompt=2, bp=bp, adapters=adapters, k=1, eval_steps=2,
+                    methods=("adapter_1ref", "adapter_4ref", "adapter_no_mix", "e4t_0", "no_identity"))
+    for m in ("adapter_1ref", "adapter_4ref", "adapter_no_mix", "e4t_0", "no_identity"):
+        row = out[m]
+        for key in ("identity_similarity", "verification_rate", "attribute_adherence", "reference_leak",
+                    "diversity", "seconds_per_identity"):
+            assert key in row and (isinstance(row[key], float) or row[key] == 0), (m, key)
+        assert row["n_identities"] == 2 and row["n_images"] == 2 * 4 * 2
+        assert math.isfinite(row["identity_similarity_sem"])
+        assert 0 <= row["diversity"] <= 1
+    assert out["no_identity"]["seconds_per_identity"] == 0.0
+    assert out["adapter_1ref"]["seconds_per_identity"] > 0
+    # same adapter under two names, same identities and seeds: the paired difference is exactly zero
+    comp = out["comparisons"]["no_mix_worse"]
+    assert comp["difference"] == 0.0 and comp["over_2_sem"] is False
+    assert out["goals"]["no_mix_worse"] is False
+    assert "adapter_1ref_verification_ge_0.60" in out["goals"]
+    assert out["settings"]["sem_over"] == "identities"
