@@ -8,8 +8,9 @@ import logging
 import numpy as np
 
 from ..core import paths
-from ..core.formats import OverwriteRefused, check_new_file, read_safetensors_metadata, safe_join
+from ..core.formats import check_new_file, read_safetensors_metadata, safe_join
 from .comfy_bridge import grad_enabled, interruptible, node_progress
+from .concept_nodes import _exists_text, _file_name, _name_problem
 from .identity_nodes import FACES_TYPE
 from .node_errors import input_error
 
@@ -23,27 +24,6 @@ ADAPTER_SUBDIR = "identity"        # <models>/facesmith/identity/NAME.safetensor
 IDENTITY_SUBDIR = "identities"     # <models>/facesmith/identities/NAME.safetensors
 WORK_SUBDIR = ".work/identity"
 BUILTIN_ADAPTER = "identity/synthface-idadapter.safetensors"
-
-
-def _file_name(name: str) -> str:
-    name = name.strip()
-    return name if name.endswith(".safetensors") else name + ".safetensors"
-
-
-def _name_problem(name) -> str | None:
-    if name is None:
-        return None
-    if not isinstance(name, str) or not name.strip():
-        return "is empty"
-    try:
-        safe_join("models", _file_name(name))
-    except ValueError as exc:
-        return str(exc)
-    return None
-
-
-def _exists_text(exc: FileExistsError, hint: str) -> str:
-    return exc.with_hint(hint) if isinstance(exc, OverwriteRefused) else f"{exc} ({hint})"
 
 
 def _list_with_format(fmt: str, prefix: str) -> list[str]:
@@ -182,12 +162,16 @@ class FaceSmithApplyIdentity:
         node = self.DISPLAY_NAME
         existing = _concept_list(concepts)
         token = token.strip()
+        notes = []
         if faces is not None:
             if not len(faces):
                 raise input_error(node, "faces", "hold no face; check 'Face Analysis' (on_no_face) and its report")
             if not faces.synthface_detector and adapter.base_name.startswith("synthface"):
-                log.warning("%s: these faces come from a real-face detector but the adapter was trained on the "
-                            "built-in SynthFace world; it only knows SynthFace faces", node)
+                notes.append("these faces were found by a real-face detector, but this adapter was trained on the "
+                             "built-in SynthFace world and only knows SynthFace faces: for real photos load a real "
+                             "base model and an identity adapter trained on real faces")
+                log.warning("%s: %s", node, notes[-1])
+            notes += list(faces.notes)
             try:
                 with interruptible():
                     identity = adapter.identity(pipeline, faces.crops, combine)
@@ -209,7 +193,11 @@ class FaceSmithApplyIdentity:
             raise input_error(node, name, exc) from exc
         if any(getattr(x, "token", None) == cond.token for x in existing):
             raise input_error(node, "token", f"{cond.token!r} is already used by a connected concept; set another")
-        return (existing + [cond], identity)
+        report = (f"identity {cond.token} from {identity.n_references} face(s) ({identity.combine}), weight "
+                  f"{float(weight):g}, steps {float(start_at):g}..{float(end_at):g}"
+                  + (", masked" if m is not None else ""))
+        return {"ui": {"text": ["\n".join([report] + [f"note: {n}" for n in notes])]},
+                "result": (existing + [cond], identity)}
 
 
 class FaceSmithSaveIdentity:

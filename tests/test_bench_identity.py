@@ -18,8 +18,8 @@ def test_identity_bench_keys_and_pairing(facesmith):
     ad = new_adapter(bp, fe)
     adapters = {m: ad for m in bench.ADAPTERS}
     out = bench.run(n_identities=2, images_per_prompt=2, bp=bp, adapters=adapters, k=1, eval_steps=2,
-                    methods=("adapter_1ref", "adapter_4ref", "adapter_no_mix", "e4t_0", "no_identity"))
-    for m in ("adapter_1ref", "adapter_4ref", "adapter_no_mix", "e4t_0", "no_identity"):
+                    methods=("adapter_1ref", "adapter_4ref", "adapter_no_mix", "no_identity"))
+    for m in ("adapter_1ref", "adapter_4ref", "adapter_no_mix", "no_identity"):
         row = out[m]
         for key in ("identity_similarity", "verification_rate", "attribute_adherence", "reference_leak",
                     "diversity", "seconds_per_identity"):

@@ -197,10 +197,13 @@ def test_nodes_apply_save_load_and_errors(world, tmp_path, monkeypatch):
     merged, = FaceSmithMergeFaces().run(faces[0], faces[1], faces_4=faces[2])
     assert len(merged) == 3 and merged.num_images == 3 and merged.image_index.tolist() == [0, 1, 2]
     apply = FaceSmithApplyIdentity()
-    concepts, ident = apply.apply(bp, adapter, "<identity>", 1.0, 0.0, 1.0, "average", faces=merged)
+    res = apply.apply(bp, adapter, "<identity>", 1.0, 0.0, 1.0, "average", faces=merged)
+    concepts, ident = res["result"]
     assert ident.n_references == 3 and len(concepts) == 1
+    assert "from 3 face(s)" in res["ui"]["text"][0]
     # a second identity appends; the same token twice is refused, naming the input
-    more, _ = apply.apply(bp, adapter, "<other>", 0.8, 0.0, 0.6, "concat", identity=ident, concepts=concepts)
+    more, _ = apply.apply(bp, adapter, "<other>", 0.8, 0.0, 0.6, "concat", identity=ident,
+                          concepts=concepts)["result"]
     assert [c.token for c in more] == ["<identity>", "<other>"]
     with pytest.raises(ValueError, match=r"Apply Identity \(FaceSmith\).*token"):
         apply.apply(bp, adapter, "<identity>", 1.0, 0.0, 1.0, "average", identity=ident, concepts=concepts)

@@ -414,6 +414,7 @@ class IdentityConditioner:
     def applied(self, pipe) -> Iterator[None]:
         self.adapter.check_base(pipe)
         dp = getattr(pipe, "pipe", pipe)
+        self.adapter.net.to(next(dp.unet.parameters()).device)  # float32 wherever the UNet runs
         entry = AttentionEntry(net=self.adapter.net, ctx=self.identity.ctx[None], scale=self.weight,
                                start_at=self.start_at, end_at=self.end_at, mask=self.mask)
         with self.concept.applied(pipe), attached(dp.unet, entry, pipe=dp):
