@@ -200,3 +200,29 @@ def test_domain_encoder_resumes_exactly(tmp_path):
         assert torch.equal(v, resumed.encoder.state_dict()[k]), k
     for path, (down, up) in straight.lora.items():
         assert torch.equal(down, resumed.lora[path][0]) and torch.equal(up, resumed.lora[path][1]), path
+
+
+def test_identity_adapter_resumes_exactly(tmp_path):
+    from facesmith.core.identity.face_encoder import ARCH, FaceEncoder
+    from facesmith.core.judges.nets import RecognizerNet
+    from facesmith.core.models import as_base_pipeline
+    from facesmith.trainers.e4t import synthface_images
+    from facesmith.trainers.identity_adapter import AdapterTrainSettings, build_face_pool, train_identity_adapter
+
+    base = as_base_pipeline(tiny_models.build_tiny_sd15(seed=0), name="tiny")
+    torch.manual_seed(0)
+    fe = FaceEncoder(RecognizerNet(ARCH["dim"], tuple(ARCH["widths"]), tuple(ARCH["blocks"])), 0.5, {}, None)
+    imgs, ids, attrs = synthface_images(3, 3, seed=0, size=16, workers=1)
+    pool = build_face_pool(base, fe, imgs, ids, attrs)
+    s = AdapterTrainSettings(steps=STEPS, batch_size=2, n_refs=2, checkpoint_every=3, log_every=0, warmup_steps=2,
+                             id_rows_max=2)
+    work = str(tmp_path / "w")
+    straight, ref = train_identity_adapter(base, fe, pool, s, work_dir=None)
+    for stop in (STEPS // 2, RANDOM_STOP):
+        with pytest.raises(Interrupted):
+            train_identity_adapter(base, fe, pool, s, work_dir=work, progress=_stop_at(stop))
+    resumed, res = train_identity_adapter(base, fe, pool, s, work_dir=work)
+    assert res.resumed_from == RANDOM_STOP and res.loss_history == ref.loss_history
+    for k, v in straight.net.state_dict().items():
+        assert torch.equal(v, resumed.net.state_dict()[k]), k
+    assert straight.adapter_id == resumed.adapter_id
