@@ -33,12 +33,20 @@ def node_progress(label: str) -> Progress:
     try:
         import comfy.utils  # type: ignore
 
+        import comfy.model_management as mm  # type: ignore
+
         bars = {}
 
         def on_update(done: int, total: int) -> None:
             if "bar" not in bars:
                 bars["bar"] = comfy.utils.ProgressBar(total)
-            bars["bar"].update_absolute(done, total)
+            try:
+                bars["bar"].update_absolute(done, total)
+            except mm.InterruptProcessingException as exc:
+                # ComfyUI's progress hook checks (and clears) the interrupt flag itself, before the engine's own
+                # check: told in the engine's words, so a training loop saves the step reached before it stops;
+                # ``interruptible`` turns it back into ComfyUI's exception at the node's edge.
+                raise Interrupted(f"{label} interrupted at step {done}") from exc
 
         return Progress(on_update=on_update, should_stop=_comfy_interrupt_flag, label=label)
     except Exception:
