@@ -209,7 +209,8 @@ class FaceSmithTrainDomainEncoder:
         try:
             with interruptible(), grad_enabled():
                 bundle, result = train_domain_encoder(pipeline, pool, settings, work_dir=str(work_dir),
-                                                      resume=bool(resume), progress=node_progress(node))
+                                                      resume=bool(resume),
+                                                      progress=node_progress(node, loss_chart=True))
         except RecipeMismatch as exc:
             raise input_error(node, "resume", f"is on, but the checkpoint {exc.path} of '{name}' was trained with "
                                               f"other settings ({'; '.join(exc.differences)}); turn 'resume' off "
@@ -217,7 +218,10 @@ class FaceSmithTrainDomainEncoder:
         bundle.info.update(base_model=pipeline.name, dataset=dataset)
         bundle.save(out, overwrite=overwrite, dtype=torch.float16)
         graph = torch.from_numpy(np.array(loss_graph(result.loss_history, title=f"E4T domain tuning {out.stem}")))
-        return (bundle, (graph.float() / 255.0)[None], str(out))
+        resumed = f", resumed from step {result.resumed_from}" if result.resumed_from else ""
+        last = f", last loss {result.loss_history[-1]:.4g}" if result.loss_history else ""
+        report = f"saved {out}\n{result.steps_done} steps{resumed}{last}"
+        return {"ui": {"text": [report]}, "result": (bundle, (graph.float() / 255.0)[None], str(out))}
 
 
 class FaceSmithLoadDomainEncoder:

@@ -62,7 +62,27 @@ class FakeComfy:
         comfy = types.ModuleType("comfy")
         comfy.__path__ = []
         comfy.utils, comfy.model_management = utils, mm
-        self.modules = {"comfy": comfy, "comfy.utils": utils, "comfy.model_management": mm}
+        # server.PromptServer.instance.send_sync and comfy_execution.utils.get_executing_context (node id "7")
+        self.sent = []
+        server = types.ModuleType("server")
+
+        class PromptServer:
+            instance = None
+            client_id = "client-1"
+            last_node_id = None
+
+            def send_sync(inner, event, data, sid=None):
+                self.sent.append((event, data, sid))
+
+        PromptServer.instance = PromptServer()
+        server.PromptServer = PromptServer
+        execution = types.ModuleType("comfy_execution")
+        execution.__path__ = []
+        exec_utils = types.ModuleType("comfy_execution.utils")
+        exec_utils.get_executing_context = lambda: types.SimpleNamespace(node_id="7", prompt_id="p")
+        execution.utils = exec_utils
+        self.modules = {"comfy": comfy, "comfy.utils": utils, "comfy.model_management": mm, "server": server,
+                        "comfy_execution": execution, "comfy_execution.utils": exec_utils}
         self.mm = mm
 
 
@@ -110,9 +130,19 @@ def test_cancelled_train_domain_encoder_node_keeps_the_step_reached(fake_comfy, 
         assert json.loads((work / "checkpoint-4" / "state.json").read_text())["step"] == 4
         fake_comfy.interrupt_at = None
         fake_comfy.values.clear()
-        _, _, path = nodes.FaceSmithTrainDomainEncoder().train(*args)
+        fake_comfy.sent.clear()
+        res = nodes.FaceSmithTrainDomainEncoder().train(*args)
+        path = res["result"][2]
+        assert "resumed from step 4" in res["ui"]["text"][0]
         train_values = [v for v, total in fake_comfy.values if total == 12]
         assert train_values[0] == 4 and train_values[-1] == 12, train_values  # resumed at the step reached
         assert (work / "checkpoint-12").is_dir() and path.endswith("cancelled.safetensors")
+        # the live loss chart: every step's loss reached the client that queued the prompt, for node 7, in order
+        charts = [d for e, d, sid in fake_comfy.sent if e == "facesmith.loss" and sid == "client-1"]
+        assert charts and all(d["node"] == "7" and d["total"] == 12 for d in charts)
+        assert [d["reset"] for d in charts] == [True] + [False] * (len(charts) - 1)
+        points = [p for d in charts for p in d["points"]]
+        assert [p[0] for p in points] == list(range(5, 13))
+        assert f"last loss {points[-1][1]:.4g}" in res["ui"]["text"][0]
     finally:
         paths.set_models_dir(None)

@@ -13,7 +13,13 @@ What they check:
   ``status_str == "success"``, and each of its SaveImage/PreviewImage nodes returns images that ``/view`` serves
   as decodable PNGs;
 - a minimal Load Base Model -> Generate -> SaveImage prompt built from ``/object_info`` defaults runs;
-- an invalid prompt is refused with HTTP 400 and per-node ``node_errors``; an unknown node type with HTTP 400.
+- an invalid prompt is refused with HTTP 400 and per-node ``node_errors``; an unknown node type with HTTP 400;
+- cancelling Train Domain Encoder keeps the step reached (issue 18): the live loss chart's events
+  (``facesmith.loss`` on ComfyUI's websocket, read by a minimal stdlib client) move step by step, ``/interrupt``
+  stops the node as a cancel, a second run of the same node resumes at exactly the step the first reached (its first
+  chart point is that step + 1), and a next prompt runs;
+- a FaceSmith node's text result (``{"ui": {"text": ...}}``, which web/facesmith.js shows on the node) reaches
+  ``/history``.
 
 A workflow that ComfyUI queues only in part (HTTP 200 with ``node_errors``) fails and is taken back off the queue; a
 prompt that runs past the timeout is interrupted (only that prompt) and fails.
@@ -26,9 +32,12 @@ Environment:
 """
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import os
+import socket
+import struct
 import time
 import urllib.error
 import urllib.parse
@@ -135,6 +144,59 @@ class ComfyClient:
         query = urllib.parse.urlencode({"filename": image["filename"], "subfolder": image.get("subfolder", ""),
                                         "type": image.get("type", "output")})
         return self.get_bytes(f"/view?{query}")
+
+
+class EventStream:
+    """ComfyUI's ``/ws`` websocket for one client id, read with the standard library only (RFC 6455 client:
+    handshake, unfragmented server frames, masked close); enough to watch the events a prompt sends."""
+
+    def __init__(self, base_url: str, client_id: str, timeout_s: float = REQUEST_TIMEOUT_S):
+        parts = urllib.parse.urlsplit(base_url)
+        self.sock = socket.create_connection((parts.hostname, parts.port or 80), timeout=timeout_s)
+        key = base64.b64encode(os.urandom(16)).decode()
+        path = (parts.path.rstrip("/") or "") + f"/ws?clientId={urllib.parse.quote(client_id)}"
+        self.sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
+                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                           ).encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = self.sock.recv(1)
+            assert chunk, "ComfyUI closed the websocket during the handshake"
+            head += chunk
+        assert head.startswith(b"HTTP/1.1 101"), f"no websocket upgrade: {head[:200]!r}"
+
+    def _exact(self, n: int) -> bytes:
+        buf = b""
+        while len(buf) < n:
+            chunk = self.sock.recv(n - len(buf))
+            if not chunk:
+                raise ConnectionError("ComfyUI closed the websocket")
+            buf += chunk
+        return buf
+
+    def next_json(self, deadline: float) -> dict | None:
+        """The next JSON text message, or None at ``deadline`` (binary preview frames and pings are skipped)."""
+        while time.monotonic() < deadline:
+            self.sock.settimeout(max(0.1, deadline - time.monotonic()))
+            try:
+                b0, b1 = self._exact(2)
+            except socket.timeout:
+                return None
+            n = b1 & 0x7F
+            if n == 126:
+                n = struct.unpack(">H", self._exact(2))[0]
+            elif n == 127:
+                n = struct.unpack(">Q", self._exact(8))[0]
+            payload = self._exact(n)
+            if b0 & 0x0F == 1:
+                return json.loads(payload)
+        return None
+
+    def close(self) -> None:
+        try:
+            self.sock.sendall(bytes([0x88, 0x80]) + os.urandom(4))
+        finally:
+            self.sock.close()
 
 
 def _timeout_s() -> float:
@@ -334,3 +396,80 @@ def test_unknown_node_type_is_refused(comfy):
     status, payload = comfy.post("/prompt", {"prompt": prompt})
     assert status == 400, f"expected HTTP 400, got {status}: {payload}"
     assert payload["error"]["type"] == "invalid_prompt", payload
+
+
+def _train_prompt(object_info: dict, name: str, steps: int, resume: bool) -> dict:
+    train = _defaults(object_info, "FaceSmithTrainDomainEncoder", dataset="synthface", synthface_identities=4,
+                      synthface_views=2, steps=steps, batch_size=4, name=name, resume=resume, overwrite=True)
+    train["pipeline"] = ["1", 0]
+    return {
+        "1": {"class_type": "FaceSmithLoadBaseModel", "inputs": _defaults(object_info, "FaceSmithLoadBaseModel")},
+        "2": {"class_type": "FaceSmithTrainDomainEncoder", "inputs": train},
+        "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 1]}},
+    }
+
+
+def _queue_and_watch_loss(comfy: ComfyClient, prompt: dict, until_step: int, timeout_s: float):
+    """Queue ``prompt`` with a websocket open; return (prompt id, the loss chart's points of node 2, the events)
+    once a point reaches ``until_step`` (the prompt is still running then)."""
+    client_id = f"facesmith-pytest-{uuid.uuid4()}"
+    stream = EventStream(comfy.base, client_id)
+    try:
+        status, payload = comfy.post("/prompt", {"prompt": prompt, "client_id": client_id})
+        assert status == 200 and not payload.get("node_errors"), _describe_refusal(payload)
+        prompt_id = payload["prompt_id"]
+        deadline = time.monotonic() + timeout_s
+        points, events = [], []
+        while time.monotonic() < deadline:
+            msg = stream.next_json(deadline)
+            if msg is None:
+                break
+            if msg.get("type") == "facesmith.loss":
+                data = msg["data"]
+                assert data["node"] == "2", data
+                events.append(data)
+                points.extend(data["points"])
+                if points and points[-1][0] >= until_step:
+                    return prompt_id, points, events
+            elif msg.get("type") == "execution_error":
+                pytest.fail(f"training failed in ComfyUI: {msg['data'].get('exception_message')}")
+        comfy.cancel(prompt_id)
+        pytest.fail(f"no loss chart point reached step {until_step} within {timeout_s:.0f} s (got {points[-3:]})")
+    finally:
+        stream.close()
+
+
+def test_cancelled_training_keeps_the_step_reached_and_the_next_prompt_runs(comfy, object_info):
+    # a new name each time: no checkpoint of an earlier run can stand in for the one the cancel must keep (the
+    # tiny work folder stays in ComfyUI's models/facesmith/.work/e4t/)
+    name = f"facesmith-integration-cancel-{uuid.uuid4().hex[:8]}"
+    timeout = _timeout_s()
+    # 2000 steps never finish here: the first run is cancelled after step 5
+    pid, points, events = _queue_and_watch_loss(comfy, _train_prompt(object_info, name, 2000, False), 5, timeout)
+    steps = [p[0] for p in points]
+    assert steps == list(range(1, len(steps) + 1)), f"chart points not one per step from 1: {steps[:20]}"
+    assert events[0]["reset"] is True and all(e["total"] == 2000 for e in events)
+    comfy.post("/interrupt", {"prompt_id": pid})
+    entry = comfy.wait(pid, timeout)
+    kinds = [m[0] for m in entry["status"].get("messages", [])]
+    assert "execution_interrupted" in kinds and "execution_error" not in kinds, entry["status"]
+    # the same node again with resume on: its first chart point is the step after the one the cancel kept
+    pid2, points2, _ = _queue_and_watch_loss(comfy, _train_prompt(object_info, name, 2000, True), 1, timeout)
+    comfy.post("/interrupt", {"prompt_id": pid2})
+    comfy.wait(pid2, timeout)
+    first = points2[0][0]
+    assert first > steps[-1] and first - 1 < 250, (
+        f"the resumed run started at step {first}; the cancelled one had reached step {steps[-1]} and the node only "
+        "checkpoints every 250 steps on its own, so the cancel did not keep the step reached")
+    print(f"cancelled at step >= {steps[-1]}; resumed run's first step {first}")
+    entry, _ = comfy.run(_smoke_prompt(object_info, seed=int(time.time()) % 100000 + 1), timeout)
+    assert entry["status"]["status_str"] == "success", _execution_errors(entry)
+
+
+def test_training_node_text_result_reaches_history(comfy, object_info):
+    """The ``ui`` text the web extension shows on the node is in the node's /history outputs."""
+    prompt = _train_prompt(object_info, "facesmith-integration-text", 3, False)
+    entry, _ = comfy.run(prompt, _timeout_s())
+    assert entry["status"]["status_str"] == "success", _execution_errors(entry)
+    text = entry["outputs"]["2"]["text"]
+    assert len(text) == 1 and text[0].startswith("saved ") and "\n3 steps" in text[0], text
