@@ -473,3 +473,17 @@ def test_training_node_text_result_reaches_history(comfy, object_info):
     assert entry["status"]["status_str"] == "success", _execution_errors(entry)
     text = entry["outputs"]["2"]["text"]
     assert len(text) == 1 and text[0].startswith("saved ") and "\n3 steps" in text[0], text
+
+
+def test_templates_thumbnails_and_web_extension_are_served(comfy):
+    """The template browser's list names this pack's workflows, each thumbnail is served as a JPEG, and the web
+    extension is among /extensions (what the frontend loads)."""
+    ui_names = sorted(p.stem for p in (ROOT / "workflows").glob("*.json"))
+    listed = comfy.get_json("/workflow_templates")
+    packs = [k for k, names in listed.items() if sorted(names) == ui_names]
+    assert packs, f"/workflow_templates does not list {ui_names}: {listed}"
+    for name in ui_names:
+        raw = comfy.get_bytes(f"/api/workflow_templates/{urllib.parse.quote(packs[0])}/{name}.jpg")
+        assert raw[:3] == b"\xff\xd8\xff", f"{name}.jpg is not served as a JPEG"
+    extensions = comfy.get_json("/extensions")
+    assert f"/extensions/{packs[0]}/facesmith.js" in extensions, extensions[-10:]

@@ -102,3 +102,15 @@ def test_ui_nodes_do_not_overlap_and_fit_their_widgets(path):
             assert overlap[0] <= 0 or overlap[1] <= 0, \
                 f"{path.name}: node {a['id']} ({a['type']}) and node {b['id']} ({b['type']}) overlap by " \
                 f"{overlap[0]}x{overlap[1]} px"
+
+
+@pytest.mark.parametrize("path", sorted(WORKFLOWS_DIR.glob("*.json")), ids=lambda p: p.stem)
+def test_template_thumbnail_beside_each_workflow(path):
+    """ComfyUI's template browser (frontend 1.27) asks /api/workflow_templates/<pack>/<name>.jpg for each listed
+    <name>.json: a small real JPEG must be there."""
+    thumb = path.with_suffix(".jpg")
+    assert thumb.is_file(), f"{thumb.name} missing: python -m facesmith.core.workflow_defs --thumbnails RUN_DIR"
+    with Image.open(thumb) as im:
+        assert im.format == "JPEG" and im.size == (256, 256)
+        assert len(im.convert("L").getcolors(256 * 256) or []) > 16  # a picture, not a flat placeholder
+    assert thumb.stat().st_size < 64 * 1024
