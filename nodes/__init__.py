@@ -14,6 +14,7 @@ _MODULES = [
     "judge_nodes",
     "concept_nodes",
     "identity_nodes",
+    "native_models",
 ]
 
 NODE_CLASS_MAPPINGS: dict = {}
