@@ -15,6 +15,7 @@ _MODULES = [
     "concept_nodes",
     "identity_nodes",
     "native_models",
+    "native_concept",
 ]
 
 NODE_CLASS_MAPPINGS: dict = {}

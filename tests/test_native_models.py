@@ -96,3 +96,65 @@ def test_comfyui_classes_compute_what_the_diffusers_model_computes(comfy_native)
     assert torch.allclose(cond, ref, atol=1e-4), (cond - ref).abs().max()
     assert model.model.latent_format.scale_factor == pytest.approx(0.9108848276784675)
     assert vae.downscale_ratio == 4 and model.model.model_type.name == "V_PREDICTION"
+
+
+def _concept_on_builtin_base(pipeline, n_vectors=2, rank=4, seed=0):
+    """A concept with random vectors and a random LoRA on every E4T target layer of the built-in base."""
+    from facesmith.core.concept.concept import Concept
+    from facesmith.core.concept.lora import target_module_paths
+
+    g = torch.Generator().manual_seed(seed)
+    unet = pipeline.pipe.unet
+    lora = {}
+    for p in target_module_paths(unet):
+        w = unet.get_submodule(p).weight
+        lora[p] = (torch.randn(rank, w.shape[1], generator=g) * 0.1, torch.randn(w.shape[0], rank, generator=g) * 0.1)
+    return Concept(token="<fs-native>", embedding=torch.randn(n_vectors, 128, generator=g) * 0.5,
+                   base_name=pipeline.name, base_fingerprint=pipeline.fingerprint, lora=lora, lora_rank=rank,
+                   lora_alpha=2.0, lora_scale=0.7)
+
+
+def test_apply_concept_patches_what_generate_applies(comfy_native):
+    """Apply Concept (FaceSmith) on ComfyUI's model gives the UNet weights and prompt conditioning that the
+    diffusers Generate path has while the same concept is applied (one maths module: core/concept/inference.py);
+    weight 0.5 patches half the offsets; the unpatched model and CLIP are left as they were."""
+    import comfy.utils  # type: ignore
+
+    from facesmith.core.models import load_pipeline
+    from facesmith.nodes.native_concept import FaceSmithApplyConcept
+
+    model, clip, _ = comfy_native
+    pipeline = load_pipeline(BASE, device="cpu", dtype=torch.float32)
+    concept = _concept_on_builtin_base(pipeline)
+    node = FaceSmithApplyConcept()
+    patched_model, patched_clip = node.apply(model, clip, [concept], 1.0)
+    assert patched_model is not model and patched_clip is not clip
+    mapping = comfy.utils.unet_to_diffusers(model.model.model_config.unet_config)
+    dp = pipeline.pipe
+    base_weights = {p: dp.unet.get_submodule(p).weight.detach().clone() for p in concept.lora}
+    prompt = "a photo of <fs-native>, smiling, on a blue background"
+    with concept.applied(pipeline):
+        fused = {p: dp.unet.get_submodule(p).weight.detach().clone() for p in concept.lora}
+        ids = dp.tokenizer(concept.rewrite_prompt(prompt), padding="max_length", max_length=77,
+                           return_tensors="pt").input_ids
+        with torch.no_grad():
+            want_cond = dp.text_encoder(ids)[0]
+    for weight in (1.0, 0.5):
+        pm, _ = node.apply(model, clip, [concept], weight)
+        pm.patch_model()
+        try:
+            sd = pm.model.diffusion_model.state_dict()
+            for p in concept.lora:
+                got = sd[mapping[f"{p}.weight"]].float()
+                want = base_weights[p] + weight * (fused[p] - base_weights[p])
+                assert torch.allclose(got, want, atol=1e-5), (p, weight, (got - want).abs().max())
+        finally:
+            pm.unpatch_model()
+    sd = model.model.diffusion_model.state_dict()
+    p0 = next(iter(concept.lora))
+    assert torch.equal(sd[mapping[f"{p0}.weight"]].float(), base_weights[p0])  # the input model is untouched
+    cond = patched_clip.encode_from_tokens(patched_clip.tokenize(prompt)).float()
+    assert torch.allclose(cond, want_cond, atol=1e-4), (cond - want_cond).abs().max()
+    plain = clip.encode_from_tokens(clip.tokenize(prompt)).float()
+    assert (plain - want_cond).abs().max() > 1e-2  # the input CLIP still reads the token as plain text
+    assert node.apply(model, clip, [concept], 0.0) == (model, clip)
