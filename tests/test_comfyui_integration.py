@@ -487,3 +487,145 @@ def test_templates_thumbnails_and_web_extension_are_served(comfy):
         assert raw[:3] == b"\xff\xd8\xff", f"{name}.jpg is not served as a JPEG"
     extensions = comfy.get_json("/extensions")
     assert f"/extensions/{packs[0]}/facesmith.js" in extensions, extensions[-10:]
+
+
+# ------------------------------------------------------------------------- native MODEL / CLIP / VAE (issue 18)
+
+NATIVE_CONCEPT = "facesmith-integration-native"
+NATIVE_PROMPT = "a photo of {}, wearing a hat, with blue hair"
+NATIVE_IMAGES = 16
+REFERENCE = {"identity": 18, "hair": "brown", "expression": "neutral", "glasses": "no", "hat": "no", "beard": "no",
+             "background": "gray", "size": 64, "view": 1}
+
+
+def _judged(comfy: ComfyClient, prompt: dict, judge_id: str) -> tuple[list[float], list[float], dict]:
+    """Run ``prompt``; (per-image identity similarity to the reference, per-image prompt adherence, /history)."""
+    import re
+
+    entry, _ = comfy.run(prompt, _timeout_s())
+    assert entry["status"]["status_str"] == "success", _execution_errors(entry)
+    report = entry["outputs"][judge_id]["text"][0]
+    sims = [float(x) for x in re.findall(r"similarity (-?[0-9.]+) \(", report)]
+    adherence = [int(a) / int(b) for a, b in re.findall(r"prompt attributes present (\d+)/(\d+)", report)]
+    assert len(sims) == len(adherence) == NATIVE_IMAGES, report[:500]
+    return sims, adherence, entry
+
+
+def _mean_se(values: list[float]) -> tuple[float, float]:
+    import statistics
+
+    return statistics.fmean(values), statistics.stdev(values) / len(values) ** 0.5
+
+
+def _native_graph(object_info: dict, text: str, seed: int, lora: str | None = None, concept_weight=None) -> dict:
+    """Load Checkpoint (FaceSmith) [-> LoraLoader] [-> Apply Concept] -> CLIPTextEncode -> KSampler -> VAEDecode ->
+    Judge Faces against the reference, plus a PreviewImage of the images."""
+    g = {
+        "1": {"class_type": "FaceSmithCheckpointLoader", "inputs": {"model": "diffusers/synthface-base"}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 128, "height": 128, "batch_size": NATIVE_IMAGES}},
+        "8": {"class_type": "FaceSmithSynthFace", "inputs": _defaults(object_info, "FaceSmithSynthFace", **REFERENCE)},
+    }
+    model, clip = ["1", 0], ["1", 1]
+    if lora:
+        g["2"] = {"class_type": "LoraLoader", "inputs": {"model": model, "clip": clip, "lora_name": lora,
+                                                          "strength_model": 1.0, "strength_clip": 1.0}}
+        model, clip = ["2", 0], ["2", 1]
+    if concept_weight is not None:
+        g["11"] = {"class_type": "FaceSmithLoadConcept", "inputs": _defaults(
+            object_info, "FaceSmithLoadConcept", embedding=f"{NATIVE_CONCEPT}.safetensors", lora="auto")}
+        g["12"] = {"class_type": "FaceSmithApplyConcept", "inputs": {"model": model, "clip": clip,
+                                                                     "concepts": ["11", 0], "weight": concept_weight}}
+        model, clip = ["12", 0], ["12", 1]
+    g.update({
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": clip}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": clip}},
+        "6": {"class_type": "KSampler", "inputs": {"model": model, "seed": seed, "steps": 20, "cfg": 3.0,
+                                                   "sampler_name": "dpmpp_2m", "scheduler": "sgm_uniform",
+                                                   "positive": ["3", 0], "negative": ["4", 0],
+                                                   "latent_image": ["5", 0], "denoise": 1.0}},
+        "7": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["1", 2]}},
+        "9": {"class_type": "FaceSmithJudgeFaces", "inputs": {"images": ["7", 0], "reference": ["8", 0],
+                                                              "prompt": NATIVE_PROMPT.format("a person")}},
+        "10": {"class_type": "PreviewImage", "inputs": {"images": ["7", 0]}},
+    })
+    return g
+
+
+@pytest.fixture(scope="module")
+def native_concept(comfy, object_info) -> str:
+    """A concept of the held-out reference (built-in encoder + 15 tuning steps), saved in ComfyUI's models as
+    embeddings/NAME + loras/NAME; returns its token."""
+    embed = _defaults(object_info, "FaceSmithEmbedConcept", method="e4t", token="<fs-person>", steps=15, seed=0)
+    embed.update(pipeline=["1", 0], image=["3", 0], encoder=["2", 0])
+    prompt = {
+        "1": {"class_type": "FaceSmithLoadBaseModel", "inputs": _defaults(object_info, "FaceSmithLoadBaseModel")},
+        "2": {"class_type": "FaceSmithLoadDomainEncoder", "inputs": {"encoder": "e4t/synthface-e4t.safetensors"}},
+        "3": {"class_type": "FaceSmithSynthFace", "inputs": _defaults(object_info, "FaceSmithSynthFace", **REFERENCE)},
+        "4": {"class_type": "FaceSmithEmbedConcept", "inputs": embed},
+        "5": {"class_type": "FaceSmithSaveConcept", "inputs": {"concepts": ["4", 0], "name": NATIVE_CONCEPT,
+                                                              "overwrite": True}},
+    }
+    entry, _ = comfy.run(prompt, _timeout_s())
+    assert entry["status"]["status_str"] == "success", _execution_errors(entry)
+    return "<fs-person>"
+
+
+def test_native_graph_with_a_saved_concept_scores_like_generate(comfy, object_info, native_concept):
+    """Issue 18's plain native graph on the built-in base: Load Checkpoint (FaceSmith) -> LoraLoader (the saved
+    concept's LoRA) -> CLIPTextEncode with embedding:NAME -> KSampler -> VAEDecode, judged by the SynthFace judges
+    against the reference; Generate (FaceSmith) with the same concept (loaded back) and the same prompt, steps, CFG
+    and sampler family, judged the same way. The two agree within noise (3 combined standard errors over 16 images);
+    and the concept matters natively: likeness well above the same native graph without it."""
+    seed = 1234
+    native = _native_graph(object_info, NATIVE_PROMPT.format(f"embedding:{NATIVE_CONCEPT}"), seed,
+                           lora=f"{NATIVE_CONCEPT}.safetensors")
+    n_sims, n_adh, _ = _judged(comfy, native, "9")
+    floor_sims, _, _ = _judged(comfy, _native_graph(object_info, NATIVE_PROMPT.format("a person"), seed), "9")
+    gen = _defaults(object_info, "FaceSmithGenerate", prompt=NATIVE_PROMPT.format(native_concept), seed=seed,
+                    steps=20, cfg=3.0, batch_size=NATIVE_IMAGES, scheduler="dpmpp_2m")
+    gen.update(pipeline=["1", 0], concepts=["2", 0])
+    generate = {
+        "1": {"class_type": "FaceSmithLoadBaseModel", "inputs": _defaults(object_info, "FaceSmithLoadBaseModel")},
+        "2": {"class_type": "FaceSmithLoadConcept", "inputs": _defaults(
+            object_info, "FaceSmithLoadConcept", embedding=f"{NATIVE_CONCEPT}.safetensors", lora="auto")},
+        "3": {"class_type": "FaceSmithGenerate", "inputs": gen},
+        "8": {"class_type": "FaceSmithSynthFace", "inputs": _defaults(object_info, "FaceSmithSynthFace", **REFERENCE)},
+        "9": {"class_type": "FaceSmithJudgeFaces", "inputs": {"images": ["3", 0], "reference": ["8", 0],
+                                                              "prompt": NATIVE_PROMPT.format("a person")}},
+    }
+    g_sims, g_adh, _ = _judged(comfy, generate, "9")
+    (ns, ns_se), (gs, gs_se), (fs, fs_se) = _mean_se(n_sims), _mean_se(g_sims), _mean_se(floor_sims)
+    (na, na_se), (ga, ga_se) = _mean_se(n_adh), _mean_se(g_adh)
+    print(f"likeness: native {ns:.3f}+-{ns_se:.3f}, Generate {gs:.3f}+-{gs_se:.3f}, native without concept "
+          f"{fs:.3f}+-{fs_se:.3f}; adherence: native {na:.3f}+-{na_se:.3f}, Generate {ga:.3f}+-{ga_se:.3f}")
+    assert abs(ns - gs) <= 3 * (ns_se ** 2 + gs_se ** 2) ** 0.5 + 0.02, "native and Generate likeness differ"
+    assert abs(na - ga) <= 3 * (na_se ** 2 + ga_se ** 2) ** 0.5 + 0.05, "native and Generate adherence differ"
+    assert ns - fs > 3 * (ns_se ** 2 + fs_se ** 2) ** 0.5, "the concept does not raise likeness in the native graph"
+
+
+def test_apply_concept_node_scores_like_generate_and_weight_0_changes_nothing(comfy, object_info, native_concept):
+    """Apply Concept (FaceSmith) on the native model: likeness like the saved-file graph above's Generate twin
+    (within noise) and above the concept-free floor; at weight 0 the images are identical to the graph without
+    the node."""
+    import numpy as np
+    from PIL import Image
+
+    seed = 1234
+    text = NATIVE_PROMPT.format(native_concept)
+    a_sims, _, _ = _judged(comfy, _native_graph(object_info, text, seed, concept_weight=1.0), "9")
+    floor_sims, _, _ = _judged(comfy, _native_graph(object_info, NATIVE_PROMPT.format("a person"), seed), "9")
+    (a, a_se), (f, f_se) = _mean_se(a_sims), _mean_se(floor_sims)
+    print(f"likeness: Apply Concept {a:.3f}+-{a_se:.3f}, without concept {f:.3f}+-{f_se:.3f}")
+    assert a - f > 3 * (a_se ** 2 + f_se ** 2) ** 0.5
+
+    def pixels(graph):
+        _, _, entry = _judged(comfy, graph, "9")
+        out = []
+        for image in entry["outputs"]["10"]["images"]:
+            with Image.open(BytesIO(comfy.view(image))) as im:
+                out.append(np.asarray(im.convert("RGB")))
+        return np.stack(out)
+
+    off = pixels(_native_graph(object_info, text, seed + 1, concept_weight=0.0))
+    plain = pixels(_native_graph(object_info, text, seed + 1))
+    assert off.shape == (NATIVE_IMAGES, 64, 64, 3) and np.array_equal(off, plain)
