@@ -629,3 +629,64 @@ def test_apply_concept_node_scores_like_generate_and_weight_0_changes_nothing(co
     off = pixels(_native_graph(object_info, text, seed + 1, concept_weight=0.0))
     plain = pixels(_native_graph(object_info, text, seed + 1))
     assert off.shape == (NATIVE_IMAGES, 64, 64, 3) and np.array_equal(off, plain)
+
+
+def test_overwritten_concept_is_read_again(comfy, object_info):
+    """Load Concept's IS_CHANGED hashes the files: after Save Concept overwrites NAME with another person's concept,
+    the same prompt runs again (new images) instead of ComfyUI serving its cached result."""
+    import numpy as np
+    from PIL import Image
+
+    name = "facesmith-integration-reload"
+
+    def save(identity: int, reader: dict | None = None):
+        embed = _defaults(object_info, "FaceSmithEmbedConcept", method="e4t", token="<fs-reload>", steps=0, seed=0)
+        embed.update(pipeline=["1", 0], image=["3", 0], encoder=["2", 0])
+        prompt = {
+            "1": {"class_type": "FaceSmithLoadBaseModel", "inputs": _defaults(object_info, "FaceSmithLoadBaseModel")},
+            "2": {"class_type": "FaceSmithLoadDomainEncoder", "inputs": {"encoder": "e4t/synthface-e4t.safetensors"}},
+            "3": {"class_type": "FaceSmithSynthFace",
+                  "inputs": _defaults(object_info, "FaceSmithSynthFace", **{**REFERENCE, "identity": identity})},
+            "4": {"class_type": "FaceSmithEmbedConcept", "inputs": embed},
+            "5": {"class_type": "FaceSmithSaveConcept", "inputs": {"concepts": ["4", 0], "name": name,
+                                                                  "overwrite": True}},
+        }
+        # the reading graph rides along (ids 1x), so ComfyUI keeps its cached results across this prompt, as when
+        # a user overwrites a concept while the graph that reads it stays open
+        for nid, node in (reader or {}).items():
+            node = json.loads(json.dumps(node))
+            for k, v in node["inputs"].items():
+                if isinstance(v, list) and len(v) == 2 and isinstance(v[0], str):
+                    node["inputs"][k] = ["1" + v[0], v[1]]
+            prompt["1" + nid] = node
+        entry, _ = comfy.run(prompt, _timeout_s())
+        assert entry["status"]["status_str"] == "success", _execution_errors(entry)
+
+    def reading_graph() -> dict:
+        gen = _defaults(object_info, "FaceSmithGenerate", prompt="a photo of <fs-reload>", seed=7, steps=8,
+                        batch_size=1)
+        gen.update(pipeline=["1", 0], concepts=["2", 0])
+        return {
+            "1": {"class_type": "FaceSmithLoadBaseModel", "inputs": _defaults(object_info, "FaceSmithLoadBaseModel")},
+            "2": {"class_type": "FaceSmithLoadConcept", "inputs": _defaults(
+                object_info, "FaceSmithLoadConcept", embedding=f"{name}.safetensors", lora="auto")},
+            "3": {"class_type": "FaceSmithGenerate", "inputs": gen},
+            "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}},
+        }
+
+    def generate():
+        entry, _ = comfy.run(reading_graph(), _timeout_s())
+        assert entry["status"]["status_str"] == "success", _execution_errors(entry)
+        ran = [m[1].get("nodes") for m in entry["status"]["messages"] if m[0] == "execution_cached"]
+        (image,) = entry["outputs"]["4"]["images"]
+        with Image.open(BytesIO(comfy.view(image))) as im:
+            return np.asarray(im.convert("RGB")).astype(int), ran[0] if ran else []
+
+    save(18)
+    first, _ = generate()
+    again, cached = generate()  # nothing changed: ComfyUI serves it from its cache
+    assert "2" in cached and np.array_equal(first, again)
+    save(19, reader=reading_graph())
+    second, cached = generate()
+    assert "2" not in cached, f"Load Concept was served from the cache after its file changed (cached: {cached})"
+    assert np.abs(second - first).mean() > 1.0, "the overwritten concept gave the same image"
