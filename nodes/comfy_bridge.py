@@ -1,4 +1,5 @@
-"""The only place where node code touches ComfyUI internals (progress bar, interrupt flag, editor messages).
+"""Where node code touches ComfyUI's runtime (progress bar, interrupt flag, editor messages); ComfyUI's model
+classes are used only by the native-model nodes (``native_models.py``, ``native_concept.py``).
 
 Outside ComfyUI (headless runner, tests) every function here degrades gracefully, so the same node classes run in
 both. Model folders are owned by ``core/paths.py``; ``register_comfy_folders`` wires it to ComfyUI's folder_paths.

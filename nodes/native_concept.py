@@ -22,6 +22,7 @@ def patch_model(model, concepts: list, weight: float):
     import comfy.utils  # type: ignore
 
     mapping = comfy.utils.unet_to_diffusers(model.model.model_config.unet_config)  # diffusers key -> ComfyUI key
+    weights = model.model.state_dict()  # references to the weights, for shape checks (ComfyUI would only log)
     patched = model.clone()
     patches = {}
     for concept in concepts:
@@ -30,6 +31,11 @@ def patch_model(model, concepts: list, weight: float):
             if key is None:
                 raise ValueError(f"the concept {concept.token!r} has a LoRA layer {path!r} this model does not have")
             key = f"diffusion_model.{key}"
+            target = weights.get(key)
+            if target is None or tuple(target.shape) != tuple(delta.shape):
+                raise ValueError(f"the concept {concept.token!r} was made for another base: its LoRA offset for "
+                                 f"{path} is {tuple(delta.shape)}, the model's weight "
+                                 f"{None if target is None else tuple(target.shape)}")
             patches[key] = (patches[key][0] + delta,) if key in patches else (delta,)
     added = patched.add_patches(patches, strength_patch=float(weight))
     missing = sorted(set(patches) - set(added))

@@ -158,3 +158,19 @@ def test_apply_concept_patches_what_generate_applies(comfy_native):
     plain = clip.encode_from_tokens(clip.tokenize(prompt)).float()
     assert (plain - want_cond).abs().max() > 1e-2  # the input CLIP still reads the token as plain text
     assert node.apply(model, clip, [concept], 0.0) == (model, clip)
+
+
+def test_apply_concept_refuses_a_concept_of_another_base(comfy_native):
+    """ComfyUI only logs "WEIGHT NOT MERGED" for a patch of the wrong shape; the node names the problem instead."""
+    from facesmith.core.concept.concept import Concept
+    from facesmith.core.concept.lora import target_module_paths
+    from facesmith.core.models import load_pipeline
+    from facesmith.nodes.native_concept import FaceSmithApplyConcept
+
+    model, clip, _ = comfy_native
+    pipeline = load_pipeline(BASE, device="cpu", dtype=torch.float32)
+    path = target_module_paths(pipeline.pipe.unet)[0]
+    other = Concept(token="<fs-other>", embedding=torch.zeros(1, 128), base_name="x", base_fingerprint="unknown",
+                    lora={path: (torch.zeros(2, 7), torch.zeros(9, 2))}, lora_rank=2, lora_alpha=2.0)
+    with pytest.raises(ValueError, match="Apply Concept \\(FaceSmith\\): input 'concepts'.*made for another base"):
+        FaceSmithApplyConcept().apply(model, clip, [other], 1.0)
