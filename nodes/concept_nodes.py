@@ -397,7 +397,7 @@ class FaceSmithEmbedConcept:
             raise input_error(node, "image", f"holds {image.shape[0]} images; connect exactly one reference image")
         if face_crop:
             image = _face_crop(node, image)
-        progress = node_progress(node)
+        progress = node_progress(node, loss_chart=True)  # tuning steps run the one training loop: live chart
         if method == "e4t" and encoder is None:
             raise input_error(node, "encoder", "is not connected (method e4t needs a domain encoder; use 'Load Domain "
                                                "Encoder')")
