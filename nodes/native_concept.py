@@ -17,13 +17,12 @@ from .concept_nodes import CONCEPT_TYPE, _concepts
 from .node_errors import input_error
 
 
-def patch_model(model, concepts: list, weight: float):
-    """``model.clone()`` with each concept's LoRA offsets as ComfyUI weight patches of strength ``weight``."""
+def concept_patches(model, concepts: list) -> dict:
+    """{ComfyUI weight key: (offset,)} of the concepts' LoRA layers on ``model`` (offsets at strength 1)."""
     import comfy.utils  # type: ignore
 
     mapping = comfy.utils.unet_to_diffusers(model.model.model_config.unet_config)  # diffusers key -> ComfyUI key
     weights = model.model.state_dict()  # references to the weights, for shape checks (ComfyUI would only log)
-    patched = model.clone()
     patches = {}
     for concept in concepts:
         for path, delta in concept_lora_deltas(concept).items():
@@ -37,11 +36,39 @@ def patch_model(model, concepts: list, weight: float):
                                  f"{path} is {tuple(delta.shape)}, the model's weight "
                                  f"{None if target is None else tuple(target.shape)}")
             patches[key] = (patches[key][0] + delta,) if key in patches else (delta,)
+    return patches
+
+
+def patch_model(model, concepts: list, weight: float):
+    """``model.clone()`` with each concept's LoRA offsets as ComfyUI weight patches of strength ``weight``."""
+    patches = concept_patches(model, concepts)
+    patched = model.clone()
     added = patched.add_patches(patches, strength_patch=float(weight))
     missing = sorted(set(patches) - set(added))
     if missing:
         raise ValueError(f"the model has no weights {missing[:3]} for the concept's LoRA (another base?)")
     return patched
+
+
+def step_range_hooks(model, concepts: list, weight: float, start: float, end: float):
+    """The concepts' offsets as a ComfyUI weight hook active from ``start`` to ``end`` (fractions of the sampling
+    schedule) at strength ``weight``: ComfyUI's hook keyframes (comfy.hooks, what its Create Hook LoRA + keyframe
+    nodes build), carried by the conditioning a CLIP with ``apply_hooks_to_conds`` encodes."""
+    import comfy.hooks as hooks  # type: ignore
+
+    group = hooks.HookGroup()
+    hook = hooks.WeightHook(strength_model=float(weight), strength_clip=0.0)
+    hook.weights = {k: ("diff", v) for k, v in concept_patches(model, concepts).items()}
+    hook.need_weight_init = False
+    group.add(hook)
+    frames = hooks.HookKeyframeGroup()
+    if start > 0.0:
+        frames.add(hooks.HookKeyframe(strength=0.0, start_percent=0.0))
+    frames.add(hooks.HookKeyframe(strength=1.0, start_percent=float(start)))
+    if end < 1.0:
+        frames.add(hooks.HookKeyframe(strength=0.0, start_percent=float(end)))
+    group.set_keyframes_on_hooks(hook_kf=frames)
+    return group
 
 
 def _embedding_key(index: int) -> str:
@@ -115,9 +142,27 @@ class FaceSmithApplyConcept:
                                                    "domain LoRA, as in Generate)."}),
             "weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 4.0, "step": 0.05,
                                  "tooltip": "Strength of the concepts' LoRA offsets (1 = as made; 0 = off)."}),
+        }, "optional": {
+            "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                        "tooltip": "Where in the sampling schedule the LoRA offsets start (0 = the "
+                                                   "first step). Other than 0..1, they ride on the prompt's "
+                                                   "conditioning as a ComfyUI hook (encode the prompt with this "
+                                                   "node's CLIP)."}),
+            "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                      "tooltip": "Where the LoRA offsets stop (1 = the last step)."}),
         }}
 
-    def apply(self, model, clip, concepts, weight):
+    @classmethod
+    def VALIDATE_INPUTS(cls, start_percent=None, end_percent=None):
+        start = 0.0 if start_percent is None else start_percent
+        end = 1.0 if end_percent is None else end_percent
+        if not (0.0 <= start <= 1.0 and 0.0 <= end <= 1.0):
+            return str(input_error(cls.DISPLAY_NAME, "start_percent", "start and end must lie in 0..1"))
+        if start > end:
+            return str(input_error(cls.DISPLAY_NAME, "start_percent", f"{start} is after end_percent {end}"))
+        return True
+
+    def apply(self, model, clip, concepts, weight, start_percent=0.0, end_percent=1.0):
         from ..core.concept.concept import Concept
 
         node = self.DISPLAY_NAME
@@ -126,8 +171,15 @@ class FaceSmithApplyConcept:
             raise input_error(node, "concepts", "is empty")
         if float(weight) == 0.0:
             return (model, clip)
+        start, end = float(start_percent), float(end_percent)
+        if start > end:
+            raise input_error(node, "start_percent", f"{start} is after end_percent {end}")
         try:
-            return (patch_model(model, items, float(weight)), patch_clip(clip, items))
+            if (start, end) == (0.0, 1.0):
+                return (patch_model(model, items, float(weight)), patch_clip(clip, items))
+            patched_clip = patch_clip(clip, items)
+            patched_clip.apply_hooks_to_conds = step_range_hooks(model, items, float(weight), start, end)
+            return (model.clone(), patched_clip)
         except ValueError as exc:
             raise input_error(node, "concepts", exc) from exc
 

@@ -517,7 +517,8 @@ def _mean_se(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) / len(values) ** 0.5
 
 
-def _native_graph(object_info: dict, text: str, seed: int, lora: str | None = None, concept_weight=None) -> dict:
+def _native_graph(object_info: dict, text: str, seed: int, lora: str | None = None, concept_weight=None,
+                  concept_range=(0.0, 1.0), concept_lora="auto") -> dict:
     """Load Checkpoint (FaceSmith) [-> LoraLoader] [-> Apply Concept] -> CLIPTextEncode -> KSampler -> VAEDecode ->
     Judge Faces against the reference, plus a PreviewImage of the images."""
     g = {
@@ -532,9 +533,10 @@ def _native_graph(object_info: dict, text: str, seed: int, lora: str | None = No
         model, clip = ["2", 0], ["2", 1]
     if concept_weight is not None:
         g["11"] = {"class_type": "FaceSmithLoadConcept", "inputs": _defaults(
-            object_info, "FaceSmithLoadConcept", embedding=f"{NATIVE_CONCEPT}.safetensors", lora="auto")}
-        g["12"] = {"class_type": "FaceSmithApplyConcept", "inputs": {"model": model, "clip": clip,
-                                                                     "concepts": ["11", 0], "weight": concept_weight}}
+            object_info, "FaceSmithLoadConcept", embedding=f"{NATIVE_CONCEPT}.safetensors", lora=concept_lora)}
+        g["12"] = {"class_type": "FaceSmithApplyConcept", "inputs": {
+            "model": model, "clip": clip, "concepts": ["11", 0], "weight": concept_weight,
+            "start_percent": concept_range[0], "end_percent": concept_range[1]}}
         model, clip = ["12", 0], ["12", 1]
     g.update({
         "3": {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": clip}},
@@ -690,3 +692,32 @@ def test_overwritten_concept_is_read_again(comfy, object_info):
     second, cached = generate()
     assert "2" not in cached, f"Load Concept was served from the cache after its file changed (cached: {cached})"
     assert np.abs(second - first).mean() > 1.0, "the overwritten concept gave the same image"
+
+
+def test_apply_concept_step_range(comfy, object_info, native_concept):
+    """start/end through ComfyUI's weight hooks: active over the whole schedule (0..0.999) it gives the images of
+    the plain patch; over none of it (1..1) the images of the concept without its LoRA (embedding only); over the
+    first half, images unlike both."""
+    import numpy as np
+    from PIL import Image
+
+    def pixels(graph):
+        _, _, entry = _judged(comfy, graph, "9")
+        out = []
+        for image in entry["outputs"]["10"]["images"]:
+            with Image.open(BytesIO(comfy.view(image))) as im:
+                out.append(np.asarray(im.convert("RGB")).astype(int))
+        return np.stack(out)
+
+    text, seed = NATIVE_PROMPT.format(native_concept), 99
+    full = pixels(_native_graph(object_info, text, seed, concept_weight=1.0))
+    hooked_full = pixels(_native_graph(object_info, text, seed, concept_weight=1.0, concept_range=(0.0, 0.999)))
+    hooked_none = pixels(_native_graph(object_info, text, seed, concept_weight=1.0, concept_range=(1.0, 1.0)))
+    no_lora = pixels(_native_graph(object_info, text, seed, concept_weight=1.0, concept_lora="none"))
+    print(f"hooked 0..0.999 vs patch: max {np.abs(hooked_full - full).max()}; hooked 1..1 vs no LoRA: max "
+          f"{np.abs(hooked_none - no_lora).max()}; patch vs no LoRA: mean {np.abs(full - no_lora).mean():.2f}")
+    assert np.abs(full - no_lora).mean() > 2.0  # the LoRA matters, so the two comparisons below say something
+    assert np.abs(hooked_full - full).max() <= 2
+    assert np.abs(hooked_none - no_lora).max() <= 2
+    half = pixels(_native_graph(object_info, text, seed, concept_weight=1.0, concept_range=(0.0, 0.5)))
+    assert np.abs(half - full).mean() > 0.5 and np.abs(half - no_lora).mean() > 0.5  # in between: both differ

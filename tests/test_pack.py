@@ -140,6 +140,9 @@ def test_queue_time_checks_need_no_model():
     assert "input 'name'" in train.VALIDATE_INPUTS(name="../x", dataset="synthface", dataset_folder="")
     assert embed.VALIDATE_INPUTS(token="<fs-person>") is True and embed.VALIDATE_INPUTS() is True
     assert "Embed Concept (FaceSmith): input 'token'" in embed.VALIDATE_INPUTS(token="")
+    apply = NODE_CLASS_MAPPINGS["FaceSmithApplyConcept"]
+    assert apply.VALIDATE_INPUTS(start_percent=0.2, end_percent=0.8) is True and apply.VALIDATE_INPUTS() is True
+    assert "is after end_percent" in apply.VALIDATE_INPUTS(start_percent=0.9, end_percent=0.1)
 
 
 def test_registry_icon_file_exists():
