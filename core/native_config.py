@@ -136,10 +136,8 @@ def native_config(folder: str | Path) -> NativeConfig:
     if clip.get("hidden_size") != unet["context_dim"]:
         raise NotSD15Shaped(f"the text encoder's width {clip.get('hidden_size')} is not the UNet's cross-attention "
                             f"width {unet['context_dim']}")
-    sched = {}
-    for name in ("scheduler/scheduler_config.json",):
-        if (folder / name).is_file():
-            sched = json.loads((folder / name).read_text())
+    sched_file = folder / "scheduler" / "scheduler_config.json"
+    sched = json.loads(sched_file.read_text()) if sched_file.is_file() else {}
     schedule = sched.get("beta_schedule", "scaled_linear")
     if schedule not in ("scaled_linear", "linear"):
         raise NotSD15Shaped(f"beta_schedule {schedule!r} is not one ComfyUI's SD1.5 sampling settings express")
@@ -147,5 +145,6 @@ def native_config(folder: str | Path) -> NativeConfig:
                         vae_groups=vae_groups, vae_downscale=downscale, clip_config=clip,
                         latent_scale=float(vae_cfg.get("scaling_factor", 0.18215)),
                         prediction=sched.get("prediction_type", "epsilon"),
-                        beta_start=float(sched.get("beta_start", 0.00085)), beta_end=float(sched.get("beta_end", 0.012)),
+                        beta_start=float(sched.get("beta_start", 0.00085)),
+                        beta_end=float(sched.get("beta_end", 0.012)),
                         beta_schedule=schedule, num_train_timesteps=int(sched.get("num_train_timesteps", 1000)))

@@ -214,7 +214,8 @@ class FaceSmithTrainDomainEncoder:
             ids, attrs, source = None, None, f"IMAGE batch of {len(imgs)}"
         settings = DomainTrainSettings(steps=int(steps), batch_size=int(batch_size),
                                        learning_rate=float(learning_rate), rank=int(rank), lora_alpha=float(rank),
-                                       emb_reg=float(embedding_reg), weight_reg=float(weight_reg), seed=trainer_seed(seed),
+                                       emb_reg=float(embedding_reg), weight_reg=float(weight_reg),
+                                       seed=trainer_seed(seed),
                                        precision=precision, gradient_checkpointing=bool(gradient_checkpointing),
                                        checkpoint_every=max(10, min(250, int(steps) // 4 or 1)))
         try:
@@ -263,7 +264,10 @@ class FaceSmithLoadDomainEncoder:
     @classmethod
     def IS_CHANGED(cls, encoder):
         """The file's content hash: an encoder overwritten under the same name is loaded again."""
-        return paths.file_signature(paths.find("facesmith", encoder))
+        try:
+            return paths.file_signature(paths.find("facesmith", encoder))
+        except ValueError:  # a name outside the models folder: the node itself reports it
+            return ""
 
     def load(self, encoder):
         from ..core.concept.encoder import DomainEncoder
@@ -514,16 +518,19 @@ class FaceSmithLoadConcept:
     def IS_CHANGED(cls, embedding, lora, token=None, lora_strength=None, concepts=None):
         """Hash of the embedding file and of the LoRA it reads ('auto': the one named in the embedding), so a
         concept saved again under the same name is loaded again instead of served from ComfyUI's cache."""
-        emb = paths.find("embeddings", embedding)
-        lora_path = None
-        if lora == "auto" and emb is not None:
-            try:
-                named = read_safetensors_metadata(emb).get("lora_file")
-            except Exception:
-                named = None
-            lora_path = paths.find("loras", named) if named else None
-        elif lora not in ("auto", "none"):
-            lora_path = paths.find("loras", lora)
+        try:
+            emb = paths.find("embeddings", embedding)
+            lora_path = None
+            if lora == "auto" and emb is not None:
+                try:
+                    named = read_safetensors_metadata(emb).get("lora_file")
+                except Exception:  # an unreadable file: the node reports it when it runs
+                    named = None
+                lora_path = paths.find("loras", named) if named else None
+            elif lora not in ("auto", "none"):
+                lora_path = paths.find("loras", lora)
+        except ValueError:  # a name outside the models folders: the node itself reports it
+            return ""
         return paths.file_signature(emb, lora_path)
 
     def load(self, embedding, lora, token, lora_strength, concepts=None):
