@@ -255,3 +255,36 @@ def resolve(kind: str, name: str) -> Path:
             + f". Put it in {roots[0]}."
         )
     return path
+
+
+HASH_LIMIT = 256 * 1024 * 1024  # files up to this size are hashed; larger ones are known by size + change time
+
+
+def file_signature(*paths_: Optional[os.PathLike | str]) -> str:
+    """A string that changes when any of ``paths_`` (files, or folders: every file inside) is written: SHA-256 of
+    the content of files up to HASH_LIMIT, size + modification time of larger ones ("missing" for an absent path).
+    For ComfyUI's ``IS_CHANGED``, so an overwritten model file is read again instead of served from the cache."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for p in paths_:
+        if p is None:
+            digest.update(b"<none>")
+            continue
+        p = Path(p)
+        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+        digest.update(str(p).encode() + b"\0")
+        for f in files:
+            try:
+                st = f.stat()
+            except OSError:
+                digest.update(b"missing\0")
+                continue
+            digest.update(f"{f.relative_to(p) if p.is_dir() else f.name}\0{st.st_size}\0".encode())
+            if st.st_size <= HASH_LIMIT:
+                with open(f, "rb") as fh:
+                    for chunk in iter(lambda: fh.read(1 << 20), b""):
+                        digest.update(chunk)
+            else:
+                digest.update(str(st.st_mtime_ns).encode())
+    return digest.hexdigest()

@@ -21,6 +21,9 @@ class Progress:
     on_update: Optional[Callable[[int, int], None]] = None
     should_stop: Optional[Callable[[], bool]] = None
     label: str = ""
+    # ``log(done, total, loss=...)``: measured values of a step (training loss), for a live chart; never raises
+    # ``Interrupted`` and must not fail the task (the node layer sends them to ComfyUI's editor)
+    on_log: Optional[Callable[[int, int, dict], None]] = None
     _done: int = field(default=0, init=False)
 
     def update(self, done: int, total: int) -> None:
@@ -28,6 +31,10 @@ class Progress:
         if self.on_update is not None:
             self.on_update(done, total)
         self.check()
+
+    def log(self, done: int, total: int, **values: float) -> None:
+        if self.on_log is not None:
+            self.on_log(done, total, values)
 
     def check(self) -> None:
         if self.should_stop is not None and self.should_stop():

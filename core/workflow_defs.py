@@ -198,6 +198,79 @@ def write_all() -> list[Path]:
     return written
 
 
+# Template thumbnails: ComfyUI's template browser shows workflows/<name>.jpg beside workflows/<name>.json. They are
+# made from a real run of each workflow on the built-in models (`facesmith run workflows/<name>.json --out DIR/<name>`)
+# by ``python -m facesmith.core.workflow_defs --thumbnails DIR``.
+THUMBNAIL_SIZE = 256
+THUMBNAIL_SOURCES = {  # name -> SaveImage prefixes (under the output folder) whose images make the thumbnail
+    "synthface_text_to_image": ["facesmith/text_to_image"],
+    "e4t_personalize": ["facesmith/e4t_reference", "facesmith/e4t_personalize"],
+    "e4t_train_domain_encoder": ["facesmith/e4t_loss", "facesmith/e4t_trained_now"],
+}
+
+
+def compose_thumbnail(images: list) -> "Image.Image":
+    """PIL images -> one THUMBNAIL_SIZE square: the first image fills the top half when it is wide (a loss graph) or
+    the left column when it is a reference followed by others, else a square grid."""
+    from PIL import Image
+
+    side = THUMBNAIL_SIZE
+    canvas = Image.new("RGB", (side, side), (24, 24, 24))
+    images = [im.convert("RGB") for im in images]
+    grid_of = lambda ims, w, h: _grid(ims, w, h)  # noqa: E731
+    if images and images[0].width > images[0].height * 1.5:  # a graph on top, the rest below
+        canvas.paste(images[0].resize((side, side // 2), Image.LANCZOS), (0, 0))
+        canvas.paste(grid_of(images[1:], side, side // 2), (0, side // 2))
+    elif len(images) == 5:  # a reference and four results
+        canvas.paste(images[0].resize((side // 2, side // 2), Image.LANCZOS), (0, side // 4))
+        canvas.paste(grid_of(images[1:], side // 2, side), (side // 2, 0))
+    else:
+        canvas.paste(grid_of(images, side, side), (0, 0))
+    return canvas
+
+
+def _grid(images: list, width: int, height: int):
+    from PIL import Image
+
+    tile = Image.new("RGB", (width, height), (24, 24, 24))
+    if not images:
+        return tile
+    cols = 2 if len(images) > 1 else 1
+    rows = (len(images) + cols - 1) // cols
+    cell = min(width // cols, height // rows)
+    x0, y0 = (width - cols * cell) // 2, (height - rows * cell) // 2
+    for i, im in enumerate(images):
+        tile.paste(im.resize((cell, cell), Image.LANCZOS), (x0 + (i % cols) * cell, y0 + (i // cols) * cell))
+    return tile
+
+
+def write_thumbnails(run_dir: Path) -> list[Path]:
+    from PIL import Image
+
+    written = []
+    for name, prefixes in THUMBNAIL_SOURCES.items():
+        images = []
+        for prefix in prefixes:
+            for png in sorted((Path(run_dir) / name).glob(f"{prefix}_*.png")):
+                with Image.open(png) as im:
+                    images.append(im.copy())
+        if not images:
+            raise FileNotFoundError(f"no images of {prefixes} in {Path(run_dir) / name}: run `facesmith run "
+                                    f"workflows/{name}.json --out {Path(run_dir) / name}` first")
+        path = WORKFLOWS_DIR / f"{name}.jpg"
+        tmp = path.with_suffix(".jpg.tmp")
+        compose_thumbnail(images).save(tmp, "JPEG", quality=85)
+        tmp.replace(path)
+        written.append(path)
+    return written
+
+
 if __name__ == "__main__":  # pragma: no cover
-    for p in write_all():
-        print(p)
+    import sys
+
+    if len(sys.argv) == 3 and sys.argv[1] == "--thumbnails":
+        for p in write_thumbnails(Path(sys.argv[2])):
+            print(p)
+    else:
+        for p in write_all():
+            print(p)

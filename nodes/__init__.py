@@ -15,6 +15,8 @@ _MODULES = [
     "concept_nodes",
     "identity_nodes",
     "identity_adapter_nodes",
+    "native_models",
+    "native_concept",
 ]
 
 NODE_CLASS_MAPPINGS: dict = {}

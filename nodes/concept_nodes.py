@@ -11,6 +11,7 @@ from ..core import paths
 from ..core.concept.concept import Concept
 from ..core.concept.personalize import DEFAULT_TUNING_LR
 from ..core.concept.tokens import DEFAULT_TOKEN
+from ..core.generate import SEED_MAX
 from ..core.formats import OverwriteRefused, check_new_file, read_safetensors_metadata, safe_join
 from .comfy_bridge import grad_enabled, interruptible, node_progress
 from .node_errors import input_error
@@ -23,6 +24,13 @@ ENCODER_TYPE = "FACESMITH_DOMAIN_ENCODER"
 ENCODER_SUBDIR = "e4t"  # trained encoders go to <models>/facesmith/e4t/<name>.safetensors
 WORK_SUBDIR = ".work/e4t"  # checkpoints (hidden from model lists)
 PRECISIONS = ["no", "fp16", "bf16"]
+DATASETS = ("synthface", "folder", "images")
+
+
+def trainer_seed(seed: int) -> int:
+    """A node seed (0..2**64-1, ComfyUI's range) as the trainers take it (numpy seeds are 32-bit): the same below
+    2**32, wrapped above."""
+    return int(seed) % 2**32
 
 
 def node_error(node: str, problem: object) -> ValueError:
@@ -98,7 +106,7 @@ class FaceSmithTrainDomainEncoder:
         return {
             "required": {
                 "pipeline": (PIPELINE_TYPE, {"tooltip": "The frozen base model the encoder is for."}),
-                "dataset": (["synthface", "folder", "images"], {
+                "dataset": (list(DATASETS), {
                     "default": "synthface",
                     "tooltip": "synthface: render SynthFace TRAIN identities (several views each); folder: a dataset "
                                "folder (metadata.jsonl or image + .txt captions); images: the optional IMAGE input."}),
@@ -118,8 +126,9 @@ class FaceSmithTrainDomainEncoder:
                                             "round": 1e-6, "tooltip": "L2 penalty on the predicted embedding offset."}),
                 "weight_reg": ("FLOAT", {"default": 1e-3, "min": 0.0, "max": 100.0, "step": 1e-4, "round": 1e-6,
                                          "tooltip": "L2 penalty on the LoRA weight offsets."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1,
-                                 "tooltip": "Seed for the identities drawn, the initial weights and the noise."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX,
+                                 "tooltip": "Seed for the identities drawn, the initial weights and the noise (the "
+                                            "same range as every seed in ComfyUI; above 2**32-1 it wraps around)."}),
                 "precision": (PRECISIONS, {"default": "no", "tooltip": "Mixed precision (fp16 needs a GPU)."}),
                 "gradient_checkpointing": ("BOOLEAN", {"default": False,
                                                      "tooltip": "Recompute UNet activations: less memory, slower."}),
@@ -137,9 +146,18 @@ class FaceSmithTrainDomainEncoder:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, name=None):
+    def VALIDATE_INPUTS(cls, name=None, dataset=None, dataset_folder=None):
+        """Checks that need no model, at queue time: the file name, and a folder for dataset=folder (ComfyUI skips
+        its own choice check for inputs named here, so 'dataset' is checked against the choices too)."""
         problem = _name_problem(name)
-        return True if problem is None else str(input_error(cls.DISPLAY_NAME, "name", problem))
+        if problem is not None:
+            return str(input_error(cls.DISPLAY_NAME, "name", problem))
+        if dataset is not None and dataset not in DATASETS:
+            return str(input_error(cls.DISPLAY_NAME, "dataset", f"must be one of {list(DATASETS)}, got {dataset!r}"))
+        if dataset == "folder" and isinstance(dataset_folder, str) and not dataset_folder.strip():
+            return str(input_error(cls.DISPLAY_NAME, "dataset_folder", "is empty (dataset=folder needs a folder "
+                                                                       "path)"))
+        return True
 
     def train(self, pipeline, dataset, dataset_folder, synthface_identities, synthface_views, steps, batch_size,
               learning_rate, rank, embedding_reg, weight_reg, seed, precision, gradient_checkpointing, resume, name,
@@ -171,7 +189,8 @@ class FaceSmithTrainDomainEncoder:
         size = native_size(dp)
         cfg = EncoderConfig.for_pipeline(dp)
         if dataset == "synthface":
-            imgs, ids, attrs = synthface_images(synthface_identities, synthface_views, seed, size, workers=1)
+            imgs, ids, attrs = synthface_images(synthface_identities, synthface_views, trainer_seed(seed), size,
+                                                workers=1)
             caps, source = None, f"synthface train identities={synthface_identities} views={synthface_views}"
         elif dataset == "folder":
             if not dataset_folder.strip():
@@ -195,7 +214,8 @@ class FaceSmithTrainDomainEncoder:
             ids, attrs, source = None, None, f"IMAGE batch of {len(imgs)}"
         settings = DomainTrainSettings(steps=int(steps), batch_size=int(batch_size),
                                        learning_rate=float(learning_rate), rank=int(rank), lora_alpha=float(rank),
-                                       emb_reg=float(embedding_reg), weight_reg=float(weight_reg), seed=int(seed),
+                                       emb_reg=float(embedding_reg), weight_reg=float(weight_reg),
+                                       seed=trainer_seed(seed),
                                        precision=precision, gradient_checkpointing=bool(gradient_checkpointing),
                                        checkpoint_every=max(10, min(250, int(steps) // 4 or 1)))
         try:
@@ -209,7 +229,8 @@ class FaceSmithTrainDomainEncoder:
         try:
             with interruptible(), grad_enabled():
                 bundle, result = train_domain_encoder(pipeline, pool, settings, work_dir=str(work_dir),
-                                                      resume=bool(resume), progress=node_progress(node))
+                                                      resume=bool(resume),
+                                                      progress=node_progress(node, loss_chart=True))
         except RecipeMismatch as exc:
             raise input_error(node, "resume", f"is on, but the checkpoint {exc.path} of '{name}' was trained with "
                                               f"other settings ({'; '.join(exc.differences)}); turn 'resume' off "
@@ -217,7 +238,10 @@ class FaceSmithTrainDomainEncoder:
         bundle.info.update(base_model=pipeline.name, dataset=dataset)
         bundle.save(out, overwrite=overwrite, dtype=torch.float16)
         graph = torch.from_numpy(np.array(loss_graph(result.loss_history, title=f"E4T domain tuning {out.stem}")))
-        return (bundle, (graph.float() / 255.0)[None], str(out))
+        resumed = f", resumed from step {result.resumed_from}" if result.resumed_from else ""
+        last = f", last loss {result.loss_history[-1]:.4g}" if result.loss_history else ""
+        report = f"saved {out}\n{result.steps_done} steps{resumed}{last}"
+        return {"ui": {"text": [report]}, "result": (bundle, (graph.float() / 255.0)[None], str(out))}
 
 
 class FaceSmithLoadDomainEncoder:
@@ -226,6 +250,7 @@ class FaceSmithLoadDomainEncoder:
     DESCRIPTION = "Loads an E4T domain encoder (+ its domain LoRA) from models/facesmith/ (built-in ones included)."
     RETURN_TYPES = (ENCODER_TYPE,)
     RETURN_NAMES = ("encoder",)
+    OUTPUT_TOOLTIPS = ("The domain encoder and its domain LoRA, for Embed Concept (method e4t).",)
     FUNCTION = "load"
 
     @classmethod
@@ -235,6 +260,14 @@ class FaceSmithLoadDomainEncoder:
         if "e4t/synthface-e4t.safetensors" in names:
             opts["default"] = "e4t/synthface-e4t.safetensors"
         return {"required": {"encoder": (names, opts)}}
+
+    @classmethod
+    def IS_CHANGED(cls, encoder):
+        """The file's content hash: an encoder overwritten under the same name is loaded again."""
+        try:
+            return paths.file_signature(paths.find("facesmith", encoder))
+        except ValueError:  # a name outside the models folder: the node itself reports it
+            return ""
 
     def load(self, encoder):
         from ..core.concept.encoder import DomainEncoder
@@ -293,6 +326,8 @@ class FaceSmithEmbedConcept:
     )
     RETURN_TYPES = (CONCEPT_TYPE,)
     RETURN_NAMES = ("concepts",)
+    OUTPUT_TOOLTIPS = ("The connected concepts plus the new one (token, embedding, LoRA), for Generate or Save "
+                       "Concept.",)
     FUNCTION = "embed"
 
     @classmethod
@@ -318,14 +353,29 @@ class FaceSmithEmbedConcept:
                                                        "typical."}),
                 "face_crop": ("BOOLEAN", {"default": False,
                                           "tooltip": "Crop the reference to the detected face first."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1,
-                                 "tooltip": "Seed of the tuning noise and timesteps."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX,
+                                 "tooltip": "Seed of the tuning noise and timesteps (above 2**32-1 it wraps "
+                                            "around)."}),
             },
             "optional": {
                 "encoder": (ENCODER_TYPE, {"tooltip": "Needed for method e4t."}),
                 "concepts": (CONCEPT_TYPE, {"tooltip": "Concepts to keep; the new one is appended."}),
             },
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, token=None):
+        """The token's spelling needs no model: checked when the prompt is queued (whether the tokenizer already
+        knows it is checked when the node runs)."""
+        from ..core.concept.tokens import check_token_text
+
+        if token is None:
+            return True  # linked: checked when the node runs
+        try:
+            check_token_text((token or "").strip())
+        except ValueError as exc:
+            return str(input_error(cls.DISPLAY_NAME, "token", exc))
+        return True
 
     def embed(self, pipeline, image, method, token, steps, learning_rate, face_crop, seed, encoder=None,
               concepts=None):
@@ -351,7 +401,7 @@ class FaceSmithEmbedConcept:
             raise input_error(node, "image", f"holds {image.shape[0]} images; connect exactly one reference image")
         if face_crop:
             image = _face_crop(node, image)
-        progress = node_progress(node)
+        progress = node_progress(node, loss_chart=True)  # tuning steps run the one training loop: live chart
         if method == "e4t" and encoder is None:
             raise input_error(node, "encoder", "is not connected (method e4t needs a domain encoder; use 'Load Domain "
                                                "Encoder')")
@@ -363,10 +413,10 @@ class FaceSmithEmbedConcept:
             with interruptible(), grad_enabled():
                 if method == "e4t":
                     c = embed_e4t(encoder, pipeline, image, token=token, steps=int(steps), lr=float(learning_rate),
-                                  seed=int(seed), progress=progress)
+                                  seed=trainer_seed(seed), progress=progress)
                 else:
                     c = embed_textual_inversion(pipeline, image, token=token, steps=int(steps),
-                                                lr=float(learning_rate), seed=int(seed), progress=progress)
+                                                lr=float(learning_rate), seed=trainer_seed(seed), progress=progress)
         except BaseMismatch as exc:
             raise node_error(node, exc) from exc
         return (existing + [c],)
@@ -383,6 +433,8 @@ class FaceSmithSaveConcept:
     )
     RETURN_TYPES = ("STRING", "STRING")
     RETURN_NAMES = ("embedding_path", "lora_path")
+    OUTPUT_TOOLTIPS = ("The embedding files written, one path per line.",
+                       "The LoRA files written, one line per concept (empty where a concept has no LoRA).")
     OUTPUT_NODE = True
     FUNCTION = "save"
 
@@ -443,6 +495,7 @@ class FaceSmithLoadConcept:
     )
     RETURN_TYPES = (CONCEPT_TYPE,)
     RETURN_NAMES = ("concepts",)
+    OUTPUT_TOOLTIPS = ("The connected concepts plus the loaded one, for Generate.",)
     FUNCTION = "load"
 
     @classmethod
@@ -460,6 +513,25 @@ class FaceSmithLoadConcept:
             },
             "optional": {"concepts": (CONCEPT_TYPE, {"tooltip": "Concepts to keep; the loaded one is appended."})},
         }
+
+    @classmethod
+    def IS_CHANGED(cls, embedding, lora, token=None, lora_strength=None, concepts=None):
+        """Hash of the embedding file and of the LoRA it reads ('auto': the one named in the embedding), so a
+        concept saved again under the same name is loaded again instead of served from ComfyUI's cache."""
+        try:
+            emb = paths.find("embeddings", embedding)
+            lora_path = None
+            if lora == "auto" and emb is not None:
+                try:
+                    named = read_safetensors_metadata(emb).get("lora_file")
+                except Exception:  # an unreadable file: the node reports it when it runs
+                    named = None
+                lora_path = paths.find("loras", named) if named else None
+            elif lora not in ("auto", "none"):
+                lora_path = paths.find("loras", lora)
+        except ValueError:  # a name outside the models folders: the node itself reports it
+            return ""
+        return paths.file_signature(emb, lora_path)
 
     def load(self, embedding, lora, token, lora_strength, concepts=None):
         from ..core.concept.export import load_concept

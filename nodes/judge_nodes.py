@@ -14,7 +14,7 @@ def _fmt(v) -> str:
 
 
 class FaceSmithJudgeFaces:
-    DISPLAY_NAME = "Judge Faces"
+    DISPLAY_NAME = "Judge Faces (FaceSmith)"
     CATEGORY = "FaceSmith/Judge"
     DESCRIPTION = (
         "Runs the SynthFace judges on images: the attributes the attribute judge sees (hair colour, expression, "

@@ -62,6 +62,15 @@ class FaceSmithLoadBaseModel:
             }
         }
 
+    @classmethod
+    def IS_CHANGED(cls, model, arch=None, device=None, dtype=None):
+        """A signature of the model's files (content hash of the small ones, size + time of large ones), so a
+        model replaced under the same name is loaded again."""
+        try:
+            return paths.file_signature(resolve_base_model(model))
+        except (FileNotFoundError, ValueError):
+            return ""  # the node itself reports the missing model when it runs
+
     def load(self, model: str, arch: str = "auto", device: str = "auto", dtype: str = "auto"):
         node = self.DISPLAY_NAME
         try:

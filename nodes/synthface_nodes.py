@@ -23,7 +23,7 @@ def _value(name: str, choice: str):
 
 
 class FaceSmithSynthFace:
-    DISPLAY_NAME = "SynthFace Render"
+    DISPLAY_NAME = "SynthFace Render (FaceSmith)"
     CATEGORY = "FaceSmith/SynthFace"
     DESCRIPTION = (
         "Renders a SynthFace face: a procedural person whose identity (face shape, skin tone, eyes, nose, mouth, hair "

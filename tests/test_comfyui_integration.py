@@ -13,7 +13,13 @@ What they check:
   ``status_str == "success"``, and each of its SaveImage/PreviewImage nodes returns images that ``/view`` serves
   as decodable PNGs;
 - a minimal Load Base Model -> Generate -> SaveImage prompt built from ``/object_info`` defaults runs;
-- an invalid prompt is refused with HTTP 400 and per-node ``node_errors``; an unknown node type with HTTP 400.
+- an invalid prompt is refused with HTTP 400 and per-node ``node_errors``; an unknown node type with HTTP 400;
+- cancelling Train Domain Encoder keeps the step reached (issue 18): the live loss chart's events
+  (``facesmith.loss`` on ComfyUI's websocket, read by a minimal stdlib client) move step by step, ``/interrupt``
+  stops the node as a cancel, a second run of the same node resumes at exactly the step the first reached (its first
+  chart point is that step + 1), and a next prompt runs;
+- a FaceSmith node's text result (``{"ui": {"text": ...}}``, which web/facesmith.js shows on the node) reaches
+  ``/history``.
 
 A workflow that ComfyUI queues only in part (HTTP 200 with ``node_errors``) fails and is taken back off the queue; a
 prompt that runs past the timeout is interrupted (only that prompt) and fails.
@@ -26,9 +32,12 @@ Environment:
 """
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import os
+import socket
+import struct
 import time
 import urllib.error
 import urllib.parse
@@ -135,6 +144,59 @@ class ComfyClient:
         query = urllib.parse.urlencode({"filename": image["filename"], "subfolder": image.get("subfolder", ""),
                                         "type": image.get("type", "output")})
         return self.get_bytes(f"/view?{query}")
+
+
+class EventStream:
+    """ComfyUI's ``/ws`` websocket for one client id, read with the standard library only (RFC 6455 client:
+    handshake, unfragmented server frames, masked close); enough to watch the events a prompt sends."""
+
+    def __init__(self, base_url: str, client_id: str, timeout_s: float = REQUEST_TIMEOUT_S):
+        parts = urllib.parse.urlsplit(base_url)
+        self.sock = socket.create_connection((parts.hostname, parts.port or 80), timeout=timeout_s)
+        key = base64.b64encode(os.urandom(16)).decode()
+        path = (parts.path.rstrip("/") or "") + f"/ws?clientId={urllib.parse.quote(client_id)}"
+        self.sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
+                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                           ).encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = self.sock.recv(1)
+            assert chunk, "ComfyUI closed the websocket during the handshake"
+            head += chunk
+        assert head.startswith(b"HTTP/1.1 101"), f"no websocket upgrade: {head[:200]!r}"
+
+    def _exact(self, n: int) -> bytes:
+        buf = b""
+        while len(buf) < n:
+            chunk = self.sock.recv(n - len(buf))
+            if not chunk:
+                raise ConnectionError("ComfyUI closed the websocket")
+            buf += chunk
+        return buf
+
+    def next_json(self, deadline: float) -> dict | None:
+        """The next JSON text message, or None at ``deadline`` (binary preview frames and pings are skipped)."""
+        while time.monotonic() < deadline:
+            self.sock.settimeout(max(0.1, deadline - time.monotonic()))
+            try:
+                b0, b1 = self._exact(2)
+            except socket.timeout:
+                return None
+            n = b1 & 0x7F
+            if n == 126:
+                n = struct.unpack(">H", self._exact(2))[0]
+            elif n == 127:
+                n = struct.unpack(">Q", self._exact(8))[0]
+            payload = self._exact(n)
+            if b0 & 0x0F == 1:
+                return json.loads(payload)
+        return None
+
+    def close(self) -> None:
+        try:
+            self.sock.sendall(bytes([0x88, 0x80]) + os.urandom(4))
+        finally:
+            self.sock.close()
 
 
 def _timeout_s() -> float:
@@ -334,3 +396,328 @@ def test_unknown_node_type_is_refused(comfy):
     status, payload = comfy.post("/prompt", {"prompt": prompt})
     assert status == 400, f"expected HTTP 400, got {status}: {payload}"
     assert payload["error"]["type"] == "invalid_prompt", payload
+
+
+def _train_prompt(object_info: dict, name: str, steps: int, resume: bool) -> dict:
+    train = _defaults(object_info, "FaceSmithTrainDomainEncoder", dataset="synthface", synthface_identities=4,
+                      synthface_views=2, steps=steps, batch_size=4, name=name, resume=resume, overwrite=True)
+    train["pipeline"] = ["1", 0]
+    return {
+        "1": {"class_type": "FaceSmithLoadBaseModel", "inputs": _defaults(object_info, "FaceSmithLoadBaseModel")},
+        "2": {"class_type": "FaceSmithTrainDomainEncoder", "inputs": train},
+        "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 1]}},
+    }
+
+
+def _queue_and_watch_loss(comfy: ComfyClient, prompt: dict, until_step: int, timeout_s: float):
+    """Queue ``prompt`` with a websocket open; return (prompt id, the loss chart's points of node 2, the events)
+    once a point reaches ``until_step`` (the prompt is still running then)."""
+    client_id = f"facesmith-pytest-{uuid.uuid4()}"
+    stream = EventStream(comfy.base, client_id)
+    try:
+        status, payload = comfy.post("/prompt", {"prompt": prompt, "client_id": client_id})
+        assert status == 200 and not payload.get("node_errors"), _describe_refusal(payload)
+        prompt_id = payload["prompt_id"]
+        deadline = time.monotonic() + timeout_s
+        points, events = [], []
+        while time.monotonic() < deadline:
+            msg = stream.next_json(deadline)
+            if msg is None:
+                break
+            if msg.get("type") == "facesmith.loss":
+                data = msg["data"]
+                assert data["node"] == "2", data
+                events.append(data)
+                points.extend(data["points"])
+                if points and points[-1][0] >= until_step:
+                    return prompt_id, points, events
+            elif msg.get("type") == "execution_error":
+                pytest.fail(f"training failed in ComfyUI: {msg['data'].get('exception_message')}")
+        comfy.cancel(prompt_id)
+        pytest.fail(f"no loss chart point reached step {until_step} within {timeout_s:.0f} s (got {points[-3:]})")
+    finally:
+        stream.close()
+
+
+def test_cancelled_training_keeps_the_step_reached_and_the_next_prompt_runs(comfy, object_info):
+    # a new name each time: no checkpoint of an earlier run can stand in for the one the cancel must keep (the
+    # tiny work folder stays in ComfyUI's models/facesmith/.work/e4t/)
+    name = f"facesmith-integration-cancel-{uuid.uuid4().hex[:8]}"
+    timeout = _timeout_s()
+    # 2000 steps never finish here: the first run is cancelled after step 5
+    pid, points, events = _queue_and_watch_loss(comfy, _train_prompt(object_info, name, 2000, False), 5, timeout)
+    steps = [p[0] for p in points]
+    assert steps == list(range(1, len(steps) + 1)), f"chart points not one per step from 1: {steps[:20]}"
+    assert events[0]["reset"] is True and all(e["total"] == 2000 for e in events)
+    comfy.post("/interrupt", {"prompt_id": pid})
+    entry = comfy.wait(pid, timeout)
+    kinds = [m[0] for m in entry["status"].get("messages", [])]
+    assert "execution_interrupted" in kinds and "execution_error" not in kinds, entry["status"]
+    # the same node again with resume on: its first chart point is the step after the one the cancel kept
+    pid2, points2, _ = _queue_and_watch_loss(comfy, _train_prompt(object_info, name, 2000, True), 1, timeout)
+    comfy.post("/interrupt", {"prompt_id": pid2})
+    comfy.wait(pid2, timeout)
+    first = points2[0][0]
+    assert first > steps[-1] and first - 1 < 250, (
+        f"the resumed run started at step {first}; the cancelled one had reached step {steps[-1]} and the node only "
+        "checkpoints every 250 steps on its own, so the cancel did not keep the step reached")
+    print(f"cancelled at step >= {steps[-1]}; resumed run's first step {first}")
+    entry, _ = comfy.run(_smoke_prompt(object_info, seed=int(time.time()) % 100000 + 1), timeout)
+    assert entry["status"]["status_str"] == "success", _execution_errors(entry)
+
+
+def test_training_node_text_result_reaches_history(comfy, object_info):
+    """The ``ui`` text the web extension shows on the node is in the node's /history outputs."""
+    prompt = _train_prompt(object_info, "facesmith-integration-text", 3, False)
+    entry, _ = comfy.run(prompt, _timeout_s())
+    assert entry["status"]["status_str"] == "success", _execution_errors(entry)
+    text = entry["outputs"]["2"]["text"]
+    assert len(text) == 1 and text[0].startswith("saved ") and "\n3 steps" in text[0], text
+
+
+def test_templates_thumbnails_and_web_extension_are_served(comfy):
+    """The template browser's list names this pack's workflows, each thumbnail is served as a JPEG, and the web
+    extension is among /extensions (what the frontend loads)."""
+    ui_names = sorted(p.stem for p in (ROOT / "workflows").glob("*.json"))
+    listed = comfy.get_json("/workflow_templates")
+    packs = [k for k, names in listed.items() if sorted(names) == ui_names]
+    assert packs, f"/workflow_templates does not list {ui_names}: {listed}"
+    for name in ui_names:
+        raw = comfy.get_bytes(f"/api/workflow_templates/{urllib.parse.quote(packs[0])}/{name}.jpg")
+        assert raw[:3] == b"\xff\xd8\xff", f"{name}.jpg is not served as a JPEG"
+    extensions = comfy.get_json("/extensions")
+    assert f"/extensions/{packs[0]}/facesmith.js" in extensions, extensions[-10:]
+
+
+# ------------------------------------------------------------------------- native MODEL / CLIP / VAE (issue 18)
+
+NATIVE_CONCEPT = "facesmith-integration-native"
+NATIVE_PROMPT = "a photo of {}, wearing a hat, with blue hair"
+NATIVE_IMAGES = 16
+REFERENCE = {"identity": 18, "hair": "brown", "expression": "neutral", "glasses": "no", "hat": "no", "beard": "no",
+             "background": "gray", "size": 64, "view": 1}
+
+
+def _judged(comfy: ComfyClient, prompt: dict, judge_id: str) -> tuple[list[float], list[float], dict]:
+    """Run ``prompt``; (per-image identity similarity to the reference, per-image prompt adherence, /history)."""
+    import re
+
+    entry, _ = comfy.run(prompt, _timeout_s())
+    assert entry["status"]["status_str"] == "success", _execution_errors(entry)
+    report = entry["outputs"][judge_id]["text"][0]
+    sims = [float(x) for x in re.findall(r"similarity (-?[0-9.]+) \(", report)]
+    adherence = [int(a) / int(b) for a, b in re.findall(r"prompt attributes present (\d+)/(\d+)", report)]
+    assert len(sims) == len(adherence) == NATIVE_IMAGES, report[:500]
+    return sims, adherence, entry
+
+
+def _mean_se(values: list[float]) -> tuple[float, float]:
+    import statistics
+
+    return statistics.fmean(values), statistics.stdev(values) / len(values) ** 0.5
+
+
+def _native_graph(object_info: dict, text: str, seed: int, lora: str | None = None, concept_weight=None,
+                  concept_range=(0.0, 1.0), concept_lora="auto") -> dict:
+    """Load Checkpoint (FaceSmith) [-> LoraLoader] [-> Apply Concept] -> CLIPTextEncode -> KSampler -> VAEDecode ->
+    Judge Faces against the reference, plus a PreviewImage of the images."""
+    g = {
+        "1": {"class_type": "FaceSmithCheckpointLoader", "inputs": {"model": "diffusers/synthface-base"}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 128, "height": 128, "batch_size": NATIVE_IMAGES}},
+        "8": {"class_type": "FaceSmithSynthFace", "inputs": _defaults(object_info, "FaceSmithSynthFace", **REFERENCE)},
+    }
+    model, clip = ["1", 0], ["1", 1]
+    if lora:
+        g["2"] = {"class_type": "LoraLoader", "inputs": {"model": model, "clip": clip, "lora_name": lora,
+                                                          "strength_model": 1.0, "strength_clip": 1.0}}
+        model, clip = ["2", 0], ["2", 1]
+    if concept_weight is not None:
+        g["11"] = {"class_type": "FaceSmithLoadConcept", "inputs": _defaults(
+            object_info, "FaceSmithLoadConcept", embedding=f"{NATIVE_CONCEPT}.safetensors", lora=concept_lora)}
+        g["12"] = {"class_type": "FaceSmithApplyConcept", "inputs": {
+            "model": model, "clip": clip, "concepts": ["11", 0], "weight": concept_weight,
+            "start_percent": concept_range[0], "end_percent": concept_range[1]}}
+        model, clip = ["12", 0], ["12", 1]
+    g.update({
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": clip}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": clip}},
+        "6": {"class_type": "KSampler", "inputs": {"model": model, "seed": seed, "steps": 20, "cfg": 3.0,
+                                                   "sampler_name": "dpmpp_2m", "scheduler": "sgm_uniform",
+                                                   "positive": ["3", 0], "negative": ["4", 0],
+                                                   "latent_image": ["5", 0], "denoise": 1.0}},
+        "7": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["1", 2]}},
+        "9": {"class_type": "FaceSmithJudgeFaces", "inputs": {"images": ["7", 0], "reference": ["8", 0],
+                                                              "prompt": NATIVE_PROMPT.format("a person")}},
+        "10": {"class_type": "PreviewImage", "inputs": {"images": ["7", 0]}},
+    })
+    return g
+
+
+@pytest.fixture(scope="module")
+def native_concept(comfy, object_info) -> str:
+    """A concept of the held-out reference (built-in encoder + 15 tuning steps), saved in ComfyUI's models as
+    embeddings/NAME + loras/NAME; returns its token."""
+    embed = _defaults(object_info, "FaceSmithEmbedConcept", method="e4t", token="<fs-person>", steps=15, seed=0)
+    embed.update(pipeline=["1", 0], image=["3", 0], encoder=["2", 0])
+    prompt = {
+        "1": {"class_type": "FaceSmithLoadBaseModel", "inputs": _defaults(object_info, "FaceSmithLoadBaseModel")},
+        "2": {"class_type": "FaceSmithLoadDomainEncoder", "inputs": {"encoder": "e4t/synthface-e4t.safetensors"}},
+        "3": {"class_type": "FaceSmithSynthFace", "inputs": _defaults(object_info, "FaceSmithSynthFace", **REFERENCE)},
+        "4": {"class_type": "FaceSmithEmbedConcept", "inputs": embed},
+        "5": {"class_type": "FaceSmithSaveConcept", "inputs": {"concepts": ["4", 0], "name": NATIVE_CONCEPT,
+                                                              "overwrite": True}},
+    }
+    entry, _ = comfy.run(prompt, _timeout_s())
+    assert entry["status"]["status_str"] == "success", _execution_errors(entry)
+    return "<fs-person>"
+
+
+def test_native_graph_with_a_saved_concept_scores_like_generate(comfy, object_info, native_concept):
+    """Issue 18's plain native graph on the built-in base: Load Checkpoint (FaceSmith) -> LoraLoader (the saved
+    concept's LoRA) -> CLIPTextEncode with embedding:NAME -> KSampler -> VAEDecode, judged by the SynthFace judges
+    against the reference; Generate (FaceSmith) with the same concept (loaded back) and the same prompt, steps, CFG
+    and sampler family, judged the same way. The two agree within noise (3 combined standard errors over 16 images);
+    and the concept matters natively: likeness well above the same native graph without it."""
+    seed = 1234
+    native = _native_graph(object_info, NATIVE_PROMPT.format(f"embedding:{NATIVE_CONCEPT}"), seed,
+                           lora=f"{NATIVE_CONCEPT}.safetensors")
+    n_sims, n_adh, _ = _judged(comfy, native, "9")
+    floor_sims, _, _ = _judged(comfy, _native_graph(object_info, NATIVE_PROMPT.format("a person"), seed), "9")
+    gen = _defaults(object_info, "FaceSmithGenerate", prompt=NATIVE_PROMPT.format(native_concept), seed=seed,
+                    steps=20, cfg=3.0, batch_size=NATIVE_IMAGES, scheduler="dpmpp_2m")
+    gen.update(pipeline=["1", 0], concepts=["2", 0])
+    generate = {
+        "1": {"class_type": "FaceSmithLoadBaseModel", "inputs": _defaults(object_info, "FaceSmithLoadBaseModel")},
+        "2": {"class_type": "FaceSmithLoadConcept", "inputs": _defaults(
+            object_info, "FaceSmithLoadConcept", embedding=f"{NATIVE_CONCEPT}.safetensors", lora="auto")},
+        "3": {"class_type": "FaceSmithGenerate", "inputs": gen},
+        "8": {"class_type": "FaceSmithSynthFace", "inputs": _defaults(object_info, "FaceSmithSynthFace", **REFERENCE)},
+        "9": {"class_type": "FaceSmithJudgeFaces", "inputs": {"images": ["3", 0], "reference": ["8", 0],
+                                                              "prompt": NATIVE_PROMPT.format("a person")}},
+    }
+    g_sims, g_adh, _ = _judged(comfy, generate, "9")
+    (ns, ns_se), (gs, gs_se), (fs, fs_se) = _mean_se(n_sims), _mean_se(g_sims), _mean_se(floor_sims)
+    (na, na_se), (ga, ga_se) = _mean_se(n_adh), _mean_se(g_adh)
+    print(f"likeness: native {ns:.3f}+-{ns_se:.3f}, Generate {gs:.3f}+-{gs_se:.3f}, native without concept "
+          f"{fs:.3f}+-{fs_se:.3f}; adherence: native {na:.3f}+-{na_se:.3f}, Generate {ga:.3f}+-{ga_se:.3f}")
+    assert abs(ns - gs) <= 3 * (ns_se ** 2 + gs_se ** 2) ** 0.5 + 0.02, "native and Generate likeness differ"
+    assert abs(na - ga) <= 3 * (na_se ** 2 + ga_se ** 2) ** 0.5 + 0.05, "native and Generate adherence differ"
+    assert ns - fs > 3 * (ns_se ** 2 + fs_se ** 2) ** 0.5, "the concept does not raise likeness in the native graph"
+
+
+def test_apply_concept_node_scores_like_generate_and_weight_0_changes_nothing(comfy, object_info, native_concept):
+    """Apply Concept (FaceSmith) on the native model: likeness like the saved-file graph above's Generate twin
+    (within noise) and above the concept-free floor; at weight 0 the images are identical to the graph without
+    the node."""
+    import numpy as np
+    from PIL import Image
+
+    seed = 1234
+    text = NATIVE_PROMPT.format(native_concept)
+    a_sims, _, _ = _judged(comfy, _native_graph(object_info, text, seed, concept_weight=1.0), "9")
+    floor_sims, _, _ = _judged(comfy, _native_graph(object_info, NATIVE_PROMPT.format("a person"), seed), "9")
+    (a, a_se), (f, f_se) = _mean_se(a_sims), _mean_se(floor_sims)
+    print(f"likeness: Apply Concept {a:.3f}+-{a_se:.3f}, without concept {f:.3f}+-{f_se:.3f}")
+    assert a - f > 3 * (a_se ** 2 + f_se ** 2) ** 0.5
+
+    def pixels(graph):
+        _, _, entry = _judged(comfy, graph, "9")
+        out = []
+        for image in entry["outputs"]["10"]["images"]:
+            with Image.open(BytesIO(comfy.view(image))) as im:
+                out.append(np.asarray(im.convert("RGB")))
+        return np.stack(out)
+
+    off = pixels(_native_graph(object_info, text, seed + 1, concept_weight=0.0))
+    plain = pixels(_native_graph(object_info, text, seed + 1))
+    assert off.shape == (NATIVE_IMAGES, 64, 64, 3) and np.array_equal(off, plain)
+
+
+def test_overwritten_concept_is_read_again(comfy, object_info):
+    """Load Concept's IS_CHANGED hashes the files: after Save Concept overwrites NAME with another person's concept,
+    the same prompt runs again (new images) instead of ComfyUI serving its cached result."""
+    import numpy as np
+    from PIL import Image
+
+    name = "facesmith-integration-reload"
+
+    def save(identity: int, reader: dict | None = None):
+        embed = _defaults(object_info, "FaceSmithEmbedConcept", method="e4t", token="<fs-reload>", steps=0, seed=0)
+        embed.update(pipeline=["1", 0], image=["3", 0], encoder=["2", 0])
+        prompt = {
+            "1": {"class_type": "FaceSmithLoadBaseModel", "inputs": _defaults(object_info, "FaceSmithLoadBaseModel")},
+            "2": {"class_type": "FaceSmithLoadDomainEncoder", "inputs": {"encoder": "e4t/synthface-e4t.safetensors"}},
+            "3": {"class_type": "FaceSmithSynthFace",
+                  "inputs": _defaults(object_info, "FaceSmithSynthFace", **{**REFERENCE, "identity": identity})},
+            "4": {"class_type": "FaceSmithEmbedConcept", "inputs": embed},
+            "5": {"class_type": "FaceSmithSaveConcept", "inputs": {"concepts": ["4", 0], "name": name,
+                                                                  "overwrite": True}},
+        }
+        # the reading graph rides along (ids 1x), so ComfyUI keeps its cached results across this prompt, as when
+        # a user overwrites a concept while the graph that reads it stays open
+        for nid, node in (reader or {}).items():
+            node = json.loads(json.dumps(node))
+            for k, v in node["inputs"].items():
+                if isinstance(v, list) and len(v) == 2 and isinstance(v[0], str):
+                    node["inputs"][k] = ["1" + v[0], v[1]]
+            prompt["1" + nid] = node
+        entry, _ = comfy.run(prompt, _timeout_s())
+        assert entry["status"]["status_str"] == "success", _execution_errors(entry)
+
+    def reading_graph() -> dict:
+        gen = _defaults(object_info, "FaceSmithGenerate", prompt="a photo of <fs-reload>", seed=7, steps=8,
+                        batch_size=1)
+        gen.update(pipeline=["1", 0], concepts=["2", 0])
+        return {
+            "1": {"class_type": "FaceSmithLoadBaseModel", "inputs": _defaults(object_info, "FaceSmithLoadBaseModel")},
+            "2": {"class_type": "FaceSmithLoadConcept", "inputs": _defaults(
+                object_info, "FaceSmithLoadConcept", embedding=f"{name}.safetensors", lora="auto")},
+            "3": {"class_type": "FaceSmithGenerate", "inputs": gen},
+            "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}},
+        }
+
+    def generate():
+        entry, _ = comfy.run(reading_graph(), _timeout_s())
+        assert entry["status"]["status_str"] == "success", _execution_errors(entry)
+        ran = [m[1].get("nodes") for m in entry["status"]["messages"] if m[0] == "execution_cached"]
+        (image,) = entry["outputs"]["4"]["images"]
+        with Image.open(BytesIO(comfy.view(image))) as im:
+            return np.asarray(im.convert("RGB")).astype(int), ran[0] if ran else []
+
+    save(18)
+    first, _ = generate()
+    again, cached = generate()  # nothing changed: ComfyUI serves it from its cache
+    assert "2" in cached and np.array_equal(first, again)
+    save(19, reader=reading_graph())
+    second, cached = generate()
+    assert "2" not in cached, f"Load Concept was served from the cache after its file changed (cached: {cached})"
+    assert np.abs(second - first).mean() > 1.0, "the overwritten concept gave the same image"
+
+
+def test_apply_concept_step_range(comfy, object_info, native_concept):
+    """start/end through ComfyUI's weight hooks: active over the whole schedule (0..0.999) it gives the images of
+    the plain patch; over none of it (1..1) the images of the concept without its LoRA (embedding only); over the
+    first half, images unlike both."""
+    import numpy as np
+    from PIL import Image
+
+    def pixels(graph):
+        _, _, entry = _judged(comfy, graph, "9")
+        out = []
+        for image in entry["outputs"]["10"]["images"]:
+            with Image.open(BytesIO(comfy.view(image))) as im:
+                out.append(np.asarray(im.convert("RGB")).astype(int))
+        return np.stack(out)
+
+    text, seed = NATIVE_PROMPT.format(native_concept), 99
+    full = pixels(_native_graph(object_info, text, seed, concept_weight=1.0))
+    hooked_full = pixels(_native_graph(object_info, text, seed, concept_weight=1.0, concept_range=(0.0, 0.999)))
+    hooked_none = pixels(_native_graph(object_info, text, seed, concept_weight=1.0, concept_range=(1.0, 1.0)))
+    no_lora = pixels(_native_graph(object_info, text, seed, concept_weight=1.0, concept_lora="none"))
+    print(f"hooked 0..0.999 vs patch: max {np.abs(hooked_full - full).max()}; hooked 1..1 vs no LoRA: max "
+          f"{np.abs(hooked_none - no_lora).max()}; patch vs no LoRA: mean {np.abs(full - no_lora).mean():.2f}")
+    assert np.abs(full - no_lora).mean() > 2.0  # the LoRA matters, so the two comparisons below say something
+    assert np.abs(hooked_full - full).max() <= 2
+    assert np.abs(hooked_none - no_lora).max() <= 2
+    half = pixels(_native_graph(object_info, text, seed, concept_weight=1.0, concept_range=(0.0, 0.5)))
+    assert np.abs(half - full).mean() > 0.5 and np.abs(half - no_lora).mean() > 0.5  # in between: both differ

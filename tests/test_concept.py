@@ -360,8 +360,10 @@ def test_node_contract_and_round_trip_through_nodes(base, image, tmp_path):
         assert len(cls.RETURN_TYPES) == len(cls.RETURN_NAMES) and name in nodes.NODE_DISPLAY_NAME_MAPPINGS
     paths.set_models_dir(tmp_path / "models")
     try:
-        enc, graph, path = nodes.FaceSmithTrainDomainEncoder().train(
+        res = nodes.FaceSmithTrainDomainEncoder().train(
             base, "synthface", "", 3, 2, 4, 4, 1e-3, 2, 1e-2, 1e-3, 0, "no", False, True, "t-enc", False)
+        enc, graph, path = res["result"]
+        assert res["ui"]["text"][0].startswith(f"saved {path}\n4 steps")  # shown on the node by web/facesmith.js
         assert Path(path).exists() and graph.shape[0] == 1 and graph.shape[-1] == 3
         assert "e4t/t-enc.safetensors" in nodes.list_encoders()
         (loaded,) = nodes.FaceSmithLoadDomainEncoder().load("e4t/t-enc.safetensors")

@@ -185,5 +185,5 @@ def test_judge_faces_node(facesmith):
     assert "prompt adherence 1.000" in report and "same person" in report and sim > 0.5
     out2 = node.run(imgs)
     assert out2["result"][1] == 0.0 and "no reference" in out2["result"][0]
-    with pytest.raises(ValueError, match="Judge Faces: input 'images'"):
+    with pytest.raises(ValueError, match="Judge Faces \\(FaceSmith\\): input 'images'"):
         node.run(torch.zeros(2, 3, 64, 64, dtype=torch.uint8))

@@ -85,6 +85,75 @@ def test_node_contract(name, cls):
     assert callable(getattr(cls, cls.FUNCTION))
     assert cls.CATEGORY.startswith("FaceSmith")
     assert isinstance(getattr(cls, "DESCRIPTION", None), str) and len(cls.DESCRIPTION) > 20
+    assert NODE_DISPLAY_NAME_MAPPINGS[name].endswith(" (FaceSmith)"), NODE_DISPLAY_NAME_MAPPINGS[name]
+    tips = getattr(cls, "OUTPUT_TOOLTIPS", ())
+    assert len(tips) == len(cls.RETURN_TYPES) and all(isinstance(t, str) and t for t in tips), f"{name}: outputs"
+    for section in ("required", "optional"):
+        for inp, s in spec.get(section, {}).items():
+            if inp == "seed" or inp.endswith("_seed"):  # one range across the pack, ComfyUI's (KSampler's)
+                assert s[0] == "INT" and s[1]["min"] == 0 and s[1]["max"] == 2**64 - 1, (name, inp, s[1])
+
+
+# nodes that read a model file chosen by name: ComfyUI must know when that file changed (IS_CHANGED)
+READS_FILES_BY_NAME = {"FaceSmithLoadBaseModel", "FaceSmithLoadDomainEncoder", "FaceSmithLoadConcept"}
+
+
+def test_nodes_that_read_files_by_name_say_when_the_file_changed(tmp_path):
+    """IS_CHANGED on every file-reading node; Load Concept's changes when the embedding or its LoRA is rewritten
+    under the same name (ComfyUI would otherwise serve the stale cached concept), not when nothing changed."""
+    from safetensors.torch import save_file
+    import torch
+
+    from facesmith import NODE_CLASS_MAPPINGS
+    from facesmith.core import paths
+
+    for name in READS_FILES_BY_NAME:
+        assert callable(getattr(NODE_CLASS_MAPPINGS[name], "IS_CHANGED", None)), name
+    load = NODE_CLASS_MAPPINGS["FaceSmithLoadConcept"]
+    paths.set_models_dir(tmp_path)
+    try:
+        (tmp_path / "embeddings").mkdir()
+        (tmp_path / "loras").mkdir()
+        save_file({"emb_params": torch.zeros(1, 4)}, str(tmp_path / "embeddings" / "c.safetensors"),
+                  metadata={"lora_file": "c.safetensors"})
+        save_file({"x": torch.zeros(2)}, str(tmp_path / "loras" / "c.safetensors"))
+        first = load.IS_CHANGED("c.safetensors", "auto", "", 1.0)
+        assert load.IS_CHANGED("c.safetensors", "auto", "", 1.0) == first
+        save_file({"x": torch.ones(2)}, str(tmp_path / "loras" / "c.safetensors"))  # the LoRA rewritten
+        second = load.IS_CHANGED("c.safetensors", "auto", "", 1.0)
+        assert second != first
+        save_file({"emb_params": torch.ones(1, 4)}, str(tmp_path / "embeddings" / "c.safetensors"),
+                  metadata={"lora_file": "c.safetensors"})
+        assert load.IS_CHANGED("c.safetensors", "auto", "", 1.0) not in (first, second)
+        assert load.IS_CHANGED("c.safetensors", "none", "", 1.0) != load.IS_CHANGED("c.safetensors", "auto", "", 1.0)
+    finally:
+        paths.set_models_dir(None)
+
+
+def test_queue_time_checks_need_no_model():
+    from facesmith import NODE_CLASS_MAPPINGS
+
+    train, embed = NODE_CLASS_MAPPINGS["FaceSmithTrainDomainEncoder"], NODE_CLASS_MAPPINGS["FaceSmithEmbedConcept"]
+    assert train.VALIDATE_INPUTS(name="ok", dataset="synthface", dataset_folder="") is True
+    assert "input 'dataset_folder' is empty" in train.VALIDATE_INPUTS(name="ok", dataset="folder", dataset_folder=" ")
+    assert "input 'dataset'" in train.VALIDATE_INPUTS(name="ok", dataset="nope", dataset_folder="")
+    assert "input 'name'" in train.VALIDATE_INPUTS(name="../x", dataset="synthface", dataset_folder="")
+    assert embed.VALIDATE_INPUTS(token="<fs-person>") is True and embed.VALIDATE_INPUTS() is True
+    assert "Embed Concept (FaceSmith): input 'token'" in embed.VALIDATE_INPUTS(token="")
+    apply = NODE_CLASS_MAPPINGS["FaceSmithApplyConcept"]
+    assert apply.VALIDATE_INPUTS(start_percent=0.2, end_percent=0.8) is True and apply.VALIDATE_INPUTS() is True
+    assert "is after end_percent" in apply.VALIDATE_INPUTS(start_percent=0.9, end_percent=0.1)
+
+
+def test_registry_icon_file_exists():
+    import tomllib
+
+    from PIL import Image
+
+    icon = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["comfy"]["Icon"]
+    rel = icon.split("/main/", 1)[1]  # the raw URL of a file on the main branch
+    with Image.open(ROOT / rel) as im:
+        assert im.width == im.height and 64 <= im.width <= 400, im.size
 
 
 def _packages_on_disk() -> set[str]:

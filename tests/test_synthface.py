@@ -101,7 +101,7 @@ def test_synthface_node(facesmith):
 
     ref = render(18, {"hair": "red", "expression": "smiling", "glasses": True, "background": "blue"}, 64)
     assert np.array_equal((image[0].numpy() * 255).round().astype(np.uint8), ref)
-    with pytest.raises(ValueError, match="SynthFace Render: input 'identity'"):
+    with pytest.raises(ValueError, match="SynthFace Render \\(FaceSmith\\): input 'identity'"):
         node.run(identity=-1, hair="red", expression="smiling", glasses="yes", hat="no", beard="no",
                  background="blue", size=64, view=-1)
     with pytest.raises(ValueError, match="input 'hair'"):

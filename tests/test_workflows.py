@@ -73,3 +73,44 @@ def test_facesmith_run_writes_pngs_with_workflow(name, tmp_path):
     assert "workflow" in meta and "prompt" in meta
     assert json.loads(meta["workflow"])["nodes"]
     assert "done" in proc.stderr  # one progress line per node
+
+
+TITLE_H = 30  # LiteGraph draws a node's title bar above its pos
+
+
+def _rect(node: dict) -> tuple:
+    x, y = node["pos"]
+    w, h = node["size"]
+    return x, y - TITLE_H, x + w, y + h
+
+
+@pytest.mark.parametrize("path", sorted(WORKFLOWS_DIR.glob("*.json")), ids=lambda p: p.stem)
+def test_ui_nodes_do_not_overlap_and_fit_their_widgets(path):
+    """Node rectangles (title bar included) are disjoint, and each node is at least as tall as its socket rows
+    (20 px) plus its widget rows (24 px), so no node covers another or hides its own widgets."""
+    nodes = json.loads(path.read_text())["nodes"]
+    for node in nodes:
+        rows = max(len([i for i in node.get("inputs", []) if "widget" not in i]), len(node.get("outputs", [])), 1)
+        need = rows * 20 + 24 * len(node.get("widgets_values") or [])
+        assert node["size"][1] >= need, f"{path.name}: node {node['id']} ({node['type']}) is {node['size'][1]} px " \
+                                        f"tall, its sockets and widgets need {need}"
+    for i, a in enumerate(nodes):
+        for b in nodes[i + 1:]:
+            ax0, ay0, ax1, ay1 = _rect(a)
+            bx0, by0, bx1, by1 = _rect(b)
+            overlap = (min(ax1, bx1) - max(ax0, bx0), min(ay1, by1) - max(ay0, by0))
+            assert overlap[0] <= 0 or overlap[1] <= 0, \
+                f"{path.name}: node {a['id']} ({a['type']}) and node {b['id']} ({b['type']}) overlap by " \
+                f"{overlap[0]}x{overlap[1]} px"
+
+
+@pytest.mark.parametrize("path", sorted(WORKFLOWS_DIR.glob("*.json")), ids=lambda p: p.stem)
+def test_template_thumbnail_beside_each_workflow(path):
+    """ComfyUI's template browser (frontend 1.27) asks /api/workflow_templates/<pack>/<name>.jpg for each listed
+    <name>.json: a small real JPEG must be there."""
+    thumb = path.with_suffix(".jpg")
+    assert thumb.is_file(), f"{thumb.name} missing: python -m facesmith.core.workflow_defs --thumbnails RUN_DIR"
+    with Image.open(thumb) as im:
+        assert im.format == "JPEG" and im.size == (256, 256)
+        assert len(im.convert("L").getcolors(256 * 256) or []) > 16  # a picture, not a flat placeholder
+    assert thumb.stat().st_size < 64 * 1024

@@ -20,6 +20,7 @@ from typing import Iterator, Optional
 
 import torch
 
+from .inference import lora_scale, token_vectors
 from .lora import FusedLora, LoraWeights
 from .tokens import (check_prompt_has, check_token_free, check_token_text, expand_prompt, swapped_embedding,
                      tokenizer_with, vector_tokens)
@@ -114,7 +115,7 @@ class Concept:
 
     @property
     def effective_lora_scale(self) -> float:
-        return (self.lora_alpha / self.lora_rank) * self.lora_scale if self.lora else 0.0
+        return lora_scale(self.lora_alpha, self.lora_rank, self.lora_scale) if self.lora else 0.0
 
     def with_token(self, token: str) -> "Concept":
         return Concept(token=token, embedding=self.embedding, base_name=self.base_name,
@@ -187,12 +188,14 @@ class Concept:
         self.check_pipeline(pipe)
         dp = _diffusers_pipe(pipe)
         original_tok = dp.tokenizer
-        tok, start = tokenizer_with(original_tok, self.tokens)
+        words = token_vectors(self)  # the same words and vectors the native ComfyUI patch gives its tokenizer
+        tok, start = tokenizer_with(original_tok, [w for w, _ in words])
         te = dp.text_encoder
+        vectors = torch.stack([v for _, v in words])
         with contextlib.ExitStack() as stack:
             dp.tokenizer = tok
             stack.callback(setattr, dp, "tokenizer", original_tok)
-            stack.enter_context(swapped_embedding(te, start, self.embedding.to(te.device, te.dtype)))
+            stack.enter_context(swapped_embedding(te, start, vectors.to(te.device, te.dtype)))
             if self.lora:
                 stack.enter_context(self._fused_lora().applied(dp.unet))
             yield

@@ -14,6 +14,8 @@ from typing import Iterator
 
 import torch
 
+from .inference import lora_delta
+
 log = logging.getLogger("facesmith")
 
 TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
@@ -198,8 +200,7 @@ def hooked_lora(unet, lora: LoraWeights, scale: float) -> Iterator[HookedLora]:
             h.remove()
 
 
-def _delta(down: torch.Tensor, up: torch.Tensor, scale: float, device, dtype) -> torch.Tensor:
-    return (up.to(device, torch.float32) @ down.to(device, torch.float32) * scale).to(dtype)
+_delta = lora_delta  # the offset maths lives in inference.py (shared with the native ComfyUI patch)
 
 
 class FusedLora:

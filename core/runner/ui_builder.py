@@ -23,6 +23,35 @@ class UINode:
     title: str | None = None
 
 
+# Layout, in LiteGraph's units as ComfyUI's editor (frontend 1.27) draws them: a node's title bar sits ABOVE its
+# ``pos``; each socket row and widget row has a fixed height. Sizes here are at least what the editor computes, plus
+# room for what appears on the node at run time (image previews, web/facesmith.js's text box and loss chart), so
+# nothing is hidden and nothing grows over a neighbour.
+TITLE_H, SLOT_H, WIDGET_H, MULTILINE_H, PAD, GAP, WIDTH = 30, 20, 24, 80, 16, 40, 320
+RUNTIME_H = {"SaveImage": 220, "PreviewImage": 220, "FaceSmithJudgeFaces": 120, "FaceSmithSaveConcept": 80,
+             "FaceSmithFaceAnalysis": 120, "FaceSmithFaceSimilarity": 120, "FaceSmithTrainDomainEncoder": 240,
+             "FaceSmithEmbedConcept": 130}
+
+
+def node_height(n_socket_rows: int, widget_kinds: list[str], node_type: str) -> int:
+    """Body height (below the title) for sockets, widgets (``"multiline"`` or ``"row"``) and run-time content."""
+    widgets = sum(MULTILINE_H if k == "multiline" else WIDGET_H for k in widget_kinds)
+    return n_socket_rows * SLOT_H + widgets + PAD + RUNTIME_H.get(node_type, 0)
+
+
+def _stack_columns(ui_nodes: list[dict]) -> None:
+    """Nodes sharing an x are a column; each is moved down (never up) until it clears the one above it."""
+    columns: dict = {}
+    for node in ui_nodes:
+        columns.setdefault(node["pos"][0], []).append(node)
+    for column in columns.values():
+        bottom = None
+        for node in sorted(column, key=lambda nd: nd["pos"][1]):
+            if bottom is not None:
+                node["pos"][1] = max(node["pos"][1], bottom + GAP + TITLE_H)
+            bottom = node["pos"][1] + node["size"][1]
+
+
 def _default(spec) -> Any:
     if "default" in spec.options:
         return spec.options["default"]
@@ -65,7 +94,7 @@ def build_ui_workflow(nodes: list[UINode], node_classes: dict) -> dict:
         for name in n.widgets:
             if name not in specs or not specs[name].is_widget:
                 raise ValueError(f"node {n.id} ({n.type}): {name!r} is not a widget input")
-        values = []
+        values, shown = [], []
         for kind, name in _widget_slots(specs):
             if name in n.links:
                 if kind == "value":
@@ -73,14 +102,20 @@ def build_ui_workflow(nodes: list[UINode], node_classes: dict) -> dict:
                 continue
             if kind == "value":
                 values.append(n.widgets.get(name, _default(specs[name])))
+                shown.append("multiline" if specs[name].options.get("multiline") else "row")
             elif kind == "control":
                 values.append("fixed")
+                shown.append("row")
             elif kind == "upload":
                 values.append("image")
-        ui_nodes.append({"id": n.id, "type": n.type, "pos": list(n.pos), "size": [320, 60 + 26 * (len(values) + 1)],
+                shown.append("row")
+        rows = max(len([i for i in inputs if "widget" not in i]), len(return_types(cls)), 1)
+        ui_nodes.append({"id": n.id, "type": n.type, "pos": list(n.pos),
+                         "size": [WIDTH, node_height(rows, shown, n.type)],
                          "flags": {}, "order": order, "mode": 0, "inputs": inputs,
                          "properties": {"Node name for S&R": n.type}, "widgets_values": values,
                          **({"title": n.title} if n.title else {})})
+    _stack_columns(ui_nodes)
     for node in ui_nodes:
         cls = node_classes[node["type"]]
         names = getattr(cls, "RETURN_NAMES", None) or return_types(cls)

@@ -283,6 +283,8 @@ def _train(objective: Objective, config: TrainConfig, progress: Progress | None 
                 ema.update()
             step += 1
             result.loss_history.append(loss_value)
+            if progress is not None and accelerator.is_main_process:
+                progress.log(step, config.steps, loss=loss_value)
             if config.log_every and step % config.log_every == 0 and accelerator.is_main_process:
                 recent = result.loss_history[-config.log_every:]
                 log.info("step %d/%d loss %.4f %s", step, config.steps, sum(recent) / len(recent),

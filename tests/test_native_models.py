@@ -1,0 +1,176 @@
+"""Native ComfyUI MODEL / CLIP / VAE from FaceSmith's diffusers folders (issue 18, item 1).
+
+Without ComfyUI: the configuration ComfyUI's classes get is computed from the folder's config files
+(``core/native_config.py``) and SDXL / unsupported shapes are refused with a reason. With ComfyUI importable from
+``FACESMITH_COMFYUI_DIR`` (a ComfyUI checkout whose requirements are installed in the running Python), the loader
+builds ComfyUI's own UNet, CLIP and VAE and each computes what the diffusers model computes on the same input;
+otherwise those tests are skipped with that reason.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import tiny_models  # noqa: F401  (registers the pack as ``facesmith`` and caps torch at one thread)
+
+from facesmith.core.native_config import NotSD15Shaped, native_config, unet_config_from_diffusers
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = ROOT / "assets" / "models" / "diffusers" / "synthface-base"
+ENV_DIR = "FACESMITH_COMFYUI_DIR"
+
+
+def test_builtin_base_config_for_comfyui():
+    cfg = native_config(BASE)
+    u = cfg.unet_config
+    assert (u["model_channels"], u["channel_mult"], u["num_res_blocks"]) == (32, [1, 2, 4], [1, 1, 1])
+    assert u["transformer_depth"] == [0, 1, 1] and u["transformer_depth_output"] == [0, 0, 1, 1, 1, 1]
+    assert (u["context_dim"], u["num_heads"], u["transformer_depth_middle"]) == (128, 4, 1)
+    assert cfg.unet_groups == 16 and cfg.vae_groups == 8 and cfg.vae_downscale == 4
+    assert cfg.vae_ddconfig["ch"] == 32 and cfg.vae_ddconfig["ch_mult"] == [1, 2, 2]
+    assert cfg.clip_config["hidden_size"] == 128 and cfg.clip_config["num_hidden_layers"] == 3
+    assert cfg.prediction == "v_prediction" and abs(cfg.latent_scale - 0.9108848276784675) < 1e-12
+
+
+def test_sdxl_and_other_shapes_are_refused_with_a_reason(tmp_path):
+    unet = json.loads((BASE / "unet" / "config.json").read_text())
+    with pytest.raises(NotSD15Shaped, match="SDXL-style"):
+        unet_config_from_diffusers({**unet, "addition_embed_type": "text_time"})
+    with pytest.raises(NotSD15Shaped, match="linear transformer projections"):
+        unet_config_from_diffusers({**unet, "use_linear_projection": True})
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
+    with pytest.raises(NotSD15Shaped, match="use ComfyUI's own loaders"):
+        native_config(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def comfy_native():
+    where = os.environ.get(ENV_DIR, "").strip()
+    if not where:
+        pytest.skip(f"{ENV_DIR} not set: the native-model tests against ComfyUI's classes are skipped")
+    if where not in sys.path:
+        sys.path.insert(0, where)
+    try:
+        import comfy.cli_args  # type: ignore
+
+        comfy.cli_args.args.cpu = True  # before model_management picks a device
+        from facesmith.nodes.native_models import load_native
+    except ImportError as exc:
+        pytest.skip(f"ComfyUI at {where} does not import in this Python ({exc})")
+    return load_native(BASE, embedding_directory=[])
+
+
+def test_comfyui_classes_compute_what_the_diffusers_model_computes(comfy_native):
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    model, clip, vae = comfy_native
+    g = torch.Generator().manual_seed(0)
+    x, t, ctx = torch.randn(2, 4, 16, 16, generator=g), torch.tensor([500.0, 20.0]), torch.randn(2, 77, 128,
+                                                                                                     generator=g)
+    unet = UNet2DConditionModel.from_pretrained(BASE / "unet").float().eval()
+    with torch.no_grad():
+        ref = unet(x, t, encoder_hidden_states=ctx).sample
+        out = model.model.diffusion_model.float()(x, timesteps=t, context=ctx)
+    assert torch.allclose(out, ref, atol=1e-4), (out - ref).abs().max()
+    dvae = AutoencoderKL.from_pretrained(BASE / "vae").float().eval()
+    z = torch.randn(1, 4, 16, 16, generator=g)
+    with torch.no_grad():
+        ref = dvae.decode(z).sample
+        out = vae.first_stage_model.float().decode(z)
+    assert out.shape == (1, 3, 64, 64) and torch.allclose(out, ref, atol=1e-4), (out - ref).abs().max()
+    te = CLIPTextModel.from_pretrained(BASE / "text_encoder").float().eval()
+    prompt = "a photo of a person, with red hair, smiling"
+    ids = CLIPTokenizer.from_pretrained(BASE / "tokenizer")(prompt, padding="max_length", max_length=77,
+                                                              return_tensors="pt").input_ids
+    with torch.no_grad():
+        ref = te(ids)[0]
+    tokens = clip.tokenize(prompt)
+    assert [tok for tok, _ in tokens["l"][0]] == ids[0].tolist()
+    cond = clip.encode_from_tokens(tokens).float()
+    assert torch.allclose(cond, ref, atol=1e-4), (cond - ref).abs().max()
+    assert model.model.latent_format.scale_factor == pytest.approx(0.9108848276784675)
+    assert vae.downscale_ratio == 4 and model.model.model_type.name == "V_PREDICTION"
+
+
+def _concept_on_builtin_base(pipeline, n_vectors=2, rank=4, seed=0):
+    """A concept with random vectors and a random LoRA on every E4T target layer of the built-in base."""
+    from facesmith.core.concept.concept import Concept
+    from facesmith.core.concept.lora import target_module_paths
+
+    g = torch.Generator().manual_seed(seed)
+    unet = pipeline.pipe.unet
+    lora = {}
+    for p in target_module_paths(unet):
+        w = unet.get_submodule(p).weight
+        lora[p] = (torch.randn(rank, w.shape[1], generator=g) * 0.1, torch.randn(w.shape[0], rank, generator=g) * 0.1)
+    return Concept(token="<fs-native>", embedding=torch.randn(n_vectors, 128, generator=g) * 0.5,
+                   base_name=pipeline.name, base_fingerprint=pipeline.fingerprint, lora=lora, lora_rank=rank,
+                   lora_alpha=2.0, lora_scale=0.7)
+
+
+def test_apply_concept_patches_what_generate_applies(comfy_native):
+    """Apply Concept (FaceSmith) on ComfyUI's model gives the UNet weights and prompt conditioning that the
+    diffusers Generate path has while the same concept is applied (one maths module: core/concept/inference.py);
+    weight 0.5 patches half the offsets; the unpatched model and CLIP are left as they were."""
+    import comfy.utils  # type: ignore
+
+    from facesmith.core.models import load_pipeline
+    from facesmith.nodes.native_concept import FaceSmithApplyConcept
+
+    model, clip, _ = comfy_native
+    pipeline = load_pipeline(BASE, device="cpu", dtype=torch.float32)
+    concept = _concept_on_builtin_base(pipeline)
+    node = FaceSmithApplyConcept()
+    patched_model, patched_clip = node.apply(model, clip, [concept], 1.0)
+    assert patched_model is not model and patched_clip is not clip
+    mapping = comfy.utils.unet_to_diffusers(model.model.model_config.unet_config)
+    dp = pipeline.pipe
+    base_weights = {p: dp.unet.get_submodule(p).weight.detach().clone() for p in concept.lora}
+    prompt = "a photo of <fs-native>, smiling, on a blue background"
+    with concept.applied(pipeline):
+        fused = {p: dp.unet.get_submodule(p).weight.detach().clone() for p in concept.lora}
+        ids = dp.tokenizer(concept.rewrite_prompt(prompt), padding="max_length", max_length=77,
+                           return_tensors="pt").input_ids
+        with torch.no_grad():
+            want_cond = dp.text_encoder(ids)[0]
+    for weight in (1.0, 0.5):
+        pm, _ = node.apply(model, clip, [concept], weight)
+        pm.patch_model()
+        try:
+            sd = pm.model.diffusion_model.state_dict()
+            for p in concept.lora:
+                got = sd[mapping[f"{p}.weight"]].float()
+                want = base_weights[p] + weight * (fused[p] - base_weights[p])
+                assert torch.allclose(got, want, atol=1e-5), (p, weight, (got - want).abs().max())
+        finally:
+            pm.unpatch_model()
+    sd = model.model.diffusion_model.state_dict()
+    p0 = next(iter(concept.lora))
+    assert torch.equal(sd[mapping[f"{p0}.weight"]].float(), base_weights[p0])  # the input model is untouched
+    cond = patched_clip.encode_from_tokens(patched_clip.tokenize(prompt)).float()
+    assert torch.allclose(cond, want_cond, atol=1e-4), (cond - want_cond).abs().max()
+    plain = clip.encode_from_tokens(clip.tokenize(prompt)).float()
+    assert (plain - want_cond).abs().max() > 1e-2  # the input CLIP still reads the token as plain text
+    assert node.apply(model, clip, [concept], 0.0) == (model, clip)
+
+
+def test_apply_concept_refuses_a_concept_of_another_base(comfy_native):
+    """ComfyUI only logs "WEIGHT NOT MERGED" for a patch of the wrong shape; the node names the problem instead."""
+    from facesmith.core.concept.concept import Concept
+    from facesmith.core.concept.lora import target_module_paths
+    from facesmith.core.models import load_pipeline
+    from facesmith.nodes.native_concept import FaceSmithApplyConcept
+
+    model, clip, _ = comfy_native
+    pipeline = load_pipeline(BASE, device="cpu", dtype=torch.float32)
+    path = target_module_paths(pipeline.pipe.unet)[0]
+    other = Concept(token="<fs-other>", embedding=torch.zeros(1, 128), base_name="x", base_fingerprint="unknown",
+                    lora={path: (torch.zeros(2, 7), torch.zeros(9, 2))}, lora_rank=2, lora_alpha=2.0)
+    with pytest.raises(ValueError, match="Apply Concept \\(FaceSmith\\): input 'concepts'.*made for another base"):
+        FaceSmithApplyConcept().apply(model, clip, [other], 1.0)
