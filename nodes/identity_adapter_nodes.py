@@ -2,15 +2,15 @@
 to Generate, save and load an identity without the photos. The maths lives in ``core/identity/adapter*.py``."""
 from __future__ import annotations
 
-import hashlib
 import logging
 
 import numpy as np
 
 from ..core import paths
+from ..core.generate import SEED_MAX
 from ..core.formats import check_new_file, read_safetensors_metadata, safe_join
 from .comfy_bridge import grad_enabled, interruptible, node_progress
-from .concept_nodes import _exists_text, _file_name, _name_problem
+from .concept_nodes import _exists_text, _file_name, _name_problem, trainer_seed
 from .identity_nodes import FACES_TYPE
 from .node_errors import input_error
 
@@ -53,15 +53,11 @@ def list_identities() -> list[str]:
 
 
 def _file_hash(name: str) -> str:
-    """What IS_CHANGED returns for a file read by name: its size, time and first/last bytes (a rewrite shows)."""
-    path = paths.find("facesmith", name) if name else None
-    if path is None:
-        return f"missing:{name}"
-    st = path.stat()
-    h = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}".encode())
-    with open(path, "rb") as f:
-        h.update(f.read(1 << 16))
-    return h.hexdigest()
+    """IS_CHANGED for a file read by name: its content hash (an overwritten file is read again)."""
+    try:
+        return paths.file_signature(paths.find("facesmith", name))
+    except ValueError:  # a bad name: the node itself reports it
+        return f"bad name: {name}"
 
 
 class FaceSmithLoadIdentityAdapter:
@@ -297,8 +293,9 @@ class FaceSmithTrainIdentityAdapter:
                                            "tooltip": "Off (ablation): the one reference is the target itself."}),
             "identity_loss_weight": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 100.0, "step": 0.05,
                                                "tooltip": "Weight of the face identity loss (0 = off)."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1,
-                             "tooltip": "Seed for the identities drawn, the initial weights and the noise."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX,
+                             "tooltip": "Seed for the identities drawn, the initial weights and the noise (the same "
+                                        "range as every seed in ComfyUI; above 2**32-1 it wraps around)."}),
             "resume": ("BOOLEAN", {"default": True,
                                    "tooltip": "Continue from this name's last checkpoint if there is one."}),
             "name": ("STRING", {"default": "my-idadapter",
@@ -333,15 +330,16 @@ class FaceSmithTrainIdentityAdapter:
         settings = AdapterTrainSettings(steps=int(steps), batch_size=int(batch_size),
                                         learning_rate=float(learning_rate), n_refs=int(references),
                                         mix=bool(mixed_features), id_weight=float(identity_loss_weight),
-                                        seed=int(seed), checkpoint_every=max(10, min(200, int(steps) // 4 or 1)))
+                                        seed=trainer_seed(seed),
+                                        checkpoint_every=max(10, min(200, int(steps) // 4 or 1)))
         try:
             settings.check()
         except ValueError as exc:
             raise input_error(node, "steps", exc) from exc
         face_encoder = FaceEncoder.load()
         size = pipeline.native_size
-        imgs, ids, attrs = synthface_images(int(synthface_identities), int(synthface_views), int(seed), size,
-                                            workers=1)
+        imgs, ids, attrs = synthface_images(int(synthface_identities), int(synthface_views), trainer_seed(seed),
+                                            size, workers=1)
         source = f"synthface train identities={synthface_identities} views={synthface_views} seed={seed}"
         with interruptible(), grad_enabled():
             pool = build_face_pool(pipeline, face_encoder, imgs, ids, attrs,
