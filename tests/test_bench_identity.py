@@ -1,11 +1,12 @@
-"""``facesmith bench identity``: the issue's keys for every method, s.e. over identities, paired comparisons and
-goals computed from the figures (a tiny run with an untrained adapter: mechanics, not quality)."""
+"""``facesmith bench identity``: the issue's keys for every method, s.e. over identities, paired comparisons, goals
+computed from the figures, and shards that equal a single run (a tiny run with an untrained adapter: mechanics, not
+quality)."""
 import math
 
 import torch
 
 
-def test_identity_bench_keys_and_pairing(facesmith):
+def test_identity_bench_keys_pairing_and_shards(facesmith):
     from facesmith.core.bench import identity as bench
     from facesmith.core.bench.base import load_builtin_base
     from facesmith.core.identity.adapter import new_adapter
@@ -17,9 +18,10 @@ def test_identity_bench_keys_and_pairing(facesmith):
     fe = FaceEncoder(RecognizerNet(ARCH["dim"], tuple(ARCH["widths"]), tuple(ARCH["blocks"])), 0.5, {}, None)
     ad = new_adapter(bp, fe)
     adapters = {m: ad for m in bench.ADAPTERS}
-    out = bench.run(n_identities=2, images_per_prompt=2, bp=bp, adapters=adapters, k=1, eval_steps=2,
-                    methods=("adapter_1ref", "adapter_4ref", "adapter_no_mix", "no_identity"))
-    for m in ("adapter_1ref", "adapter_4ref", "adapter_no_mix", "no_identity"):
+    methods = ("adapter_1ref", "adapter_4ref", "adapter_no_mix", "no_identity")
+    records = bench.collect(2, 2, bp=bp, adapters=adapters, methods=methods, k=1, eval_steps=2)
+    out = bench.summarize(records)
+    for m in methods:
         row = out[m]
         for key in ("identity_similarity", "verification_rate", "attribute_adherence", "reference_leak",
                     "diversity", "seconds_per_identity"):
@@ -34,4 +36,9 @@ def test_identity_bench_keys_and_pairing(facesmith):
     assert comp["difference"] == 0.0 and comp["over_2_sem"] is False
     assert out["goals"]["no_mix_worse"] is False
     assert "adapter_1ref_verification_ge_0.60" in out["goals"]
-    assert out["settings"]["sem_over"] == "identities"
+    # a shard computes exactly what the single run computed for its identities
+    second = bench.collect(2, 2, bp=bp, adapters=adapters, methods=("adapter_1ref", "no_identity"), k=1,
+                           eval_steps=2, shard=(1, 2))
+    assert [r["index"] for r in second] == [1]
+    for m in ("adapter_1ref", "no_identity"):
+        assert second[0]["methods"][m]["sims"] == records[1]["methods"][m]["sims"]

@@ -20,8 +20,10 @@ RMS pixel difference, in [0, 1] RGB, between images of one prompt made with diff
 ``seconds_per_identity`` (reference image(s) -> conditioning: face pipeline + adapter, or E4T encoder + tuning;
 warm, one thread). The sampled unit is the identity: means over identities of per-identity means, ``*_sem`` their
 standard errors. Comparisons between methods (``comparisons``) are PAIRED over identities (same identities, prompts
-and seeds): the mean per-identity difference of identity similarity and its standard error. ``goals`` holds the
-issue's targets as booleans computed from the figures.
+and seeds): the mean per-identity difference (of identity similarity, adherence and leak) and its standard error.
+``goals`` holds the issue's targets as booleans computed from the figures. Full mode: ``FULL_IDENTITIES`` held-out
+identities x 4 prompts x ``IMAGES_PER_PROMPT`` seeds, ``SAMPLER_STEPS`` sampler steps. Identities are independent
+(each has its own random stream), so ``collect`` can run in shards and ``summarize`` combines them.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ import torch
 
 from ..synthface.render import identity_traits, random_attributes, render
 from ..synthface.splits import identities
-from .base import EVAL_CFG, EVAL_STEPS, generate_for_prompts, load_builtin_base
+from .base import EVAL_CFG, generate_for_prompts, load_builtin_base
 from .concept import E4T_K, _judge_identity, _row, _similarities, _threshold, change_prompts, load_encoder
 from .stats import mean_sem
 
@@ -50,6 +52,8 @@ METHODS = ("adapter_1ref", "adapter_4ref", "adapter_no_mix", "adapter_no_idloss"
 FULL_IDENTITIES = 64
 QUICK_IDENTITIES = 3
 N_REFS = 4
+IMAGES_PER_PROMPT = 2   # two seeds per prompt: the least that measures diversity
+SAMPLER_STEPS = 12      # dpmpp_2m steps per image (bench base/concept use 20; 7 methods x 64 identities on a CPU)
 GOALS = {"adapter_1ref_verification": 0.60, "adapter_time_share_of_e4t_k": 0.10, "adherence_points_below_base": 0.05,
          "reference_leak": 0.10}
 
@@ -101,18 +105,16 @@ def goals(out: dict, comps: dict) -> dict:
     return {k: bool(v) for k, v in g.items()}
 
 
-def run(quick: bool = False, n_identities: int | None = None, images_per_prompt: int | None = None,
-        seed: int = 0, bp=None, adapters: dict | None = None, encoder=None, methods: tuple | None = None,
-        k: int = E4T_K, eval_steps: int = EVAL_STEPS, cfg: float = EVAL_CFG, split: str = "heldout") -> dict:
-    """The metrics dict described in the module doc. ``adapters``: method -> IdentityAdapter (default: the files in
-    ``ADAPTERS``)."""
+def collect(n_identities: int, images_per_prompt: int, seed: int = 0, bp=None, adapters: dict | None = None,
+            encoder=None, methods: tuple = METHODS, k: int = E4T_K, eval_steps: int = SAMPLER_STEPS,
+            cfg: float = EVAL_CFG, split: str = "heldout", shard: tuple[int, int] = (0, 1)) -> list[dict]:
+    """Per-identity figures of every method for identities ``shard[0]::shard[1]`` of the ``n_identities`` drawn.
+    Each identity has its own random stream (reference, views, prompts) and seeds, so shards run in parallel and
+    :func:`summarize` of their concatenation equals a single run."""
     from ..concept.personalize import embed_e4t
     from ..identity import face_pipeline as fp
     from ..identity.adapter import IdentityConditioner
 
-    n_ids = n_identities or (QUICK_IDENTITIES if quick else FULL_IDENTITIES)
-    per_prompt = images_per_prompt or (2 if quick else 4)
-    methods = tuple(methods or METHODS)
     bp = bp or load_builtin_base()
     adapters = dict(adapters or {})
     for m in methods:
@@ -121,8 +123,7 @@ def run(quick: bool = False, n_identities: int | None = None, images_per_prompt:
     if any(m.startswith("e4t") for m in methods):
         encoder = encoder or load_encoder()
     settings = fp.FaceSettings(recognizer="none")
-    rng = np.random.default_rng(seed)
-    chosen = [int(i) for i in rng.choice(identities(split), n_ids, replace=False)]
+    chosen = [int(i) for i in np.random.default_rng(seed).choice(identities(split), n_identities, replace=False)]
 
     def adapter_make(m):
         def make(refs):
@@ -140,41 +141,56 @@ def run(quick: bool = False, n_identities: int | None = None, images_per_prompt:
     for m, make in makers.items():  # warm-up, untimed
         make(warm if m == "adapter_4ref" else warm[:1])
     threshold = _threshold()
-    acc = {m: {"identities": [], "seconds": [], "diversity": []} for m in methods}
-    for n, ident in enumerate(chosen):
+    records = []
+    for n in range(shard[0], n_identities, shard[1]):
+        ident = chosen[n]
+        rng = np.random.default_rng([seed, 31, n])
         ref_attrs = random_attributes(rng)
         refs = [render(ident, ref_attrs, bp.native_size, view=int(rng.integers(1 << 30)))]
         refs += [render(ident, random_attributes(rng), bp.native_size, view=int(rng.integers(1 << 30)))
                  for _ in range(N_REFS - 1)]
         refs = np.stack(refs)
         prompts = change_prompts(ref_attrs, rng, token=TOKEN)
-        asked = [a for _, a in prompts for _ in range(per_prompt)]
+        asked = [a for _, a in prompts for _ in range(images_per_prompt)]
         facts = identity_traits(ident).facts()
+        rec: dict = {"index": n, "identity": ident, "methods": {}}
         for m in methods:
+            seconds = None
             if m == "no_identity":
                 texts, conds = [p.replace(TOKEN, "a person") for p, _ in prompts], []
             else:
                 t0 = time.perf_counter()
                 cond = makers[m](refs if m == "adapter_4ref" else refs[:1])
-                acc[m]["seconds"].append(time.perf_counter() - t0)
+                seconds = time.perf_counter() - t0
                 texts, conds = [p for p, _ in prompts], [cond]
-            imgs = generate_for_prompts(bp, texts, per_prompt, seed=seed + 100 * n, steps=eval_steps, cfg=cfg,
-                                        conditioners=conds)
-            acc[m]["identities"].append(_judge_identity(imgs, _similarities(imgs, refs[0]), threshold, asked,
-                                                        ref_attrs, facts))
-            acc[m]["diversity"].append(diversity(imgs, per_prompt))
-        log.info("identity bench: identity %d/%d done", n + 1, n_ids)
+            imgs = generate_for_prompts(bp, texts, images_per_prompt, seed=seed + 100 * n, steps=eval_steps,
+                                        cfg=cfg, conditioners=conds)
+            fig = _judge_identity(imgs, _similarities(imgs, refs[0]), threshold, asked, ref_attrs, facts)
+            fig = {k_: (v.tolist() if isinstance(v, np.ndarray) else v) for k_, v in fig.items()}
+            fig.update(diversity=diversity(imgs, images_per_prompt), seconds=seconds)
+            rec["methods"][m] = fig
+        records.append(rec)
+        log.info("identity bench: identity %d/%d done", n + 1, n_identities)
+    return records
 
+
+def summarize(records: list[dict]) -> dict:
+    """Method rows (means over identities, s.e. over identities), paired comparisons and goals."""
+    records = sorted(records, key=lambda r: r["index"])
+    methods = list(records[0]["methods"]) if records else []
     out: dict = {}
-    for m, a in acc.items():
-        row = _row(a["identities"], a["seconds"], [])
+    for m in methods:
+        per = [dict(r["methods"][m], sims=np.asarray(r["methods"][m]["sims"]),
+                    verified=np.asarray(r["methods"][m]["verified"])) for r in records]
+        secs = [p["seconds"] for p in per if p["seconds"] is not None]
+        row = _row(per, secs, [])
         row.pop("bytes_per_concept", None)
         row["seconds_per_identity"] = row.pop("seconds_per_concept")
-        row["diversity"], row["diversity_sem"] = mean_sem(a["diversity"])
+        row["diversity"], row["diversity_sem"] = mean_sem([p["diversity"] for p in per])
         out[m] = row
-    per_id = {m: {"identity_similarity": [float(np.mean(p["sims"])) for p in a["identities"]],
-                  "attribute_adherence": [float(p["adherence"]) for p in a["identities"]],
-                  "reference_leak": [float(p["leak"]) for p in a["identities"]]} for m, a in acc.items()}
+    per_id = {m: {"identity_similarity": [float(np.mean(r["methods"][m]["sims"])) for r in records],
+                  "attribute_adherence": [float(r["methods"][m]["adherence"]) for r in records],
+                  "reference_leak": [float(r["methods"][m]["leak"]) for r in records]} for m in methods}
     comps = {}
     for name, (a, b) in {"4ref_beats_1ref": ("adapter_4ref", "adapter_1ref"),
                          "no_mix_worse": ("adapter_1ref", "adapter_no_mix"),
@@ -186,12 +202,33 @@ def run(quick: bool = False, n_identities: int | None = None, images_per_prompt:
             comps[name].update(comps[name]["identity_similarity"])
     result: dict = dict(out)  # metrics["<method>"][...], as the issue names them
     result["comparisons"] = comps
-    result["settings"] = {"split": split, "identities": n_ids, "images_per_prompt": per_prompt, "k": k,
-                          "references_4ref": N_REFS, "eval_steps": eval_steps, "eval_cfg": cfg,
-                          "threshold": threshold, "sem_over": "identities",
-                          "adapters": {m: a.info.get("command", "?") for m, a in adapters.items()},
-                          "adapter_steps": {m: a.info.get("steps") for m, a in adapters.items()},
-                          "face_pipeline": "built-in SynthFace detector, ArcFace alignment (recognizer not used)"}
     result["goal_thresholds"] = dict(GOALS)
     result["goals"] = goals(out, comps)
     return result
+
+
+def run(quick: bool = False, n_identities: int | None = None, images_per_prompt: int | None = None,
+        seed: int = 0, bp=None, adapters: dict | None = None, encoder=None, methods: tuple | None = None,
+        k: int = E4T_K, eval_steps: int = SAMPLER_STEPS, cfg: float = EVAL_CFG, split: str = "heldout") -> dict:
+    """The metrics dict described in the module doc. ``adapters``: method -> IdentityAdapter (default: the files in
+    ``ADAPTERS``)."""
+    n_ids = n_identities or (QUICK_IDENTITIES if quick else FULL_IDENTITIES)
+    per_prompt = images_per_prompt or IMAGES_PER_PROMPT
+    methods = tuple(methods or METHODS)
+    adapters = dict(adapters or {})
+    for m in methods:
+        if m in ADAPTERS and m not in adapters:
+            adapters[m] = load_adapter(ADAPTERS[m])
+    records = collect(n_ids, per_prompt, seed, bp, adapters, encoder, methods, k, eval_steps, cfg, split)
+    result = summarize(records)
+    result["settings"] = settings_of(split, n_ids, per_prompt, k, eval_steps, cfg, adapters)
+    return result
+
+
+def settings_of(split, n_ids, per_prompt, k, eval_steps, cfg, adapters) -> dict:
+    return {"split": split, "identities": n_ids, "images_per_prompt": per_prompt, "k": k,
+            "references_4ref": N_REFS, "eval_steps": eval_steps, "eval_cfg": cfg, "threshold": _threshold(),
+            "sem_over": "identities",
+            "adapters": {m: a.info.get("command", "?") for m, a in adapters.items()},
+            "adapter_steps": {m: a.info.get("steps") for m, a in adapters.items()},
+            "face_pipeline": "built-in SynthFace detector, ArcFace alignment (recognizer not used)"}
