@@ -206,6 +206,9 @@ THUMBNAIL_SOURCES = {  # name -> SaveImage prefixes (under the output folder) wh
     "synthface_text_to_image": ["facesmith/text_to_image"],
     "e4t_personalize": ["facesmith/e4t_reference", "facesmith/e4t_personalize"],
     "e4t_train_domain_encoder": ["facesmith/e4t_loss", "facesmith/e4t_trained_now"],
+    "identity_one_photo": ["facesmith/identity_one_photo"],
+    "identity_several_photos": ["facesmith/identity_several_photos"],
+    "identity_vs_e4t": ["facesmith/identity_adapter", "facesmith/identity_e4t"],
 }
 
 
@@ -244,11 +247,13 @@ def _grid(images: list, width: int, height: int):
     return tile
 
 
-def write_thumbnails(run_dir: Path) -> list[Path]:
+def write_thumbnails(run_dir: Path, names: list[str] | None = None) -> list[Path]:
     from PIL import Image
 
     written = []
     for name, prefixes in THUMBNAIL_SOURCES.items():
+        if names is not None and name not in names:
+            continue
         images = []
         for prefix in prefixes:
             for png in sorted((Path(run_dir) / name).glob(f"{prefix}_*.png")):
@@ -268,8 +273,8 @@ def write_thumbnails(run_dir: Path) -> list[Path]:
 if __name__ == "__main__":  # pragma: no cover
     import sys
 
-    if len(sys.argv) == 3 and sys.argv[1] == "--thumbnails":
-        for p in write_thumbnails(Path(sys.argv[2])):
+    if len(sys.argv) >= 3 and sys.argv[1] == "--thumbnails":  # --thumbnails DIR [NAME ...]
+        for p in write_thumbnails(Path(sys.argv[2]), sys.argv[3:] or None):
             print(p)
     else:
         for p in write_all():
