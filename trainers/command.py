@@ -9,6 +9,7 @@ TRAINABLES = {
     "base": (".base_cli", "the tiny SynthFace text-to-image base model"),
     "judges": (".judges_cli", "the SynthFace judges (identity recognizer, attribute classifier)"),
     "domain-encoder": (".e4t_cli", "an E4T domain encoder + domain LoRA over a dataset folder"),
+    "face-vqa": (".understand_cli", "the unified face understanding model (MoE or dense) or a LoRA on a local VLM"),
 }
 
 
