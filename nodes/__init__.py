@@ -14,6 +14,7 @@ _MODULES = [
     "judge_nodes",
     "concept_nodes",
     "identity_nodes",
+    "understand_nodes",
 ]
 
 NODE_CLASS_MAPPINGS: dict = {}

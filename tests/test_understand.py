@@ -81,7 +81,7 @@ def test_grouped_moe_routes_groups_apart_and_dense_twin_has_equal_active_paramet
     cond = torch.zeros(4, 20, dtype=torch.bool)
     cond[:, 1:5] = True
     logits, aux = moe(tokens, None, torch.zeros(0, dtype=torch.long), group, cond)
-    assert logits.shape == (4, 20, tok.size) and float(aux) > 0
+    assert logits.shape == (4, 20, tok.size) and float(aux.detach()) > 0
     routing = moe.blocks[0].ff.last_routing  # each group's own experts: 2 rows x 20 tokens each
     assert sum(routing["understanding"]["token"]) == 40 and sum(routing["generation"]["token"]) == 40
     assert sum(routing["understanding"]["sequence"]) == 2 and sum(routing["generation"]["sequence"]) == 2
@@ -96,31 +96,31 @@ def test_grouped_moe_routes_groups_apart_and_dense_twin_has_equal_active_paramet
 
 
 def test_unified_model_learns_on_the_one_loop_and_marks_unknown_questions(u, heldout, tmp_path):
-    """~40 steps of the one loop on two question types: the loss falls and the model learns which answers each
-    question takes (before: random words); save/load round trip; out-of-set questions are low-confidence."""
+    """60 steps of the one loop on two question types: the loss falls and held-out background answers go from
+    none right (random words) to far above chance (0.25); save/load round trip; out-of-set questions are
+    low-confidence."""
     from facesmith.trainers.understand import train_unified
 
     data, infer, model, q, weights = u
-    settings = dict(pool_identities=30, per_identity=2, steps=40, lr=1e-2, dim=48, layers=2, expert_hidden=48,
-                    batch_vqa=24, batch_caption=2, batch_draw=2, n_codes=16, token_experts=2, seq_experts=2,
+    settings = dict(pool_identities=30, per_identity=2, steps=60, lr=3e-3, dim=48, layers=2, expert_hidden=48,
+                    batch_vqa=16, batch_caption=2, batch_draw=2, n_codes=16, token_experts=2, seq_experts=2,
                     types=["background", "hat"], turns=2, warmup=5)
     out = tmp_path / "m.safetensors"
     info = train_unified(out, "moe", seed=0, work_dir=str(tmp_path / "work"), cache_dir=str(tmp_path), **settings)
     hist = json.loads(out.with_suffix(".json").read_text())["loss_history"]
-    assert info["steps"] == 40 and len(hist) == 40
-    assert np.mean(hist[-5:]) < 0.5 * np.mean(hist[:5])
+    assert info["steps"] == 60 and len(hist) == 60
+    assert np.mean(hist[-5:]) < 0.6 * np.mean(hist[:5])
     assert out.with_suffix(".loss.png").is_file()
     trained = infer.load_understander(out)
     assert json.loads(trained.info["parameters"]) if isinstance(trained.info["parameters"], str) else True
     untrained = infer.UnifiedUnderstander(model.build_model(trained.model.cfg, 0), trained.tok)
 
-    def valid_rate(und):
-        ok = []
-        for t in ("background", "hat"):
-            ok += [q.answer_value(t, a.text) is not None for a in und.answer(heldout.images, q.PHRASINGS[t][0])]
-        return float(np.mean(ok))
+    def accuracy(und, t="background"):
+        truth = [q.answer_word(t, heldout.attributes(i)[t]) for i in range(len(heldout))]
+        return float(np.mean([a.text == w for a, w in zip(und.answer(heldout.images, q.PHRASINGS[t][0]), truth)]))
 
-    assert valid_rate(untrained) < 0.3 and valid_rate(trained) > 0.9
+    before, after = accuracy(untrained), accuracy(trained)
+    assert before < 0.1 and after > 0.45, (before, after)  # chance 0.25
     again = infer.load_understander(out)
     a1 = trained.answer(heldout.images[:4], "What colour is the background?")
     a2 = again.answer(heldout.images[:4], "What colour is the background?")

@@ -11,7 +11,7 @@ from ..core.synthface.captions import caption as make_caption
 from ..core.synthface.captions import random_mention
 from ..core.understand.data import FacePool, SequenceBuilder, encode_codes, random_qas, to_model_images
 from ..core.understand.model import UnifiedFaceModel
-from ..core.understand.questions import WordTokenizer
+from ..core.understand.questions import TYPES, WordTokenizer, values
 
 
 class FaceVQAObjective:
@@ -42,6 +42,7 @@ class FaceVQAObjective:
                                                self.types)) for i in idx]
             parts.append(b.collate(rows, [0] * len(rows), to_model_images(self.pool.images[idx]),
                                    list(range(len(rows)))))
+            parts[-1].labels = torch.from_numpy(self.pool.labels[idx])
         idx = rng.integers(0, n, self.batch_caption)
         if len(idx):
             rows = [b.caption_row(self.pool.caption(int(i))) for i in idx]
@@ -56,9 +57,13 @@ class FaceVQAObjective:
 
     def loss(self, parts, step):
         """Token-weighted cross-entropy over all sub-batches + the experts' load-balance term."""
-        total, count, aux, right = 0.0, 0, 0.0, 0
+        total, count, aux, right, probe = 0.0, 0, 0.0, 0, 0.0
         for batch in parts:
-            logits, a = self.model(batch.tokens, batch.images, batch.image_at, batch.group, batch.cond)
+            logits, a, patches = self.model(batch.tokens, batch.images, batch.image_at, batch.group, batch.cond,
+                                             return_patches=True)
+            if batch.labels is not None and self.model.probe is not None:
+                heads = self.model.probe(patches.flatten(1)).split(list(self.model.cfg.probe_classes), dim=1)
+                probe = sum(F.cross_entropy(h.float(), batch.labels[:, j]) for j, h in enumerate(heads)) / len(heads)
             mask = batch.targets != -100
             total = total + F.cross_entropy(logits[mask].float(), batch.targets[mask], reduction="sum")
             count += int(mask.sum())
@@ -66,7 +71,8 @@ class FaceVQAObjective:
             with torch.no_grad():
                 right += int((logits[mask].argmax(-1) == batch.targets[mask]).sum())
         ce = total / max(1, count)
-        return ce + self.model.cfg.aux_weight * aux, {"ce": float(ce.detach()), "token_acc": right / max(1, count)}
+        logs = {"ce": float(ce.detach()), "token_acc": right / max(1, count), "probe": float(probe.detach()) if torch.is_tensor(probe) else 0.0}
+        return ce + self.model.cfg.aux_weight * aux + probe, logs
 
 
 DEFAULTS = {"pool_identities": 4000, "per_identity": 3, "steps": 700, "lr": 2e-3, "batch_vqa": 48,
@@ -100,7 +106,8 @@ def train_unified(out_path, arch: str = "moe", seed: int = 0, work_dir: str | No
     tok = WordTokenizer.build(s["n_codes"])
     cfg = ModelConfig(vocab_size=tok.size, n_codes=s["n_codes"], code_offset=tok.code_offset, dim=s["dim"],
                       layers=s["layers"], expert_hidden=s["expert_hidden"], moe=arch == "moe",
-                      token_experts=s["token_experts"], seq_experts=s["seq_experts"])
+                      token_experts=s["token_experts"], seq_experts=s["seq_experts"],
+                      probe_classes=tuple(len(values(t)) for t in TYPES))
     model = build_model(cfg, seed)
     model.codebook.copy_(torch.from_numpy(kmeans_codebook(pool.images, s["n_codes"], cfg.grid, seed)))
     objective = FaceVQAObjective(model, pool, tok, s["batch_vqa"], s["batch_caption"], s["batch_draw"], s["turns"],

@@ -103,6 +103,7 @@ class Batch:
     cond: torch.Tensor                  # (B, T) bool: condition tokens (sequence-level routing)
     images: torch.Tensor | None = None  # (B', 3, 64, 64) for rows image_at
     image_at: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    labels: torch.Tensor | None = None  # (B', len(TYPES)) answer index per question type, for the image probe
 
 
 class SequenceBuilder:

@@ -46,6 +46,7 @@ class ModelConfig:
     grid: int = 4           # image tokens per side (input image 64 px -> 16 px patches)
     image_size: int = 64
     aux_weight: float = 0.01
+    probe_classes: tuple = ()  # answers per question type: a linear probe on the image tokens (training signal)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -140,23 +141,32 @@ class Block(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    """64 px RGB in [-1, 1] -> (B, grid*grid, dim) image tokens."""
+    """64 px RGB in [-1, 1] -> (B, grid*grid, dim) image tokens: a small convolutional stem PLUS a linear projection
+    of each patch's own pixels (at 1/4 resolution). The linear path gives every token its region's colours from
+    the first step, so the transformer starts reading the image at once instead of after a long plateau (measured:
+    with the stem alone, a hat question stayed at chance for 150 steps)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         d = cfg.dim
         self.net = nn.Sequential(
-            nn.Conv2d(3, 32, 4, 2, 1), nn.GroupNorm(8, 32), nn.GELU(),
-            nn.Conv2d(32, 64, 3, 2, 1), nn.GroupNorm(8, 64), nn.GELU(),
-            nn.Conv2d(64, d, 3, 2, 1), nn.GroupNorm(8, d), nn.GELU(),
+            nn.Conv2d(3, 32, 4, 2, 1), nn.GELU(),
+            nn.Conv2d(32, 64, 3, 2, 1), nn.GELU(),
+            nn.Conv2d(64, d, 3, 2, 1), nn.GELU(),
             nn.Conv2d(d, d, 3, 2, 1))
         self.grid = cfg.grid
+        self.raw = nn.Linear(3 * (cfg.image_size // 4 // cfg.grid) ** 2, d)
+        self.norm = nn.LayerNorm(d)
 
     def forward(self, x):
         y = self.net(x)
         if y.shape[-1] != self.grid:
             y = F.adaptive_avg_pool2d(y, self.grid)
-        return y.flatten(2).transpose(1, 2)
+        small = F.avg_pool2d(x, 4)  # (B, 3, S/4, S/4)
+        b, c, s, _ = small.shape
+        p = s // self.grid
+        raw = small.reshape(b, c, self.grid, p, self.grid, p).permute(0, 2, 4, 1, 3, 5).reshape(b, self.grid ** 2, -1)
+        return self.norm(y.flatten(2).transpose(1, 2) + self.raw(raw))
 
 
 class UnifiedFaceModel(nn.Module):
@@ -166,6 +176,11 @@ class UnifiedFaceModel(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.pos = nn.Parameter(torch.randn(cfg.max_len, cfg.dim) * 0.02)
         self.patch = PatchEmbed(cfg)
+        self.summary = nn.Linear(cfg.dim * cfg.grid * cfg.grid, cfg.dim)
+        # deep supervision of the image tokens: one linear read-out of every question type's answer from the 16
+        # tokens, trained beside the language loss, so the image encoder learns at a CNN's pace (used for training
+        # only; answers always come from the transformer's words)
+        self.probe = nn.Linear(cfg.dim * cfg.grid * cfg.grid, sum(cfg.probe_classes)) if cfg.probe_classes else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(cfg.dim)
         self.head = nn.Linear(cfg.dim, cfg.vocab_size)
@@ -177,16 +192,24 @@ class UnifiedFaceModel(nn.Module):
     def n_image(self) -> int:
         return self.cfg.grid * self.cfg.grid
 
-    def forward(self, tokens, images=None, image_at=None, group=None, cond=None):
+    def probe_logits(self, images) -> list[torch.Tensor]:
+        """Per question type, logits of its answers read linearly from the image tokens."""
+        return self.probe(self.patch(images).flatten(1)).split(list(self.cfg.probe_classes), dim=1)
+
+    def forward(self, tokens, images=None, image_at=None, group=None, cond=None, return_patches: bool = False):
         """``tokens`` (B, T) ids (image positions hold <pad> and are replaced); ``images`` (B', 3, 64, 64) for the
         rows ``image_at`` (B',) whose image block starts at position 1. Returns (logits (B, T, V), aux loss)."""
         b, t = tokens.shape
         x = self.embed(tokens)
         n = self.n_image
         image_mask = torch.zeros(b, t, dtype=torch.bool, device=tokens.device)
+        pt = None
         if images is not None and len(image_at):
             pt = self.patch(images).to(x.dtype)
             x = x.clone()
+            # every token of an image's row also gets a summary of the whole image (a direct path from the picture
+            # to the words; the tokens still read details through attention)
+            x[image_at] = x[image_at] + self.summary(pt.flatten(1))[:, None]
             x[image_at, 1:1 + n] = pt
             image_mask[image_at, 1:1 + n] = True
         x = x + self.pos[:t]
@@ -205,7 +228,10 @@ class UnifiedFaceModel(nn.Module):
         for blk in self.blocks:
             x, a = blk(x, mask, group, cond)
             aux = aux + a
-        return self.head(self.norm(x)), aux / max(1, len(self.blocks))
+        logits = self.head(self.norm(x))
+        if return_patches:
+            return logits, aux / max(1, len(self.blocks)), pt
+        return logits, aux / max(1, len(self.blocks))
 
     def parameter_counts(self) -> dict:
         """Total and ACTIVE parameters (active: what one understanding token passes through)."""
