@@ -18,6 +18,7 @@ BENCHMARKS = {
     "concept": "E4T (0 and k tuning steps) vs textual inversion vs an untrained encoder on held-out identities",
     "faces": "face pipeline on real photos shipped in wheels: detection rates, same face vs different people",
     "train": "step time of the one training loop vs a bare diffusers + peft loop (LoRA on the built-in base)",
+    "understand": "face VQA per question type, caption recall and generation adherence on held-out identities",
 }
 
 
