@@ -151,3 +151,35 @@ def test_shipped_moe_model_reads_held_out_faces(u, heldout):
     assert set(attrs[0]) == {"hair", "mole"} and 0 < attrs[0]["hair"]["confidence"] <= 1
     caption = und.describe(heldout.images[:1])[0]
     assert caption.text.startswith("a photo of a person")
+
+
+def test_nodes_answer_per_image_and_check_attributes_against_a_prompt(u, heldout):
+    from facesmith.nodes.understand_nodes import (FaceSmithCheckAttributes, FaceSmithFaceAttributes,
+                                                  FaceSmithFaceDescribe, FaceSmithFaceVQA)
+
+    data, infer, model, q, _ = u
+    tok = q.WordTokenizer.build(16)
+    cfg = model.ModelConfig(vocab_size=tok.size, n_codes=16, code_offset=tok.code_offset, dim=32, layers=1,
+                            expert_hidden=32)
+    und = infer.UnifiedUnderstander(model.build_model(cfg, 0), tok)  # random weights: every answer is unsure
+    images = torch.from_numpy(heldout.images[:3]).float() / 255.0
+    out = FaceSmithFaceVQA().ask(images, "What colour is the hair?", 4, 0, True, face_model=und)
+    answers = out["result"][0].split("\n")
+    assert len(answers) == 3 and out["ui"]["text"] == answers and all("low confidence" in a for a in answers)
+    cap = FaceSmithFaceDescribe().describe(images[:1], 5, True, face_model=und)
+    assert len(cap["ui"]["text"]) == 1
+    attrs = FaceSmithFaceAttributes().read(images[:2], True, face_model=und)
+    text, table = attrs["result"]
+    seen = json.loads(text)
+    assert len(seen) == 2 and set(seen[0]) == set(q.TYPES) and table.shape[0] == 2 and table.shape[-1] == 3
+    check = FaceSmithCheckAttributes().check
+    red = {"hair": {"value": "red", "answer": "red", "confidence": 0.97, "low_confidence": False},
+           "glasses": {"value": True, "answer": "yes", "confidence": 0.6, "low_confidence": False}}
+    ok, reasons = check(json.dumps([red]), "a photo of a person, with red hair, wearing glasses", 0.5)["result"]
+    assert ok and reasons.startswith("PASS")
+    ok, reasons = check(json.dumps([red]), "a photo of a person, with blue hair, wearing glasses", 0.5)["result"]
+    assert not ok and "hair asked 'blue', seen 'red'" in reasons
+    ok, reasons = check(json.dumps([red]), "a photo of a person, with red hair, wearing glasses", 0.9)["result"]
+    assert not ok and "glasses" in reasons and "not verified" in reasons
+    with pytest.raises(ValueError, match="input 'attributes_json'"):
+        check("not json", "with red hair", 0.5)
