@@ -1,4 +1,4 @@
-"""The built-in SynthFace assets (tiny base model, judges, domain encoder): where they are, whether they are
+"""The built-in SynthFace assets (tiny base model, judges, domain encoder, face understanding models): where they are, whether they are
 present, and how to rebuild a missing one with FaceSmith's own trainers (``facesmith assets --build``)."""
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ log = logging.getLogger("facesmith")
 
 JUDGES_DIR = BUILTIN_MODELS / "facesmith" / "judges"
 ENCODER_DIR = BUILTIN_MODELS / "facesmith"
+UNDERSTAND_DIR = BUILTIN_MODELS / "facesmith" / "understand"
 
 
 @dataclass
@@ -37,7 +38,18 @@ def assets() -> list[Asset]:
         Asset("domain-encoder", "E4T domain encoder + domain LoRA for synthface-base",
               ENCODER_DIR / "e4t" / "synthface-e4t.safetensors",
               _e4t_steps()),
+        Asset("understand-moe", "unified face understanding model, grouped mixture of experts",
+              UNDERSTAND_DIR / "synthface-unified-moe.safetensors", _understand_steps("moe")),
+        Asset("understand-dense", "unified face understanding model, dense baseline (equal active parameters)",
+              UNDERSTAND_DIR / "synthface-unified-dense.safetensors", _understand_steps("dense")),
     ]
+
+
+def _understand_steps(arch: str) -> list[list[str]]:
+    """The command that made the shipped understanding models (see assets/models/facesmith/understand/README.md)."""
+    return [["train", "face-vqa", "--arch", arch, "--seed", "0", "--steps", "800", "--out",
+             str(UNDERSTAND_DIR / f"synthface-unified-{arch}.safetensors"), "--work-dir",
+             f".cache/train-face-vqa/{arch}", "--cache-dir", ".cache/train-face-vqa", "--overwrite"]]
 
 
 def _base_steps() -> list[list[str]]:
