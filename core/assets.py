@@ -1,4 +1,4 @@
-"""The built-in SynthFace assets (tiny base model, judges, domain encoder): where they are, whether they are
+"""The built-in SynthFace assets (tiny base model, judges, domain encoder, face understanding models): where they are, whether they are
 present, and how to rebuild a missing one with FaceSmith's own trainers (``facesmith assets --build``)."""
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ ENCODER_DIR = BUILTIN_MODELS / "facesmith"
 IDENTITY_DIR = BUILTIN_MODELS / "facesmith" / "identity"
 ADAPTER_TRAINING = ["--identities", "2400", "--views", "5", "--batch-size", "16", "--lr", "1e-3", "--seed", "0",
                     "--steps", "600", "--pool-cache", ".cache/train-identity/pool-2400x5.safetensors"]
+UNDERSTAND_DIR = BUILTIN_MODELS / "facesmith" / "understand"
 
 
 @dataclass
@@ -45,7 +46,18 @@ def assets() -> list[Asset]:
               [["train", "face-encoder", "--seed", "11", "--out", str(IDENTITY_DIR / "face-encoder.safetensors")]]),
         Asset("identity-adapter", "identity adapter (IDAdapter) for synthface-base, and its two ablations",
               IDENTITY_DIR / "synthface-idadapter.safetensors", _adapter_steps()),
+        Asset("understand-moe", "unified face understanding model, grouped mixture of experts",
+              UNDERSTAND_DIR / "synthface-unified-moe.safetensors", _understand_steps("moe")),
+        Asset("understand-dense", "unified face understanding model, dense baseline (equal active parameters)",
+              UNDERSTAND_DIR / "synthface-unified-dense.safetensors", _understand_steps("dense")),
     ]
+
+
+def _understand_steps(arch: str) -> list[list[str]]:
+    """The command that made the shipped understanding models (see assets/models/facesmith/understand/README.md)."""
+    return [["train", "face-vqa", "--arch", arch, "--seed", "0", "--steps", "800", "--out",
+             str(UNDERSTAND_DIR / f"synthface-unified-{arch}.safetensors"), "--work-dir",
+             f".cache/train-face-vqa/{arch}", "--cache-dir", ".cache/train-face-vqa", "--overwrite"]]
 
 
 def _base_steps() -> list[list[str]]:

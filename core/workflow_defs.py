@@ -162,6 +162,50 @@ def identity_vs_e4t() -> list[N]:
     ]
 
 
+FACE_MODEL = "understand/synthface-unified-moe.safetensors"
+
+
+def _load_face_model(id_, pos):
+    return N(id_, "FaceSmithLoadFaceModel", dict(backend="unified", model=FACE_MODEL, vlm_folder="", lora="none",
+                                                 device="cpu"), {}, pos)
+
+
+def understand_describe_photo() -> list[N]:
+    """Look at a face and say what is seen: a caption, answers to questions, and every attribute with its
+    confidence (JSON + table). The SynthFace render stands in for a photo: replace it with Load Image."""
+    return [
+        N(1, "FaceSmithSynthFace", dict(REFERENCE), {}, (40, 80), title="Photo (held-out identity 18; use Load Image)"),
+        _load_face_model(2, (40, 420)),
+        N(3, "FaceSmithFaceDescribe", dict(max_new_tokens=90, keep_model_loaded=True),
+          {"images": (1, 0), "face_model": (2, 0)}, (420, 80)),
+        N(4, "FaceSmithFaceVQA", dict(question="What colour is the hair?", max_new_tokens=8, seed=0,
+                                      keep_model_loaded=True), {"images": (1, 0), "face_model": (2, 0)}, (420, 300)),
+        N(5, "FaceSmithFaceVQA", dict(question="Where is the mole?", max_new_tokens=8, seed=0,
+                                      keep_model_loaded=True), {"images": (1, 0), "face_model": (2, 0)}, (420, 520)),
+        N(6, "FaceSmithFaceAttributes", dict(keep_model_loaded=True), {"images": (1, 0), "face_model": (2, 0)},
+          (820, 80)),
+        N(7, "SaveImage", dict(filename_prefix="facesmith/understand_table"), {"images": (6, 1)}, (1220, 80)),
+    ]
+
+
+def understand_generate_check() -> list[N]:
+    """Generate from a prompt, read the faces' attributes, and check them against the prompt (pass/fail + reasons),
+    so a graph verifies its own outputs; a question about the whole batch gets one answer per image."""
+    prompt = "a photo of a person, with red hair, smiling, wearing glasses, on a blue background"
+    return [
+        N(1, "FaceSmithLoadBaseModel", dict(model=BASE, arch="auto", device="auto", dtype="auto"), {}, (40, 80)),
+        _generate(2, (420, 80), prompt, {"pipeline": (1, 0)}),
+        N(3, "SaveImage", dict(filename_prefix="facesmith/generate_check"), {"images": (2, 0)}, (820, 80)),
+        _load_face_model(4, (40, 420)),
+        N(5, "FaceSmithFaceAttributes", dict(keep_model_loaded=True), {"images": (2, 0), "face_model": (4, 0)},
+          (820, 420)),
+        N(6, "FaceSmithCheckAttributes", dict(prompt=prompt, min_confidence=0.5), {"attributes_json": (5, 0)},
+          (1220, 420)),
+        N(7, "FaceSmithFaceVQA", dict(question="Is the person wearing glasses?", max_new_tokens=8, seed=0,
+                                      keep_model_loaded=True), {"images": (2, 0), "face_model": (4, 0)}, (820, 720)),
+    ]
+
+
 WORKFLOWS = {
     "synthface_text_to_image": text_to_image,
     "e4t_personalize": e4t_personalize,
@@ -169,6 +213,8 @@ WORKFLOWS = {
     "identity_one_photo": identity_one_photo,
     "identity_several_photos": identity_several_photos,
     "identity_vs_e4t": identity_vs_e4t,
+    "understand_describe_photo": understand_describe_photo,
+    "understand_generate_check": understand_generate_check,
 }
 
 
@@ -209,6 +255,8 @@ THUMBNAIL_SOURCES = {  # name -> SaveImage prefixes (under the output folder) wh
     "identity_one_photo": ["facesmith/identity_one_photo"],
     "identity_several_photos": ["facesmith/identity_several_photos"],
     "identity_vs_e4t": ["facesmith/identity_adapter", "facesmith/identity_e4t"],
+    "understand_describe_photo": ["facesmith/understand_table"],
+    "understand_generate_check": ["facesmith/generate_check"],
 }
 
 

@@ -1,0 +1,85 @@
+"""Checking what a face shows against what a prompt asked for, and the attribute table image.
+
+``read_attributes`` gives per image ``{type: {"value", "answer", "confidence", "low_confidence"}}`` (either backend);
+``check_attributes`` compares it with the attributes and identity traits a prompt names (SynthFace caption
+phrases, ``captions.parse_caption`` / ``parse_identity``): pass only when every asked one is seen with enough
+confidence; each reason names the attribute, what was asked, what was seen and how sure.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..synthface.captions import parse_caption, parse_identity
+from .questions import PHRASINGS, TYPES, answer_value, answer_word
+
+
+def requested(prompt: str) -> dict:
+    """The attributes and identity traits a prompt names, as label values."""
+    return {**parse_identity(prompt), **parse_caption(prompt)}
+
+
+def read_attributes(understander, images, types: list[str] | None = None) -> list[dict]:
+    """Attributes with confidences from either backend (the unified model scores every answer; a VLM answers the
+    canonical question and reports its own probability)."""
+    types = list(types or TYPES)
+    if hasattr(understander, "attributes"):
+        return understander.attributes(images, types)
+    n = len(np.asarray(images)) if np.asarray(images).ndim == 4 else 1
+    out = [dict() for _ in range(n)]
+    for t in types:
+        for i, a in enumerate(understander.answer(images, PHRASINGS[t][0])):
+            value = answer_value(t, a.text)
+            out[i][t] = {"value": value, "answer": a.text, "confidence": round(float(a.confidence), 4),
+                         "low_confidence": bool(a.low_confidence or value is None)}
+    return out
+
+
+def _word(t: str, v) -> str:
+    return answer_word(t, v) if v is not None else "?"
+
+
+def check_attributes(seen: list[dict], asked: dict, min_confidence: float = 0.5) -> tuple[bool, list[str]]:
+    """(all images show every asked attribute confidently, reasons: one line per image and problem)."""
+    if not asked:
+        return False, ["the prompt names no attribute or identity trait FaceSmith can check"]
+    ok, reasons = True, []
+    for i, s in enumerate(seen):
+        for t, want in asked.items():
+            got = s.get(t)
+            if got is None:
+                ok = False
+                reasons.append(f"image {i + 1}: {t} was not read")
+                continue
+            if got["value"] != want:
+                ok = False
+                reasons.append(f"image {i + 1}: {t} asked {_word(t, want)!r}, seen {got['answer']!r} "
+                               f"(confidence {got['confidence']:.2f})")
+            elif got["confidence"] < min_confidence or got["low_confidence"]:
+                ok = False
+                reasons.append(f"image {i + 1}: {t} looks {got['answer']!r} as asked, but only with confidence "
+                               f"{got['confidence']:.2f} (< {min_confidence:.2f}): not verified")
+        if ok and not any(r.startswith(f"image {i + 1}:") for r in reasons):
+            reasons.append(f"image {i + 1}: all {len(asked)} asked attributes seen")
+    return ok, reasons
+
+
+def attribute_table(seen: dict, width: int = 360, row: int = 16) -> np.ndarray:
+    """One image's attributes as a table image (uint8 HxWx3): type, answer, confidence bar; low confidence in red."""
+    from PIL import Image, ImageDraw
+
+    h = row * (len(seen) + 1) + 8
+    img = Image.new("RGB", (width, h), (255, 255, 255))
+    d = ImageDraw.Draw(img)
+    d.text((6, 4), "attribute", fill=(0, 0, 0))
+    d.text((120, 4), "answer", fill=(0, 0, 0))
+    d.text((250, 4), "confidence", fill=(0, 0, 0))
+    for k, (t, v) in enumerate(seen.items(), 1):
+        y = 4 + k * row
+        colour = (190, 30, 30) if v["low_confidence"] else (20, 20, 20)
+        d.text((6, y), t, fill=colour)
+        d.text((120, y), str(v["answer"]), fill=colour)
+        c = float(v["confidence"])
+        d.rectangle([250, y + 3, 250 + int(70 * c), y + row - 4], fill=(200, 80, 80) if v["low_confidence"]
+                    else (80, 150, 220))
+        d.text((324, y), f"{c:.2f}", fill=colour)
+    return np.asarray(img)

@@ -1,0 +1,185 @@
+"""Face understanding (issue 17): the UniF2ace-shaped dataset, the user-folder loader, the unified MoE model trained by
+the one loop, confidences, and the shipped models."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def u(facesmith):
+    torch.set_num_threads(1)
+    from facesmith.core.understand import data, infer, model, questions, weights
+
+    return data, infer, model, questions, weights
+
+
+@pytest.fixture(scope="module")
+def heldout(u):
+    data = u[0]
+    return data.build_pool("heldout", 20, 2, seed=3, workers=1)
+
+
+def test_dataset_records_cover_attributes_and_traits_on_held_out_identities(u, heldout):
+    data, _, _, q, _ = u
+    from facesmith.core.synthface.captions import parse_caption, parse_identity
+    from facesmith.core.synthface.render import ATTRIBUTES, TRAIT_VOCAB, identity_traits
+    from facesmith.core.synthface.splits import split_of
+
+    assert set(q.TYPES) == set(ATTRIBUTES) | set(TRAIT_VOCAB) and len(q.TYPES) == 19
+    assert {split_of(i) for i in heldout.identity} == {"heldout"}
+    rec = heldout.record(0)
+    assert [p["type"] for p in rec["qa"]] == q.TYPES
+    facts = identity_traits(rec["identity"]).facts()
+    assert parse_identity(rec["caption"]) == facts  # the caption names every trait ...
+    assert parse_caption(rec["caption"]) == heldout.attributes(0)  # ... and every attribute
+    for p in rec["qa"]:  # answers are words that map back to the label
+        assert q.answer_value(p["type"], p["answer"]) == q.truth(p["type"], heldout.attributes(0), facts)
+    with pytest.raises(ValueError, match="belongs to split"):
+        from facesmith.core.synthface.splits import require_split
+        require_split(int(heldout.identity[0]), "train")
+
+
+def test_user_folder_loader_reads_jsonl_and_names_file_and_line(u, tmp_path):
+    data = u[0]
+    from PIL import Image
+
+    Image.fromarray(np.zeros((40, 30, 3), np.uint8)).save(tmp_path / "a.png")
+    rows = [{"file_name": "a.png", "caption": "a face", "qa": [{"question": "Is it?", "answer": "yes"}]},
+            {"file_name": "a.png", "question": "Hair?", "answer": "red"}]
+    (tmp_path / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    recs = data.read_face_folder(tmp_path)
+    assert len(recs) == 1 and recs[0].caption == "a face" and [p["answer"] for p in recs[0].qa] == ["yes", "red"]
+    assert data.load_record_images(recs).shape == (1, 64, 64, 3)
+    bad = {
+        '{"file_name": "a.png", "qa": [{"question": "x"}]}': "qa\\[0\\] needs",
+        '{"file_name": "missing.png", "caption": "c"}': "image 'missing.png' not found",
+        '{"caption": "c"}': "missing 'file_name'",
+        'not json': "not valid JSON",
+        '{"file_name": "a.png"}': "neither a caption nor",
+    }
+    for line, message in bad.items():
+        path = tmp_path / "other.jsonl"
+        path.write_text(json.dumps(rows[0]) + "\n" + line + "\n")
+        with pytest.raises((ValueError, FileNotFoundError), match=f"other.jsonl:2: .*{message}"):
+            data.read_face_folder(tmp_path, path)
+
+
+def test_grouped_moe_routes_groups_apart_and_dense_twin_has_equal_active_parameters(u):
+    _, _, model, q, _ = u
+    tok = q.WordTokenizer.build(16)
+    kw = dict(vocab_size=tok.size, n_codes=16, code_offset=tok.code_offset, dim=32, layers=2, expert_hidden=32)
+    moe, dense = model.build_model(model.ModelConfig(**kw)), model.build_model(model.ModelConfig(moe=False, **kw))
+    a, d = moe.parameter_counts(), dense.parameter_counts()
+    assert a["total"] > 1.4 * a["active"]  # 8 experts per layer, 3 active
+    assert abs(a["active"] - d["active"]) / d["active"] < 0.03
+    tokens = torch.randint(0, tok.code_offset, (4, 20))
+    group = torch.tensor([0, 0, 1, 1])
+    cond = torch.zeros(4, 20, dtype=torch.bool)
+    cond[:, 1:5] = True
+    logits, aux = moe(tokens, None, torch.zeros(0, dtype=torch.long), group, cond)
+    assert logits.shape == (4, 20, tok.size) and float(aux.detach()) > 0
+    routing = moe.blocks[0].ff.last_routing  # each group's own experts: 2 rows x 20 tokens each
+    assert sum(routing["understanding"]["token"]) == 40 and sum(routing["generation"]["token"]) == 40
+    assert sum(routing["understanding"]["sequence"]) == 2 and sum(routing["generation"]["sequence"]) == 2
+    # the sequence-level choice reads only the condition tokens: changing the answer part changes nothing there
+    moe.eval()
+    with torch.no_grad():
+        base, _ = moe(tokens, None, torch.zeros(0, dtype=torch.long), group, cond)
+        t2 = tokens.clone()
+        t2[:, -1] = (t2[:, -1] + 1) % tok.code_offset
+        other, _ = moe(t2, None, torch.zeros(0, dtype=torch.long), group, cond)
+    assert torch.allclose(base[:, :-1], other[:, :-1], atol=1e-5)  # causal: the future never leaks back
+
+
+def test_unified_model_learns_on_the_one_loop_and_marks_unknown_questions(u, heldout, tmp_path):
+    """60 steps of the one loop on two question types: the loss falls and held-out background answers go from
+    none right (random words) to far above chance (0.25); save/load round trip; out-of-set questions are
+    low-confidence."""
+    from facesmith.trainers.understand import train_unified
+
+    data, infer, model, q, weights = u
+    settings = dict(pool_identities=30, per_identity=2, steps=60, lr=3e-3, dim=48, layers=2, expert_hidden=48,
+                    batch_vqa=16, batch_caption=2, batch_draw=2, n_codes=16, token_experts=2, seq_experts=2,
+                    types=["background", "hat"], turns=2, warmup=5)
+    out = tmp_path / "m.safetensors"
+    info = train_unified(out, "moe", seed=0, work_dir=str(tmp_path / "work"), cache_dir=str(tmp_path), **settings)
+    hist = json.loads(out.with_suffix(".json").read_text())["loss_history"]
+    assert info["steps"] == 60 and len(hist) == 60
+    assert np.mean(hist[-5:]) < 0.6 * np.mean(hist[:5])
+    assert out.with_suffix(".loss.png").is_file()
+    trained = infer.load_understander(out)
+    assert json.loads(trained.info["parameters"]) if isinstance(trained.info["parameters"], str) else True
+    untrained = infer.UnifiedUnderstander(model.build_model(trained.model.cfg, 0), trained.tok)
+
+    def accuracy(und, t="background"):
+        truth = [q.answer_word(t, heldout.attributes(i)[t]) for i in range(len(heldout))]
+        return float(np.mean([a.text == w for a, w in zip(und.answer(heldout.images, q.PHRASINGS[t][0]), truth)]))
+
+    before, after = accuracy(untrained), accuracy(trained)
+    assert before < 0.1 and after > 0.45, (before, after)  # chance 0.25
+    again = infer.load_understander(out)
+    a1 = trained.answer(heldout.images[:4], "What colour is the background?")
+    a2 = again.answer(heldout.images[:4], "What colour is the background?")
+    assert [a.text for a in a1] == [a.text for a in a2]
+    odd = trained.answer(heldout.images[:2], "Who painted this portrait?")
+    assert all(a.low_confidence and "outside the trained question set" in a.reason for a in odd)
+    assert "low confidence" in odd[0].text_marked
+
+
+SHIPPED = "assets/models/facesmith/understand/synthface-unified-moe.safetensors"
+
+
+def test_shipped_moe_model_reads_held_out_faces(u, heldout):
+    from pathlib import Path
+
+    data, infer, _, q, _ = u
+    path = Path(__file__).resolve().parents[1] / SHIPPED
+    if not path.is_file():
+        pytest.skip(f"{SHIPPED} not built yet (facesmith train face-vqa --arch moe ...)")
+    und = infer.load_understander(path)
+    right = []
+    for t in ("hair", "background", "glasses", "skin_tone"):
+        truth = [q.answer_word(t, q.truth(t, heldout.attributes(i), heldout.facts(i))) for i in range(len(heldout))]
+        answers = und.answer(heldout.images, q.PHRASINGS[t][0])
+        right += [a.text == w for a, w in zip(answers, truth)]
+    assert np.mean(right) > 0.9
+    attrs = und.attributes(heldout.images[:2], ["hair", "mole"])
+    assert set(attrs[0]) == {"hair", "mole"} and 0 < attrs[0]["hair"]["confidence"] <= 1
+    caption = und.describe(heldout.images[:1], max_new_tokens=8)[0]
+    assert caption.text.startswith("a photo of a person")
+
+
+def test_nodes_answer_per_image_and_check_attributes_against_a_prompt(u, heldout):
+    from facesmith.nodes.understand_nodes import (FaceSmithCheckAttributes, FaceSmithFaceAttributes,
+                                                  FaceSmithFaceDescribe, FaceSmithFaceVQA)
+
+    data, infer, model, q, _ = u
+    tok = q.WordTokenizer.build(16)
+    cfg = model.ModelConfig(vocab_size=tok.size, n_codes=16, code_offset=tok.code_offset, dim=32, layers=1,
+                            expert_hidden=32)
+    und = infer.UnifiedUnderstander(model.build_model(cfg, 0), tok)  # random weights: every answer is unsure
+    images = torch.from_numpy(heldout.images[:3]).float() / 255.0
+    out = FaceSmithFaceVQA().ask(images, "What colour is the hair?", 4, 0, True, face_model=und)
+    answers = out["result"][0].split("\n")
+    assert len(answers) == 3 and out["ui"]["text"] == answers and all("low confidence" in a for a in answers)
+    cap = FaceSmithFaceDescribe().describe(images[:1], 5, True, face_model=und)
+    assert len(cap["ui"]["text"]) == 1
+    attrs = FaceSmithFaceAttributes().read(images[:2], True, face_model=und)
+    text, table = attrs["result"]
+    seen = json.loads(text)
+    assert len(seen) == 2 and set(seen[0]) == set(q.TYPES) and table.shape[0] == 2 and table.shape[-1] == 3
+    check = FaceSmithCheckAttributes().check
+    red = {"hair": {"value": "red", "answer": "red", "confidence": 0.97, "low_confidence": False},
+           "glasses": {"value": True, "answer": "yes", "confidence": 0.6, "low_confidence": False}}
+    ok, reasons = check(json.dumps([red]), "a photo of a person, with red hair, wearing glasses", 0.5)["result"]
+    assert ok and reasons.startswith("PASS")
+    ok, reasons = check(json.dumps([red]), "a photo of a person, with blue hair, wearing glasses", 0.5)["result"]
+    assert not ok and "hair asked 'blue', seen 'red'" in reasons
+    ok, reasons = check(json.dumps([red]), "a photo of a person, with red hair, wearing glasses", 0.9)["result"]
+    assert not ok and "glasses" in reasons and "not verified" in reasons
+    with pytest.raises(ValueError, match="input 'attributes_json'"):
+        check("not json", "with red hair", 0.5)

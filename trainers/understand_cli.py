@@ -1,0 +1,75 @@
+"""``facesmith train face-vqa``: the unified face model (``--backend unified``, MoE or dense) or a LoRA on a local
+vision-language model folder (``--backend vlm``), trained on SynthFace VQA by the one training loop.
+
+Examples::
+
+    facesmith train face-vqa --arch moe --out synthface-unified-moe
+    facesmith train face-vqa --arch dense --out synthface-unified-dense
+    facesmith train face-vqa --backend vlm --vlm models/LLM/SmolVLM-256M --out my-face-lora --steps 200
+
+Outputs go to ``<models>/facesmith/understand/NAME.safetensors`` (or a path ending .safetensors), with ``NAME.json``
+(seed, command, settings, loss history) and ``NAME.loss.png`` beside. Checkpoints in ``--work-dir``; running the
+same command again resumes.
+"""
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--backend", choices=("unified", "vlm"), default="unified")
+    p.add_argument("--arch", choices=("moe", "dense"), default="moe", help="unified: mixture of experts or dense")
+    p.add_argument("--vlm", help="vlm: a local transformers vision-language model folder")
+    p.add_argument("--out", required=True, help="output name under <models>/facesmith/understand/, or a .safetensors path")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--work-dir", default=None, help="checkpoints (default .cache/face-vqa-NAME); a rerun resumes")
+    p.add_argument("--cache-dir", default=".cache", help="rendered SynthFace pool cache")
+    p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--pool-identities", type=int, default=None)
+    p.add_argument("--per-identity", type=int, default=None)
+    p.add_argument("--rank", type=int, default=8, help="vlm: LoRA rank")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+
+
+def output_path(out: str) -> Path:
+    if out.endswith(".safetensors"):
+        return Path(out)
+    from ..core.paths import models_root
+    from ..core.understand.weights import SUBFOLDER
+
+    return models_root("facesmith") / SUBFOLDER / f"{out}.safetensors"
+
+
+def main(args) -> int:
+    import torch
+
+    from ..core.progress import tqdm_progress
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = output_path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    command = "facesmith " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    work = args.work_dir or str(Path(".cache") / f"face-vqa-{out.stem}")
+    if args.backend == "vlm":
+        from .understand_vlm import train_vlm_lora
+
+        if not args.vlm:
+            raise ValueError("--backend vlm needs --vlm FOLDER (a local transformers vision-language model)")
+        info = train_vlm_lora(args.vlm, out, seed=args.seed, steps=args.steps or 200, lr=args.lr or 1e-3,
+                              rank=args.rank, work_dir=work, resume=not args.no_resume, overwrite=args.overwrite,
+                              progress=tqdm_progress("face-vqa lora"), command=command)
+    else:
+        from .understand import train_unified
+
+        info = train_unified(out, args.arch, seed=args.seed, work_dir=work, cache_dir=args.cache_dir,
+                             progress=tqdm_progress(f"face-vqa {args.arch}"), resume=not args.no_resume,
+                             overwrite=args.overwrite, command=command, steps=args.steps, lr=args.lr,
+                             pool_identities=args.pool_identities, per_identity=args.per_identity)
+    print(f"saved {out} ({info['steps']} steps)")
+    return 0
