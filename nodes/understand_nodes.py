@@ -11,7 +11,9 @@ import torch
 from ..core import paths
 from ..core.formats import check_new_file, safe_join
 from ..core.images import check_comfy, comfy_to_numpy, numpy_to_comfy
+from ..core.generate import SEED_MAX
 from .comfy_bridge import grad_enabled, interruptible, node_progress
+from .concept_nodes import trainer_seed
 from .node_errors import input_error
 
 log = logging.getLogger("facesmith")
@@ -164,7 +166,7 @@ class FaceSmithFaceVQA:
                                                "expression, glasses, hat, beard, background, skin tone, eye colour "
                                                "and shape, face shape, mole ...)."}),
             "max_new_tokens": ("INT", {"default": 8, "min": 1, "max": 256, "tooltip": "Longest answer in tokens."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1,
+            "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX,
                              "tooltip": "Seed (decoding is greedy; kept for backends that sample)."}),
             "keep_model_loaded": _KEEP,
         }, "optional": {"face_model": _FACE_MODEL_INPUT}}
@@ -175,7 +177,7 @@ class FaceSmithFaceVQA:
             raise input_error(node, "question", "is empty")
         arr = _images(node, images)
         und = _model(node, face_model, keep_model_loaded)
-        torch.manual_seed(int(seed))
+        torch.manual_seed(trainer_seed(seed))
         answers = [a.text_marked for a in und.answer(arr, question.strip(), max_new_tokens=int(max_new_tokens))]
         _release(und, keep_model_loaded)
         return {"ui": {"text": answers}, "result": ("\n".join(answers),)}
@@ -278,7 +280,8 @@ class FaceSmithTrainFaceVQA:
             "pool_identities": ("INT", {"default": 500, "min": 2, "max": 16000,
                                         "tooltip": "SynthFace TRAIN identities rendered for training."}),
             "per_identity": ("INT", {"default": 3, "min": 1, "max": 64, "tooltip": "Renders per identity."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "Seed for data and weights."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX,
+                             "tooltip": "Seed for data and weights (ComfyUI's range; above 2**32-1 it wraps around)."}),
             "resume": ("BOOLEAN", {"default": True, "tooltip": "Continue from this name's last checkpoint."}),
             "name": ("STRING", {"default": "my-face-vqa",
                                 "tooltip": "Saved as models/facesmith/understand/NAME.safetensors."}),
@@ -310,7 +313,7 @@ class FaceSmithTrainFaceVQA:
                 if not vlm_folder.strip():
                     raise input_error(node, "vlm_folder", "is empty (backend=vlm needs a model folder)")
                 try:
-                    info = train_vlm_lora(vlm_folder.strip(), out, seed=int(seed), steps=int(steps),
+                    info = train_vlm_lora(vlm_folder.strip(), out, seed=trainer_seed(seed), steps=int(steps),
                                           lr=float(learning_rate), work_dir=str(work), resume=bool(resume),
                                           overwrite=bool(overwrite), progress=node_progress(node))
                 except VLMFolderError as exc:
@@ -319,8 +322,8 @@ class FaceSmithTrainFaceVQA:
             else:
                 from ..trainers.understand import train_unified
 
-                train_unified(out, arch, seed=int(seed), work_dir=str(work), cache_dir=str(work), resume=bool(resume),
-                              overwrite=bool(overwrite), progress=node_progress(node), steps=int(steps),
+                train_unified(out, arch, seed=trainer_seed(seed), work_dir=str(work), cache_dir=str(work),
+                              resume=bool(resume), overwrite=bool(overwrite), progress=node_progress(node), steps=int(steps),
                               lr=float(learning_rate), pool_identities=int(pool_identities),
                               per_identity=int(per_identity))
                 history = json.loads(out.with_suffix(".json").read_text())["loss_history"]
