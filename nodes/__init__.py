@@ -17,6 +17,7 @@ _MODULES = [
     "identity_adapter_nodes",
     "native_models",
     "native_concept",
+    "native_identity",
     "understand_nodes",
 ]
 

@@ -174,3 +174,47 @@ def test_apply_concept_refuses_a_concept_of_another_base(comfy_native):
                     lora={path: (torch.zeros(2, 7), torch.zeros(9, 2))}, lora_rank=2, lora_alpha=2.0)
     with pytest.raises(ValueError, match="Apply Concept \\(FaceSmith\\): input 'concepts'.*made for another base"):
         FaceSmithApplyConcept().apply(model, clip, [other], 1.0)
+
+
+def test_apply_identity_to_model_computes_what_generate_computes(comfy_native):
+    """The identity adapter's attn2 replace patches on ComfyUI's UNet give the output of the diffusers UNet with the
+    same identity attached (one maths module: core/identity/adapter_net.py), on the conditional rows only; the
+    unconditional rows and weight 0 give the plain model's output."""
+    import numpy as np
+
+    from facesmith.core.identity import face_pipeline as fp
+    from facesmith.core.identity.adapter import AttentionEntry, IdentityAdapter, attached
+    from facesmith.core.models import load_pipeline
+    from facesmith.core.synthface.render import random_attributes, render
+    from facesmith.nodes.native_identity import FaceSmithApplyIdentityToModel
+
+    model, clip, _ = comfy_native
+    adapter = IdentityAdapter.load(ROOT / "assets" / "models" / "facesmith" / "identity" /
+                                   "synthface-idadapter.safetensors")
+    pipeline = load_pipeline(BASE, device="cpu", dtype=torch.float32)
+    ref = render(18, random_attributes(np.random.default_rng(0)), 64, view=3)
+    identity = adapter.identity(pipeline, fp.analyze(ref[None], fp.FaceSettings(recognizer="none")).crops)
+    node = FaceSmithApplyIdentityToModel()
+    patched, patched_clip = node.apply(model, clip, adapter, identity, "<identity>", 0.8, 0.0, 1.0)
+    assert node.apply(model, clip, adapter, identity, "<identity>", 0.0, 0.0, 1.0) == (model, clip)
+    g = torch.Generator().manual_seed(1)
+    x, ctx = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 77, 128, generator=g)
+    t = torch.tensor([400.0, 400.0])
+    sigma = patched.get_model_object("model_sampling").sigma(t[:1])
+    opts = dict(patched.model_options["transformer_options"], cond_or_uncond=[1, 0], sigmas=sigma)
+    with torch.no_grad():
+        native = model.model.diffusion_model.float()(x, timesteps=t, context=ctx, transformer_options=opts)
+        plain = model.model.diffusion_model.float()(x, timesteps=t, context=ctx, transformer_options={})
+        unet = pipeline.pipe.unet
+        entry = AttentionEntry(net=adapter.net, ctx=identity.ctx[None], scale=0.8,
+                               rows=torch.tensor([False, True]))
+        with attached(unet, entry):
+            want = unet(x, t, encoder_hidden_states=ctx).sample
+    assert torch.allclose(native[:1], plain[:1], atol=1e-5)  # the unconditional row is untouched
+    assert (native[1:] - plain[1:]).abs().max() > 1e-3
+    assert torch.allclose(native, want, atol=1e-4), (native - want).abs().max()
+    # the token reads the identity's vectors in the patched CLIP
+    prompt = "a photo of <identity>, smiling"
+    cond = patched_clip.encode_from_tokens(patched_clip.tokenize(prompt)).float()
+    plain_cond = clip.encode_from_tokens(clip.tokenize(prompt)).float()
+    assert (cond - plain_cond).abs().max() > 1e-2
