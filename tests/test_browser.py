@@ -98,9 +98,9 @@ def artifacts(tmp_path_factory) -> Path:
 def driver(comfy_url):
     chromium = os.environ.get("FACESMITH_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
     chromedriver = os.environ.get("FACESMITH_CHROMEDRIVER") or shutil.which("chromedriver")
-    if not chromium:
+    if not chromium or not Path(chromium).is_file():
         pytest.skip("chromium not installed (apt-get install chromium chromium-driver): browser test skipped")
-    if not chromedriver:
+    if not chromedriver or not Path(chromedriver).is_file():
         pytest.skip("chromedriver not installed (apt-get install chromium-driver): browser test skipped")
     pytest.importorskip("selenium", reason="selenium not installed (pip install selenium): browser test skipped")
     os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager download anything
@@ -234,12 +234,49 @@ def _wait_finished(drv, timeout_s: float) -> dict:
     pytest.fail(f"the queued workflow did not finish within {timeout_s:.0f} s (it was interrupted)")
 
 
+def _fit_view(drv) -> None:
+    """Zoom the canvas so the whole graph is on the screenshot."""
+    drv.execute_script("""
+        const c = window.app.canvas, ns = window.app.graph._nodes, TH = window.LiteGraph.NODE_TITLE_HEIGHT;
+        if (!ns.length) return;
+        let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
+        for (const n of ns) {
+            x0 = Math.min(x0, n.pos[0]); y0 = Math.min(y0, n.pos[1] - TH);
+            x1 = Math.max(x1, n.pos[0] + n.size[0]); y1 = Math.max(y1, n.pos[1] + n.size[1]);
+        }
+        const W = c.canvas.clientWidth, H = c.canvas.clientHeight, bw = x1 - x0, bh = y1 - y0;
+        const s = Math.min(W / (bw + 80), H / (bh + 80), 1);
+        if ('min_font_size_for_lod' in c) c.min_font_size_for_lod = 0;  // full detail (this page only, not saved)
+        c.ds.scale = s;
+        c.ds.offset = [(W / s - bw) / 2 - x0, (H / s - bh) / 2 - y0];
+        c.setDirty(true, true);
+    """)
+    time.sleep(0.5)
+
+
 def _center_on(drv, node_type: str) -> None:
     drv.execute_script("""
         const n = window.app.graph._nodes.find((n) => n.type === arguments[0]);
         if (n) { window.app.canvas.centerOnNode(n); window.app.canvas.setDirty(true, true); }
     """, node_type)
     time.sleep(0.5)
+
+
+def _remove_trained(drv, name: str) -> None:
+    """Delete the encoder this test trained (NAME.safetensors, whose path Train Domain Encoder's result box shows,
+    and its work folder models/facesmith/.work/e4t/NAME): the server is on this machine (loopback only)."""
+    text = drv.execute_script("""
+        const n = window.app.graph._nodes.find((n) => n.type === 'FaceSmithTrainDomainEncoder');
+        const w = n && n.widgets && n.widgets.find((w) => w.name === 'facesmith_result');
+        return w ? w.value : '';
+    """) or ""
+    for line in text.replace("\n", " ").split():
+        path = Path(line)
+        if path.name == f"{name}.safetensors" and path.is_file():
+            path.unlink()
+            work = path.parent.parent / ".work" / path.parent.name / name
+            if work.is_dir():
+                shutil.rmtree(work)
 
 
 # ------------------------------------------------------------------------------------------------------ tests
@@ -250,6 +287,7 @@ def test_workflow_loads_without_missing_nodes_or_overlaps(driver, artifacts, pat
     workflow = json.loads(path.read_text())
     _close_dialogs(driver)
     _load(driver, workflow, path.stem)
+    _fit_view(driver)
     driver.save_screenshot(str(artifacts / f"load_{path.stem}.png"))
 
     missing_dialogs = [t for t in _dialog_texts(driver) if any(w in t.lower() for w in MISSING_WORDS)]
@@ -264,10 +302,45 @@ def test_workflow_loads_without_missing_nodes_or_overlaps(driver, artifacts, pat
     print(f"\n{path.name}: {len(nodes)} nodes, all registered, 0 overlaps")
 
 
+def test_checks_catch_missing_nodes_and_overlaps(driver, artifacts):
+    """The two checks above are not blind: a node type nobody registered brings up the frontend's missing-node
+    dialog (and is unregistered), and a node moved onto another is reported as an overlap."""
+    path = ROOT / "workflows" / "synthface_text_to_image.json"
+    workflow = json.loads(path.read_text())
+    broken = json.loads(json.dumps(workflow))
+    broken["nodes"][0]["type"] = "FaceSmithNoSuchNodeForTheBrowserTest"
+    _close_dialogs(driver)
+    _load(driver, broken, "facesmith_browser_test_missing_node")
+    driver.save_screenshot(str(artifacts / "control_missing_node_dialog.png"))
+    texts = _dialog_texts(driver)
+    assert any("FaceSmithNoSuchNodeForTheBrowserTest" in t for t in texts), \
+        f"no missing-node dialog naming the unknown type; dialogs: {texts}"
+    assert [t for t in texts if any(w in t.lower() for w in MISSING_WORDS)], f"dialog without 'missing': {texts}"
+    unknown = [n for n in _graph_nodes(driver) if not n["registered"]]
+    assert [n["type"] for n in unknown] == ["FaceSmithNoSuchNodeForTheBrowserTest"], unknown
+    _close_dialogs(driver)
+    assert not [t for t in _dialog_texts(driver) if any(w in t.lower() for w in MISSING_WORDS)], \
+        "the missing-node dialog did not close"
+
+    _load(driver, workflow, path.stem)
+    assert not _overlaps(_graph_nodes(driver))
+    driver.execute_script("""
+        const [a, b] = window.app.graph._nodes;
+        b.pos = [a.pos[0] + 10, a.pos[1] + 10];
+    """)
+    overlaps = _overlaps(_graph_nodes(driver))
+    assert len(overlaps) == 1, f"a node moved onto another is not seen as one overlap: {overlaps}"
+
+
 def test_queue_shows_judge_report_on_node(driver, artifacts):
     path = ROOT / "workflows" / "synthface_text_to_image.json"
     _close_dialogs(driver)
     _load(driver, json.loads(path.read_text()), path.stem)
+    seed = int.from_bytes(os.urandom(4), "little")  # a fresh seed: ComfyUI's cache cannot answer for the run
+    driver.execute_script("""
+        const n = window.app.graph._nodes.find((n) => n.type === 'FaceSmithGenerate');
+        n.widgets.find((w) => w.name === 'seed').value = arguments[0];
+    """, seed)
     _install_event_log(driver)
     t0 = time.monotonic()
     _queue(driver)
@@ -308,7 +381,7 @@ def test_queue_shows_judge_report_on_node(driver, artifacts):
                                                         f"{report}"
     ev = _wait_finished(driver, max(30.0, deadline - time.monotonic()))
     assert ev["type"] == "execution_success", f"the workflow did not succeed: {json.dumps(ev)[:3000]}"
-    print(f"\njudge report on the node after {seconds:.1f} s: {text.splitlines()[0]!r}")
+    print(f"\njudge report on the node {seconds:.1f} s after queueing (seed {seed}): {text.splitlines()[0]!r}")
 
 
 def test_queue_training_moves_loss_chart(driver, artifacts):
@@ -356,6 +429,8 @@ def test_queue_training_moves_loss_chart(driver, artifacts):
         pytest.fail(f"training did not reach step {total} within {_timeout_s():.0f} s (interrupted); chart: {samples}")
     _center_on(driver, "FaceSmithTrainDomainEncoder")
     driver.save_screenshot(str(artifacts / "queued_e4t_train_domain_encoder_chart_done.png"))
+    grown = _overlaps(_graph_nodes(driver))  # the chart and text box make the node taller (reported, not asserted)
+    print(f"\noverlaps after the run (the node grew by its chart and result box): {grown or 'none'}")
     print(f"\nloss chart samples (seconds, points, last step): {samples}")
 
     assert chart and chart["points"], "no loss chart on Train Domain Encoder"
@@ -369,5 +444,6 @@ def test_queue_training_moves_loss_chart(driver, artifacts):
         f"the chart did not move while training (seen only {samples})"
     ev = _wait_finished(driver, max(30.0, deadline - time.monotonic()))
     assert ev["type"] == "execution_success", f"the training workflow did not succeed: {json.dumps(ev)[:3000]}"
+    _remove_trained(driver, name)
     print(f"chart: {len(chart['points'])} points, steps {steps[0]}..{steps[-1]}, workflow done after "
           f"{time.monotonic() - t0:.1f} s")
