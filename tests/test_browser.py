@@ -15,8 +15,8 @@ What it checks, in the editor the server serves (ComfyUI's comfyui-frontend-pack
 - ``synthface_text_to_image`` queued from the browser (``app.queuePrompt``) runs, and the Judge Faces report appears
   in the read-only box web/facesmith.js adds to that node (the ``facesmith_result`` widget and its textarea in the
   DOM), with the judge's words in it; a screenshot;
-- ``e4t_train_domain_encoder`` queued from the browser (under a fresh encoder name, so ``resume`` has nothing to
-  resume) makes the live loss chart move: the points web/facesmith.js keeps on the node's ``facesmith_loss_chart``
+- ``e4t_train_domain_encoder`` queued from the browser (under a fresh encoder name, so nothing of the user's is
+  overwritten or resumed; the encoder is deleted afterwards) makes the live loss chart move: the points web/facesmith.js keeps on the node's ``facesmith_loss_chart``
   widget grow over time with increasing steps; screenshots while it trains and at the end.
 
 Environment:
@@ -388,7 +388,7 @@ def test_queue_training_moves_loss_chart(driver, artifacts):
     path = ROOT / "workflows" / "e4t_train_domain_encoder.json"
     _close_dialogs(driver)
     _load(driver, json.loads(path.read_text()), path.stem)
-    name = f"facesmith-browser-test-{uuid.uuid4().hex[:8]}"  # nothing to resume: the chart starts at step 1
+    name = f"facesmith-browser-test-{uuid.uuid4().hex[:8]}"  # not the user's demo-e4t; the chart starts at step 1
     total = driver.execute_script("""
         const n = window.app.graph._nodes.find((n) => n.type === 'FaceSmithTrainDomainEncoder');
         n.widgets.find((w) => w.name === 'name').value = arguments[0];
