@@ -50,7 +50,7 @@ function drawChart(ctx, widget, width, y) {
   ctx.fillStyle = "#bbb";
   ctx.font = "11px sans-serif";
   if (!pts.length) {
-    ctx.fillText("loss: waiting for the first step", x0 + 6, y0 + 16);
+    ctx.fillText("loss: waiting for the first step", x0 + 6, y0 + 16, w - 12);
     ctx.restore();
     return;
   }
@@ -70,7 +70,7 @@ function drawChart(ctx, widget, width, y) {
   });
   ctx.stroke();
   ctx.fillText(`${widget.label || "loss"}  step ${last[0]}/${total}  loss ${Number(last[1]).toPrecision(4)}` +
-               `  (min ${lo.toPrecision(3)}, max ${hi.toPrecision(3)})`, x0 + 6, y0 + 13);
+               `  (min ${lo.toPrecision(3)}, max ${hi.toPrecision(3)})`, x0 + 6, y0 + 13, w - 12);  // fit the node
   ctx.restore();
 }
 
