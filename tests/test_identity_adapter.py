@@ -122,6 +122,7 @@ def test_combine_modes_and_identity_file(world, tmp_path):
     apath = adapter.save(tmp_path / "ad.safetensors")
     again = IdentityAdapter.load(apath)
     assert again.adapter_id == adapter.adapter_id
+    assert again.face_encoder.arch == adapter.face_encoder.arch and again.face_encoder.dim == adapter.face_encoder.dim
     assert torch.allclose(again.identity(bp, crops).ctx, avg.ctx, atol=1e-5)
     other = IdentityAdapter.load(apath)
     with torch.no_grad():

@@ -165,11 +165,9 @@ class IdentityAdapter:
         return t
 
     def metadata(self) -> dict:
-        from .face_encoder import ARCH
-
         return {"format": FORMAT, "method": "identity_adapter", "base_name": self.base_name,
                 "base_fingerprint": self.base_fingerprint, "adapter_config": json.dumps(self.cfg.to_json()),
-                "face_encoder_arch": json.dumps(self.face_encoder.metadata.get("arch_json", ARCH)),
+                "face_encoder_arch": json.dumps(self.face_encoder.arch),
                 "face_encoder_threshold": str(self.face_encoder.threshold),
                 "info": json.dumps(self.info, sort_keys=True)}
 
@@ -202,7 +200,7 @@ class IdentityAdapter:
                                input_size=arch["input_size"])
         fe_net.load_state_dict({k[len("face_encoder."):]: v.float() for k, v in tensors.items()
                                 if k.startswith("face_encoder.")})
-        fe = FaceEncoder(fe_net, float(meta.get("face_encoder_threshold", 0.5)), {"arch_json": arch}, path)
+        fe = FaceEncoder(fe_net, float(meta.get("face_encoder_threshold", 0.5)), {}, path, arch)
         try:
             info = json.loads(meta.get("info", "{}"))
         except ValueError:
@@ -283,7 +281,7 @@ class AttentionEntry:
 
 
 class AttentionState:
-    def __init__(self, unet, pipe=None):
+    def __init__(self, pipe=None):
         self.entries: list[AttentionEntry] = []
         self.timestep = 0.0
         self.latent_hw = (0, 0)
@@ -344,7 +342,7 @@ def attached(unet, entry: AttentionEntry, pipe=None) -> Iterator[AttentionState]
     restore = []
     hook = None
     if installed:
-        state = AttentionState(unet, pipe)
+        state = AttentionState(pipe)
         sched = getattr(pipe, "scheduler", None)
         state.num_train_timesteps = int(getattr(getattr(sched, "config", None), "num_train_timesteps", 1000) or 1000)
         for i, (name, attn) in enumerate(cross_attention_layers(unet)):

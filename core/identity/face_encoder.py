@@ -27,8 +27,9 @@ def default_path() -> Path:
 class FaceEncoder:
     """A loaded face encoder: ``embed_images`` (model-format images) and ``embed_aligned`` (112 px arcface crops)."""
 
-    def __init__(self, net, threshold: float, metadata: dict, path: Path | None):
+    def __init__(self, net, threshold: float, metadata: dict, path: Path | None, arch: dict | None = None):
         self.net = net.eval()
+        self.arch = dict(arch or ARCH)  # what rebuilds ``net`` (stored with an adapter that embeds this encoder)
         for p in self.net.parameters():
             p.requires_grad_(False)
         self.threshold = float(threshold)
@@ -45,10 +46,10 @@ class FaceEncoder:
             raise FileNotFoundError(
                 f"the identity adapter's face encoder {path} does not exist; build it with `facesmith train "
                 f"face-encoder --out {path}` (or put {FILE_NAME} under models/facesmith/{SUBDIR}/)")
-        net, _, meta, path = load_judge_net(
+        net, arch, meta, path = load_judge_net(
             path, FILE_NAME, KIND, device=str(device),
             build=lambda a: RecognizerNet(a["dim"], tuple(a["widths"]), tuple(a["blocks"]), input_size=a["input_size"]))
-        return cls(net, float(meta.get("threshold", 0.5)), meta, path)
+        return cls(net, float(meta.get("threshold", 0.5)), meta, path, arch)
 
     @property
     def dim(self) -> int:
