@@ -51,11 +51,16 @@ class DomainPool:
         return int(self.stats.shape[0])
 
     def groups(self) -> dict[int, np.ndarray]:
-        out: dict[int, list] = {}
-        for i, ident in enumerate(self.identity.tolist()):
-            if ident >= 0:
-                out.setdefault(ident, []).append(i)
-        return {k: np.asarray(v) for k, v in out.items() if len(v) > 1}
+        return identity_groups(self.identity)
+
+
+def identity_groups(identity: np.ndarray) -> dict[int, np.ndarray]:
+    """identity -> row indices, for every known identity (>= 0; -1 = unknown) with two or more rows."""
+    out: dict[int, list] = {}
+    for i, ident in enumerate(np.asarray(identity).tolist()):
+        if ident >= 0:
+            out.setdefault(int(ident), []).append(i)
+    return {k: np.asarray(v) for k, v in out.items() if len(v) > 1}
 
 
 def build_pool(pipe, images: np.ndarray, identity=None, attrs=None, captions=None, cfg=None,

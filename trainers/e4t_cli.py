@@ -80,14 +80,15 @@ def add_arguments(p) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
 
 
-def output_path(out: str) -> Path:
+def output_path(out: str, subdir: str = "e4t") -> Path:
+    """``--out``: a path ending .safetensors (with a folder), or a name saved as <models>/facesmith/SUBDIR/NAME."""
     from ..core import paths
     from ..core.formats import safe_join
 
     if out.endswith(".safetensors") and ("/" in out or out.startswith(".")):
         return Path(out)
     name = out if out.endswith(".safetensors") else out + ".safetensors"
-    return safe_join(paths.models_root("facesmith"), f"e4t/{name}")
+    return safe_join(paths.models_root("facesmith"), f"{subdir}/{name}")
 
 
 def main(args) -> int:

@@ -31,6 +31,7 @@ from ..core.identity.adapter import AttentionEntry, IdentityAdapter, attached, n
     synthface_crops
 from ..core.progress import Progress, report
 from ..core.training.loop import TrainConfig, TrainResult, fit_steps, train
+from .e4t import identity_groups
 
 log = logging.getLogger("facesmith.train")
 
@@ -53,10 +54,7 @@ class FacePool:
         return int(self.stats.shape[0])
 
     def groups(self) -> dict[int, np.ndarray]:
-        out: dict[int, list] = {}
-        for i, ident in enumerate(self.identity.tolist()):
-            out.setdefault(int(ident), []).append(i)
-        return {k: np.asarray(v) for k, v in out.items() if len(v) > 1}
+        return identity_groups(self.identity)
 
 
 def _batches(n: int, size: int):

@@ -55,16 +55,6 @@ def add_arguments(p) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
 
 
-def output_path(out: str) -> Path:
-    from ..core import paths
-    from ..core.formats import safe_join
-
-    if out.endswith(".safetensors") and ("/" in out or out.startswith(".")):
-        return Path(out)
-    name = out if out.endswith(".safetensors") else out + ".safetensors"
-    return safe_join(paths.models_root("facesmith"), f"identity/{name}")
-
-
 def main(args) -> int:
     import torch
 
@@ -75,13 +65,13 @@ def main(args) -> int:
     from ..core.progress import tqdm_progress
     from ..core.training.loop import loss_graph
     from .e4t import synthface_images
-    from .e4t_cli import resolved_argv
+    from .e4t_cli import output_path, resolved_argv
     from .identity_adapter import (AdapterTrainSettings, FacePool, encode_renders, face_embeddings, load_renders,
                                    save_renders, train_identity_adapter)
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = output_path(args.out)
+    out = output_path(args.out, "identity")
     for f in (out, out.with_suffix(".loss.png"), out.with_suffix(".json")):
         check_new_file(f, args.overwrite)  # fail before any work
     base = load_pipeline(args.base, device="cpu", dtype="fp32")

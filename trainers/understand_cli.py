@@ -37,12 +37,12 @@ def add_arguments(p) -> None:
 
 
 def output_path(out: str) -> Path:
-    if out.endswith(".safetensors"):
-        return Path(out)
-    from ..core.paths import models_root
+    """``--out``: a path ending .safetensors (with a folder), or a name saved under <models>/facesmith/understand/
+    (path traversal refused), as every trainer's ``--out``."""
     from ..core.understand.weights import SUBFOLDER
+    from .e4t_cli import output_path as trainer_output_path
 
-    return models_root("facesmith") / SUBFOLDER / f"{out}.safetensors"
+    return trainer_output_path(out, SUBFOLDER)
 
 
 def main(args) -> int:
