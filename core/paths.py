@@ -227,6 +227,24 @@ def list_models(kind: str) -> list[str]:
     return out
 
 
+def list_models_tagged(kind: str, key: str, value: str, prefix: str = "") -> list[str]:
+    """``list_models(kind)`` names under ``prefix`` whose safetensors metadata has ``key == value`` (a file type);
+    unreadable files are simply not offered."""
+    from .formats import read_safetensors_metadata
+
+    out = []
+    for name in list_models(kind):
+        if not name.startswith(prefix):
+            continue
+        path = find(kind, name)
+        try:
+            if path is not None and read_safetensors_metadata(path).get(key) == value:
+                out.append(name)
+        except Exception:  # unreadable or not safetensors
+            continue
+    return out
+
+
 def find(kind: str, name: str) -> Optional[Path]:
     """The path of model ``name`` of ``kind`` (first root that has it), or ``None``. Rejects path traversal."""
     spec = _spec(kind)

@@ -76,15 +76,7 @@ def list_encoders() -> list[str]:
     """Names under models/facesmith/ whose metadata says they are E4T domain encoders."""
     from ..core.concept.encoder import FORMAT
 
-    out = []
-    for name in paths.list_models("facesmith"):
-        path = paths.find("facesmith", name)
-        try:
-            if path is not None and read_safetensors_metadata(path).get("format") == FORMAT:
-                out.append(name)
-        except Exception:  # unreadable files are simply not offered
-            continue
-    return out
+    return paths.list_models_tagged("facesmith", "format", FORMAT)
 
 
 class FaceSmithTrainDomainEncoder:

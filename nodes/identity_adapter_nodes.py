@@ -8,7 +8,7 @@ import numpy as np
 
 from ..core import paths
 from ..core.generate import SEED_MAX
-from ..core.formats import check_new_file, read_safetensors_metadata, safe_join
+from ..core.formats import check_new_file, safe_join
 from .comfy_bridge import grad_enabled, interruptible, node_progress
 from .concept_nodes import _exists_text, _file_name, _name_problem, trainer_seed
 from .identity_nodes import FACES_TYPE
@@ -26,30 +26,16 @@ WORK_SUBDIR = ".work/identity"
 BUILTIN_ADAPTER = "identity/synthface-idadapter.safetensors"
 
 
-def _list_with_format(fmt: str, prefix: str) -> list[str]:
-    out = []
-    for name in paths.list_models("facesmith"):
-        if not name.startswith(prefix):
-            continue
-        path = paths.find("facesmith", name)
-        try:
-            if path is not None and read_safetensors_metadata(path).get("format") == fmt:
-                out.append(name)
-        except Exception:  # unreadable files are simply not offered
-            continue
-    return out
-
-
 def list_adapters() -> list[str]:
     from ..core.identity.adapter import FORMAT
 
-    return _list_with_format(FORMAT, f"{ADAPTER_SUBDIR}/")
+    return paths.list_models_tagged("facesmith", "format", FORMAT, f"{ADAPTER_SUBDIR}/")
 
 
 def list_identities() -> list[str]:
     from ..core.identity.adapter import IDENTITY_FORMAT
 
-    return _list_with_format(IDENTITY_FORMAT, f"{IDENTITY_SUBDIR}/")
+    return paths.list_models_tagged("facesmith", "format", IDENTITY_FORMAT, f"{IDENTITY_SUBDIR}/")
 
 
 def _file_hash(name: str) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import paths
-from ..formats import read_safetensors_metadata
 from .weights import KIND as UNIFIED_KIND
 from .weights import SUBFOLDER
 
@@ -13,17 +12,7 @@ BUILTIN_UNIFIED = f"{SUBFOLDER}/synthface-unified-moe.safetensors"
 
 
 def _of_kind(kind: str) -> list[str]:
-    out = []
-    for name in paths.list_models("facesmith"):
-        if not name.startswith(f"{SUBFOLDER}/"):
-            continue
-        path = paths.find("facesmith", name)
-        try:
-            if path is not None and read_safetensors_metadata(path).get("facesmith_kind") == kind:
-                out.append(name)
-        except Exception:  # unreadable files are simply not offered
-            continue
-    return out
+    return paths.list_models_tagged("facesmith", "facesmith_kind", kind, f"{SUBFOLDER}/")
 
 
 def unified_models() -> list[str]:
