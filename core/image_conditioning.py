@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Iterator, Optional
 
 import torch
+import torch.nn.functional as F
 
 
 @dataclass
@@ -41,14 +42,42 @@ def dual_guidance(e00: torch.Tensor, ei0: torch.Tensor, eit: torch.Tensor, image
     return e00 + image_scale * (ei0 - e00) + text_scale * (eit - ei0)
 
 
-def _widened_conv(conv: torch.nn.Conv2d, extra: torch.Tensor) -> torch.nn.Conv2d:
-    new = torch.nn.Conv2d(conv.in_channels + extra.shape[1], conv.out_channels, conv.kernel_size, conv.stride,
-                          conv.padding, bias=conv.bias is not None).to(conv.weight.device, conv.weight.dtype)
-    with torch.no_grad():
-        new.weight.copy_(torch.cat([conv.weight, extra.to(conv.weight.device, conv.weight.dtype)], dim=1))
-        if conv.bias is not None:
-            new.bias.copy_(conv.bias)
-    return new
+class ExtraChannelsConv(torch.nn.Module):
+    """``conv_in`` with ``C`` more input channels: ``base(x[:, :n]) + conv(x[:, n:], extra)``. The base layer is
+    used as it is (never copied), ``extra`` may be a trainable parameter (instruction-model training) or a tensor."""
+
+    def __init__(self, base: torch.nn.Conv2d, extra: torch.Tensor):
+        super().__init__()
+        self.base = base
+        self.extra = extra
+        self.in_channels = base.in_channels + int(extra.shape[1])
+        self.out_channels = base.out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.base.in_channels
+        w = self.extra.to(x.device, x.dtype)
+        return self.base(x[:, :n]) + F.conv2d(x[:, n:], w, None, self.base.stride, self.base.padding,
+                                              self.base.dilation)
+
+
+def check_extra_weight(conv: torch.nn.Conv2d, extra: torch.Tensor, channels: int) -> None:
+    want = (conv.out_channels, channels, *conv.kernel_size)
+    if tuple(extra.shape) != want:
+        raise ValueError(f"extra input weights of shape {tuple(extra.shape)} do not fit conv_in {want}")
+
+
+@contextlib.contextmanager
+def extra_input_channels(unet, extra: torch.Tensor) -> Iterator[ExtraChannelsConv]:
+    """``unet.conv_in`` takes ``extra.shape[1]`` more channels while the block runs (restored on exit)."""
+    conv = unet.conv_in
+    if isinstance(conv, ExtraChannelsConv):
+        raise ValueError("the UNet already has extra input channels; one source image per generation")
+    check_extra_weight(conv, extra, int(extra.shape[1]))
+    unet.conv_in = ExtraChannelsConv(conv, extra)
+    try:
+        yield unet.conv_in
+    finally:
+        unet.conv_in = conv
 
 
 def _rows(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -69,9 +98,7 @@ def channel_conditioning(unet, source: SourceLatents, pipe=None) -> Iterator[Non
     c = int(source.latents.shape[1])
     extra = source.extra_weight if source.extra_weight is not None else \
         torch.zeros(conv.out_channels, c, *conv.kernel_size)
-    if tuple(extra.shape) != (conv.out_channels, c, *conv.kernel_size):
-        raise ValueError(f"extra input weights of shape {tuple(extra.shape)} do not fit conv_in "
-                         f"({conv.out_channels}, {c}, {conv.kernel_size})")
+    check_extra_weight(conv, extra, c)
     original_forward = unet.forward  # the bound method of the class
     src = source.latents
 
@@ -100,12 +127,11 @@ def channel_conditioning(unet, source: SourceLatents, pipe=None) -> Iterator[Non
             return UNet2DConditionOutput(sample=out)
         return (out,)
 
-    unet.conv_in = _widened_conv(conv, extra)
-    unet.forward = forward
-    unet._facesmith_channel_conditioning = True
-    try:
-        yield
-    finally:
-        unet.conv_in = conv
-        del unet.forward  # back to the class's method
-        del unet._facesmith_channel_conditioning
+    with extra_input_channels(unet, extra):
+        unet.forward = forward
+        unet._facesmith_channel_conditioning = True
+        try:
+            yield
+        finally:
+            del unet.forward  # back to the class's method
+            del unet._facesmith_channel_conditioning

@@ -60,7 +60,7 @@ def test_untrained_channels_change_nothing_and_everything_is_restored(tiny):
 def test_dual_guidance_is_what_the_pipeline_formula_gives(tiny):
     from types import SimpleNamespace
 
-    from facesmith.core.image_conditioning import SourceLatents, _widened_conv, channel_conditioning, dual_guidance
+    from facesmith.core.image_conditioning import SourceLatents, channel_conditioning, dual_guidance
 
     unet = tiny.pipe.unet
     torch.manual_seed(0)
@@ -77,7 +77,11 @@ def test_dual_guidance_is_what_the_pipeline_formula_gives(tiny):
         u, c = out.chunk(2)
         got = u + g * (c - u)
         conv = unet.conv_in
-        unet.conv_in = _widened_conv(conv, w)
+        # the reference: one plain Conv2d over 4 + 4 channels (what instruction-edit checkpoints store)
+        wide = torch.nn.Conv2d(8, conv.out_channels, conv.kernel_size, padding=conv.padding)
+        wide.weight.copy_(torch.cat([conv.weight, w], 1))
+        wide.bias.copy_(conv.bias)
+        unet.conv_in = wide
         try:
             z = torch.zeros(2, 4, 8, 8)
             s = src.expand(2, -1, -1, -1)

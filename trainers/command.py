@@ -11,6 +11,7 @@ TRAINABLES = {
     "domain-encoder": (".e4t_cli", "an E4T domain encoder + domain LoRA over a dataset folder"),
     "face-encoder": (".face_encoder_cli", "the identity adapter's own face recognizer (not the judge)"),
     "identity-adapter": (".identity_adapter_cli", "an IDAdapter-style identity adapter over SynthFace"),
+    "instruct": (".instruct_cli", "a MIGE-style instruction model (generation, editing, both) over SynthFace"),
     "face-vqa": (".understand_cli", "the unified face understanding model (MoE or dense) or a LoRA on a local VLM"),
 }
 

@@ -18,8 +18,13 @@ from .tokens import vector_tokens
 
 
 def lora_delta(down: torch.Tensor, up: torch.Tensor, scale: float, device, dtype) -> torch.Tensor:
-    """The weight offset of one LoRA layer: ``scale * up @ down`` (computed in float32, returned in ``dtype``)."""
-    return (up.to(device, torch.float32) @ down.to(device, torch.float32) * scale).to(dtype)
+    """The weight offset of one LoRA layer: ``scale * up @ down`` (computed in float32, returned in ``dtype``). For a
+    convolution (peft's ``down`` (rank, in, k, k), ``up`` (out, rank, 1, 1)) the offset has the kernel's shape."""
+    d = down.to(device, torch.float32)
+    u = up.to(device, torch.float32)
+    if d.dim() == 4:
+        return (u.flatten(1) @ d.flatten(1) * scale).view(u.shape[0], *d.shape[1:]).to(dtype)
+    return (u @ d * scale).to(dtype)
 
 
 def lora_scale(lora_alpha: float, lora_rank: int, lora_scale_: float, weight: float = 1.0) -> float:

@@ -135,12 +135,13 @@ def detach(unet) -> None:
 
 
 @contextlib.contextmanager
-def trainable_lora(unet, rank: int, alpha: float, init: LoraWeights | None = None) -> Iterator[LoraModules]:
+def trainable_lora(unet, rank: int, alpha: float, init: LoraWeights | None = None,
+                   targets: list[str] | None = None) -> Iterator[LoraModules]:
     """``attach`` on enter, ``detach`` on exit (also on error), with the UNet's own weights frozen meanwhile and its
-    ``requires_grad`` flags restored afterwards."""
+    ``requires_grad`` flags restored afterwards. ``targets``: module paths (default: the attention projections)."""
     flags = {n: p.requires_grad for n, p in unet.named_parameters()}
     unet.requires_grad_(False)
-    mods = attach(unet, rank, alpha, init)
+    mods = attach(unet, rank, alpha, init, targets=targets)
     try:
         yield mods
     finally:

@@ -1,0 +1,292 @@
+"""MIGE-style instruction-model training on the one training loop, base frozen.
+
+One model is trained on any subset of the three tasks (``core/synthface/edits.py``): all three = the joint model,
+one = a single-task model (the paper's comparison). Per row: the task's instruction with its images' word vectors at
+the placeholders (``core/instruct/net.py``, from precomputed face embeddings and VAE tokens), the source latents as
+extra UNet channels for edits (zeros for generation), and the exactly rendered target as the denoising target.
+
+Classifier-free guidance on text and image separately (InstructPix2Pix's recipe): per row with probability
+``drop_p`` each the instruction is dropped (empty caption, no image tokens), the source is dropped (zero channels),
+or both.
+
+Trainable: the fusion network, a peft LoRA on the UNet (``LORA_SUFFIXES``), the extra input channels' weights.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..core.concept.diffusion import ParamHolder, caption_ids, frozen, sample_latents, scaling_factor, \
+    training_scheduler
+from ..core.concept.lora import trainable_lora
+from ..core.concept.tokens import swapped_embedding, tokenizer_with
+from ..core.image_conditioning import extra_input_channels
+from ..core.instruct.instruction import parse
+from ..core.instruct.model import TASKS, InstructModel, expanded_prompt, lora_targets, new_model, token_words, \
+    vae_tokens
+from ..core.instruct.net import image_vectors
+from ..core.progress import Progress, report
+from ..core.training.loop import TrainConfig, TrainResult, fit_steps, train
+
+log = logging.getLogger("facesmith.train")
+
+MAX_TRAIN_IMAGES = 2  # images per training instruction (subject edits name two)
+
+
+@dataclass
+class InstructPool:
+    """Rendered samples and the frozen base's view of their images.
+
+    Image table (every image any sample uses): face embeddings, VAE tokens, latent statistics. Sample table: task,
+    indices of its images (``-1`` = none), of its source (``-1`` = none) and of its target, instruction text."""
+
+    face: torch.Tensor        # (M, face_dim)
+    tokens: torch.Tensor      # (M, grid*grid, vae_dim) float16
+    stats: torch.Tensor       # (M, 2C, h, w) float32
+    task: np.ndarray          # (S,) index into TASKS
+    images: np.ndarray        # (S, MAX_TRAIN_IMAGES)
+    source: np.ndarray        # (S,)
+    target: np.ndarray        # (S,)
+    instruction: list
+    source_name: str = ""
+
+    def __len__(self) -> int:
+        return len(self.instruction)
+
+
+def render_samples(n_per_task: int, seed: int, size: int, split: str = "train", tasks=TASKS) -> tuple[list, list]:
+    """(uint8 images, samples) for ``n_per_task`` samples of each task over the split's identities."""
+    from ..core.synthface.edits import instruct_sample
+    from ..core.synthface.splits import identities
+
+    ids = identities(split)
+    images, samples = [], []
+    for ti, task in enumerate(tasks):
+        rng = np.random.default_rng([seed, 17, ti])
+        for _ in range(n_per_task):
+            s = instruct_sample(task, rng, ids, size)
+            idx = []
+            for im in s["images"]:
+                idx.append(len(images))
+                images.append(im)
+            src = idx[0] if s["source"] is not None else -1  # the source is image1 of an edit
+            images.append(s["target"])
+            samples.append({"task": TASKS.index(task), "images": idx + [-1] * (MAX_TRAIN_IMAGES - len(idx)),
+                            "source": src, "target": len(images) - 1, "instruction": s["instruction"]})
+    return images, samples
+
+
+@torch.no_grad()
+def build_pool(pipe, face_encoder, images: list, samples: list, grid: int = 8, batch: int = 128,
+               progress: Optional[Progress] = None, source_name: str = "") -> InstructPool:
+    from ..core.concept.encoder import preprocess
+    from ..core.identity.adapter import synthface_crops
+
+    dp = getattr(pipe, "pipe", pipe)
+    size = int(dp.unet.config.sample_size) * int(getattr(dp, "vae_scale_factor", 8))
+    arr = np.stack(images)
+    faces, toks, stats = [], [], []
+    for i in range(0, len(arr), batch):
+        x = preprocess(arr[i:i + batch], size)
+        t, _ = vae_tokens(dp, x, grid)
+        d = dp.vae.encode(x).latent_dist
+        toks.append(t.half())
+        stats.append(torch.cat([d.mean, d.std], 1).float())
+        faces.append(face_encoder.embed_aligned(synthface_crops(x)))
+        report(progress, min(len(arr), i + batch), len(arr))
+    return InstructPool(face=torch.cat(faces), tokens=torch.cat(toks), stats=torch.cat(stats),
+                        task=np.array([s["task"] for s in samples], np.int64),
+                        images=np.array([s["images"] for s in samples], np.int64),
+                        source=np.array([s["source"] for s in samples], np.int64),
+                        target=np.array([s["target"] for s in samples], np.int64),
+                        instruction=[s["instruction"] for s in samples], source_name=source_name)
+
+
+def save_pool(path, pool: InstructPool) -> None:
+    from ..core.formats import save_safetensors
+
+    save_safetensors(path, {"face": pool.face, "tokens": pool.tokens, "stats": pool.stats,
+                            "task": torch.from_numpy(pool.task), "images": torch.from_numpy(pool.images),
+                            "source": torch.from_numpy(pool.source), "target": torch.from_numpy(pool.target)},
+                     {"instruction": json.dumps(pool.instruction), "source_name": pool.source_name}, overwrite=True)
+
+
+def load_pool(path) -> InstructPool:
+    from ..core.formats import load_safetensors
+
+    t, meta = load_safetensors(path)
+    return InstructPool(face=t["face"], tokens=t["tokens"], stats=t["stats"], task=t["task"].numpy(),
+                        images=t["images"].numpy(), source=t["source"].numpy(), target=t["target"].numpy(),
+                        instruction=json.loads(meta["instruction"]), source_name=meta.get("source_name", ""))
+
+
+class InstructObjective:
+    def __init__(self, dp, model: InstructModel, pool: InstructPool, lora_mods, source_weight: ParamHolder,
+                 tasks=TASKS, batch_size: int = 32, drop_p: float = 0.05, seed: int = 0):
+        self.dp, self.model, self.pool = dp, model, pool
+        self.lora_mods, self.source_weight = lora_mods, source_weight
+        self.batch_size, self.drop_p, self.seed = int(batch_size), float(drop_p), int(seed)
+        want = [TASKS.index(t) for t in tasks]
+        self.rows = np.flatnonzero(np.isin(pool.task, want))
+        if not len(self.rows):
+            raise ValueError(f"the pool has no sample of the tasks {list(tasks)}")
+        k = model.cfg.n_tokens
+        self.tok, self.start = tokenizer_with(dp.tokenizer, token_words(MAX_TRAIN_IMAGES, k))
+        self.prompts = [expanded_prompt(parse(text, _named(text)).prompt, MAX_TRAIN_IMAGES, k)
+                        for text in pool.instruction]
+        self.sched = training_scheduler(dp)
+        self.sf = scaling_factor(dp.vae)
+
+    def modules(self):
+        return {"net": self.model.net, "lora": self.lora_mods, "source_weight": self.source_weight}
+
+    def parameters(self):
+        return list(self.model.net.parameters()) + list(self.lora_mods.parameters()) + \
+            list(self.source_weight.parameters())
+
+    def make_batch(self, step: int):
+        rng = np.random.default_rng([self.seed, int(step)])  # a function of the step: exact resume
+        rows = self.rows[rng.integers(0, len(self.rows), self.batch_size)]
+        u = rng.random(self.batch_size)
+        drop_text = (u < self.drop_p) | (u >= 1 - self.drop_p)          # text only, or both
+        drop_src = (u >= self.drop_p) & (u < 2 * self.drop_p) | (u >= 1 - self.drop_p)  # source only, or both
+        caps = ["" if d else self.prompts[r] for r, d in zip(rows.tolist(), drop_text.tolist())]
+        return {"rows": torch.from_numpy(rows), "ids": caption_ids(self.tok, caps),
+                "drop_src": torch.from_numpy(drop_src), "step": int(step)}
+
+    def loss(self, batch, step):
+        dp, pool, net = self.dp, self.pool, self.model.net
+        dev = next(net.parameters()).device
+        gen = torch.Generator("cpu").manual_seed(self.seed * 1_000_003 + int(batch["step"]))
+        rows = batch["rows"].numpy()
+        img = pool.images[rows]                                   # (B, 2)
+        flat = np.where(img >= 0, img, pool.target[rows][:, None])  # padding rows read any image; unused
+        b, n = img.shape
+        face = pool.face[torch.from_numpy(flat.reshape(-1))].to(dev)
+        toks = pool.tokens[torch.from_numpy(flat.reshape(-1))].to(dev).float()
+        vec = image_vectors(net, self.model.class_embedding.to(dev), face, toks)   # (B*2, k, D)
+        vec = vec.reshape(b, n * vec.shape[1], vec.shape[2])
+        te = dp.text_encoder
+        with swapped_embedding(te, self.start, vec):
+            text = te(batch["ids"].to(dev))[0]
+        lat = sample_latents(pool.stats[torch.from_numpy(pool.target[rows])], self.sf, gen).to(dev)
+        src_idx = pool.source[rows]
+        has_src = torch.from_numpy(src_idx >= 0) & ~batch["drop_src"]
+        src_stats = pool.stats[torch.from_numpy(np.where(src_idx >= 0, src_idx, 0))]
+        src = (src_stats[:, :src_stats.shape[1] // 2] * self.sf * has_src.view(-1, 1, 1, 1)).to(dev)
+        noise = torch.randn(lat.shape, generator=gen).to(dev)
+        t = torch.randint(0, self.sched.config.num_train_timesteps, (b,), generator=gen).to(dev)
+        noisy = self.sched.add_noise(lat, noise, t)
+        with extra_input_channels(dp.unet, self.source_weight.value):
+            pred = dp.unet(torch.cat([noisy, src], 1), t, encoder_hidden_states=text).sample
+        kind = self.sched.config.prediction_type
+        if kind == "epsilon":
+            target = noise
+        elif kind == "v_prediction":
+            target = self.sched.get_velocity(lat, noise, t)
+        else:
+            raise ValueError(f"instruction training supports epsilon and v-prediction bases, not {kind!r}")
+        per_row = F.mse_loss(pred.float(), target.float(), reduction="none").mean((1, 2, 3))
+        logs = {"denoise": float(per_row.mean().detach())}
+        task = torch.from_numpy(pool.task[rows])
+        for i, name in enumerate(TASKS):
+            m = task == i
+            if bool(m.any()):
+                logs[name] = float(per_row[m.to(per_row.device)].mean().detach())
+        return per_row.mean(), logs
+
+
+def _named(text: str) -> list[int]:
+    from ..core.instruct.instruction import placeholders
+
+    return placeholders(text)
+
+
+@dataclass
+class InstructTrainSettings:
+    tasks: tuple = TASKS
+    steps: int = 1500
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    drop_p: float = 0.05
+    n_tokens: int = 4
+    grid: int = 8
+    lora_rank: int = 16
+    seed: int = 0
+    checkpoint_every: int = 200
+    log_every: int = 50
+    warmup_steps: int = 50
+    lr_schedule: str = "cosine"
+    seconds: float = 0.0
+
+    def check(self) -> None:
+        for name in ("steps", "batch_size", "n_tokens", "grid", "lora_rank"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < (0 if name == "steps" else 1):
+                raise ValueError(f"{name} must be a whole number >= {0 if name == 'steps' else 1}, got {v!r}")
+        bad = [t for t in self.tasks if t not in TASKS]
+        if bad or not self.tasks:
+            raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {list(self.tasks)}")
+        if not 0 <= self.drop_p < 1 / 3:
+            raise ValueError(f"drop_p must be in [0, 1/3), got {self.drop_p}")
+
+
+_NOT_RECIPE = {"steps", "seconds", "checkpoint_every", "log_every", "learning_rate", "seed", "warmup_steps",
+               "lr_schedule"}
+
+
+def _config(s: InstructTrainSettings, work_dir, resume=True, recipe=None) -> TrainConfig:
+    return TrainConfig(steps=s.steps, learning_rate=s.learning_rate, seed=s.seed, checkpoint_every=s.checkpoint_every,
+                       log_every=s.log_every, warmup_steps=s.warmup_steps, lr_schedule=s.lr_schedule,
+                       work_dir=work_dir, resume=resume, recipe=recipe or {})
+
+
+def train_instruct(pipe, face_encoder, pool: InstructPool, settings: InstructTrainSettings,
+                   work_dir: Optional[str] = None, resume: bool = True,
+                   progress: Optional[Progress] = None) -> tuple[InstructModel, TrainResult]:
+    """Train an instruction model on ``pool`` (resumable from ``work_dir``); the base is left as it was."""
+    settings.check()
+    dp = getattr(pipe, "pipe", pipe)
+    t0 = time.time()
+    settings = replace(settings, tasks=tuple(settings.tasks))
+    model = new_model(pipe, face_encoder, seed=settings.seed, n_tokens=settings.n_tokens, grid=settings.grid,
+                      lora_rank=settings.lora_rank, lora_alpha=float(settings.lora_rank))
+    targets = lora_targets(dp.unet)
+    rank, alpha = model.cfg.lora_rank, model.cfg.lora_alpha
+
+    def objective(m: InstructModel, mods):
+        return InstructObjective(dp, m, pool, mods, ParamHolder(m.source_weight), settings.tasks,
+                                 settings.batch_size, settings.drop_p, settings.seed)
+
+    with frozen(dp.unet, dp.text_encoder, dp.vae, face_encoder.net):
+        if settings.seconds > 0:
+            with trainable_lora(dp.unet, rank, alpha, targets=targets) as probe_mods:
+                probe = new_model(pipe, face_encoder, seed=settings.seed, n_tokens=settings.n_tokens,
+                                  grid=settings.grid, lora_rank=rank, lora_alpha=alpha)
+                steps = fit_steps(lambda: objective(probe, probe_mods), _config(settings, None), settings.seconds)
+            settings = replace(settings, steps=steps, seconds=0.0)
+            log.info("instruction model: %d steps fit the time budget here", steps)
+        recipe = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()
+                  if k not in _NOT_RECIPE}
+        recipe.update(base_fingerprint=model.base_fingerprint, face_encoder=face_encoder.fingerprint,
+                      pool_rows=len(pool), pool_source=pool.source_name)
+        with trainable_lora(dp.unet, rank, alpha, targets=targets) as mods:
+            obj = objective(model, mods)
+            result = train(obj, _config(settings, work_dir, resume, recipe), progress)
+            model.lora = mods.weights()
+            model.source_weight = obj.source_weight.value.detach().float().cpu().clone()
+    model.net.cpu().float().eval()
+    tail = result.loss_history[-100:]
+    model.info = {"method": "instruct", "tasks": list(settings.tasks), "steps": result.steps_done,
+                  "hyper_parameters": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()},
+                  "pool_rows": len(pool), "pool_source": pool.source_name, "resumed_from": result.resumed_from,
+                  "final_loss": float(np.mean(tail)) if tail else None, "seconds": round(time.time() - t0, 1),
+                  "face_encoder": face_encoder.fingerprint}
+    return model, result
