@@ -19,6 +19,7 @@ BENCHMARKS = {
     "identity": "identity adapter (1 and 4 references, ablations) vs E4T on held-out identities",
     "faces": "face pipeline on real photos shipped in wheels: detection rates, same face vs different people",
     "train": "step time of the one training loop vs a bare diffusers + peft loop (LoRA on the built-in base)",
+    "instruct": "instruction generation / editing / subject editing: joint vs single-task models vs do-nothing",
     "understand": "face VQA per question type, caption recall and generation adherence on held-out identities",
 }
 

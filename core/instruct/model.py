@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -49,7 +50,7 @@ def lora_targets(unet) -> list[str]:
 def to_unit_bchw(images) -> torch.Tensor:
     """Images as (N, 3, H, W) float in [0, 1]: from ComfyUI (N, H, W, 3) floats, uint8 arrays (N, H, W, 3) or
     (H, W, 3), or (N, 3, H, W) floats."""
-    x = torch.as_tensor(images)
+    x = images if torch.is_tensor(images) else torch.from_numpy(np.ascontiguousarray(np.asarray(images)))
     if x.dtype == torch.uint8:
         x = x.float() / 255.0
     x = x.float()

@@ -31,8 +31,10 @@ def _changed(rng: np.random.Generator, attrs: dict, names) -> tuple[str, object]
     return name, choices[int(rng.integers(len(choices)))]
 
 
-def instruct_sample(task: str, rng: np.random.Generator, ids, size: int = 64, mention_p: float = 0.8) -> dict:
-    """One sample of ``task`` for a person drawn from ``ids``.
+def instruct_sample(task: str, rng: np.random.Generator, ids, size: int = 64, mention_p: float = 0.8,
+                    identity: int | None = None) -> dict:
+    """One sample of ``task`` for ``identity`` (or a person drawn from ``ids``); the other person of a subject edit
+    is drawn from ``ids``.
 
     Returns ``{"task", "images": [image1, image2?], "source": image or None, "instruction", "target", "labels"}``
     (uint8 images). ``labels``: ``identity``, ``reference_identity``, ``source_attributes``, ``target_attributes``,
@@ -41,6 +43,10 @@ def instruct_sample(task: str, rng: np.random.Generator, ids, size: int = 64, me
     if task not in TASKS:
         raise ValueError(f"unknown instruction task {task!r}; one of {TASKS}")
     a, b = (int(x) for x in rng.choice(ids, 2, replace=False))
+    if identity is not None:
+        a = int(identity)
+        if b == a:
+            b = int(next(i for i in ids if int(i) != a))
     if task == "subject_generation":
         ref_attrs, tgt_attrs = random_attributes(rng), random_attributes(rng)
         mention = [n for n in ATTRIBUTES if rng.random() < mention_p]

@@ -1,0 +1,132 @@
+"""The instruction model (issue 16): instruction checks, the conditioner on the one Generate path (what it patches
+and restores, the edit's framing), fused convolution LoRA = peft's, files and the training objective.
+
+Runs on the built-in base with an UNTRAINED model (random face encoder); the shipped models' quality is measured by
+``facesmith bench instruct``."""
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def world(facesmith):
+    from facesmith.core.bench.base import load_builtin_base
+    from facesmith.core.identity.face_encoder import ARCH, FaceEncoder
+    from facesmith.core.instruct.model import new_model
+    from facesmith.core.judges.nets import RecognizerNet
+    from facesmith.core.synthface.edits import instruct_sample
+    from facesmith.core.synthface.splits import identities
+
+    torch.manual_seed(0)
+    bp = load_builtin_base()
+    fe = FaceEncoder(RecognizerNet(ARCH["dim"], tuple(ARCH["widths"]), tuple(ARCH["blocks"])), 0.5, {}, None)
+    model = new_model(bp, fe, seed=1)
+    with torch.no_grad():  # an untrained model starts nearly silent; give it a visible effect
+        model.net.proj.weight.normal_(0, 0.05)
+        model.source_weight.normal_(0, 0.1)
+    rng = np.random.default_rng(0)
+    sample = instruct_sample("subject_edit", rng, identities("train")[:50])
+    return bp, model, sample
+
+
+def test_instruction_checks_name_the_input():
+    from facesmith.core.instruct.instruction import InstructionError, parse
+
+    ins = parse("give <image1> the glasses of <image2>", [1, 2])
+    assert ins.images == (1, 2) and ins.prompt == "give <fs-image1> the glasses of <fs-image2>"
+    for text, connected, field in [("", [1], "instruction"), ("make <image1> smiling", [1, 2], "image2"),
+                                   ("give <image1> the hat of <image3>", [1], "image3"),
+                                   ("make it smile", [], "instruction"), ("see <image5>", [5], "instruction")]:
+        with pytest.raises(InstructionError) as e:
+            parse(text, connected)
+        assert e.value.field == field, (text, e.value)
+
+
+def _edit(bp, model, sample, source, **kw):
+    from facesmith.core.instruct.instruction import parse
+    from facesmith.core.instruct.model import instruct_images
+
+    ins = parse(sample["instruction"], [1, 2])
+    imgs = {1: sample["images"][0], 2: sample["images"][1]}
+    return instruct_images(bp, model, ins, imgs, source=source, steps=3, seed=0, **kw)
+
+
+def test_conditioner_patches_and_restores(world):
+    from facesmith.core.generate import GenerateRequest, generate
+
+    bp, model, sample = world
+    unet = bp.pipe.unet
+    conv, tok, emb = unet.conv_in, bp.pipe.tokenizer, bp.pipe.text_encoder.get_input_embeddings()
+    weights = {k: v.clone() for k, v in unet.state_dict().items()}
+    req = GenerateRequest(prompt="a photo of a person", seed=0, steps=3, cfg=3.0, scheduler="dpmpp_2m")
+    before = generate(bp, req)
+    edit = _edit(bp, model, sample, sample["source"])
+    gen = _edit(bp, model, sample, None)
+    assert edit.shape == gen.shape == (1, 64, 64, 3) and (edit - gen).abs().max() > 1e-3  # the source matters
+    assert unet.conv_in is conv and bp.pipe.tokenizer is tok
+    assert bp.pipe.text_encoder.get_input_embeddings() is emb
+    assert all(torch.equal(v, weights[k]) for k, v in unet.state_dict().items())
+    assert not hasattr(unet, "_facesmith_channel_conditioning")
+    assert torch.equal(generate(bp, req), before)
+
+
+def test_edit_keeps_the_source_framing(world):
+    """A non-square source: the result has the source's own size (resized back, never cropped)."""
+    bp, model, sample = world
+    wide = np.concatenate([sample["source"], sample["source"][:, :32]], 1)  # 64 x 96
+    out = _edit(bp, model, sample, wide)
+    assert out.shape == (1, 64, 96, 3)
+
+
+def test_fused_conv_lora_equals_peft(world):
+    """The inference path fuses conv LoRA offsets into the kernels; peft computes them on the fly: same output."""
+    from facesmith.core.concept.lora import FusedLora, trainable_lora
+    from facesmith.core.instruct.model import lora_targets
+
+    bp, model, _ = world
+    unet = bp.pipe.unet
+    targets = lora_targets(unet)
+    assert any(t.endswith("conv1") for t in targets) and any(t.endswith("to_q") for t in targets)
+    x, t = torch.randn(1, 4, 16, 16), torch.tensor([400])
+    ehs = torch.randn(1, 77, unet.config.cross_attention_dim)
+    with torch.no_grad():
+        with trainable_lora(unet, 4, 8.0, targets=targets) as mods:
+            for d, u in zip(mods.down, mods.up):
+                u.weight.normal_(0, 0.05)
+            lora = mods.weights()
+            want = unet(x, t, encoder_hidden_states=ehs).sample
+        with FusedLora(lora, 8.0 / 4).applied(unet):
+            got = unet(x, t, encoder_hidden_states=ehs).sample
+    assert torch.allclose(got, want, atol=1e-4)
+
+
+def test_model_file_round_trip_and_base_check(world, tmp_path):
+    from facesmith.core.concept.concept import BaseMismatch
+    from facesmith.core.instruct.model import InstructModel
+
+    bp, model, sample = world
+    path = model.save(tmp_path / "m.safetensors")
+    back = InstructModel.load(path)
+    assert back.model_id == model.model_id
+    assert torch.allclose(back.vectors(bp, sample["images"][:1]), model.vectors(bp, sample["images"][:1]), atol=1e-5)
+    back.base_fingerprint = "0" * 16
+    with pytest.raises(BaseMismatch, match="0000000000000000"):
+        back.check_base(bp)
+
+
+def test_training_objective_learns_and_drops_conditions(world):
+    """A few steps on a small pool lower the loss; the batches drop instruction / source as documented."""
+    from facesmith.trainers.instruct import InstructTrainSettings, build_pool, render_samples, train_instruct
+
+    bp, model, _ = world
+    images, samples = render_samples(6, seed=0, size=64)
+    pool = build_pool(bp, model.face_encoder, images, samples, grid=model.cfg.grid)
+    assert len(pool) == 18 and set(pool.task.tolist()) == {0, 1, 2}
+    assert (pool.source[pool.task == 0] == -1).all() and (pool.source[pool.task > 0] >= 0).all()
+    settings = InstructTrainSettings(steps=30, batch_size=8, learning_rate=3e-3, warmup_steps=0, lora_rank=2,
+                                     drop_p=0.3, lr_schedule="constant", log_every=1000)
+    trained, result = train_instruct(bp, model.face_encoder, pool, settings)
+    h = result.loss_history
+    assert np.mean(h[-8:]) < np.mean(h[:8])
+    assert trained.lora and trained.source_weight.abs().max() > 0  # both parts trained
+    assert not hasattr(bp.pipe.unet, "peft_config")  # the base is plain again
