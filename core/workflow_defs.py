@@ -206,6 +206,107 @@ def understand_generate_check() -> list[N]:
     ]
 
 
+INSTRUCT = "instruct/synthface-instruct.safetensors"
+GLASSES_REFERENCE = dict(REFERENCE, identity=38, hair="black", glasses="yes", background="green", view=2)
+
+
+def _load_instruct(id_, pos):
+    return N(id_, "FaceSmithLoadInstructModel", dict(model=INSTRUCT), {}, pos)
+
+
+def _instruction(id_, pos, text, images):
+    """A Multimodal Instruction node; ``images``: the render nodes that are image1, image2 ..."""
+    return N(id_, "FaceSmithMultimodalInstruction", dict(instruction=text),
+             {f"image{k}": (src, 0) for k, src in enumerate(images, 1)}, pos)
+
+
+def _instruct(id_, pos, links, source="image1", batch=4, seed=0):
+    return N(id_, "FaceSmithInstructGenerate", dict(source=source, text_guidance=3.0, image_guidance=1.5, steps=20,
+                                                    seed=seed, batch_size=batch, scheduler="dpmpp_2m", weight=1.0),
+             links, pos)
+
+
+def _instruct_links(instruction_id):
+    return {"pipeline": (1, 0), "instruct_model": (2, 0), "instruction": (instruction_id, 0)}
+
+
+def instruct_edit_photo() -> list[N]:
+    """Edit a photo by a text instruction (instruction model, MIGE): the result keeps the photo's size and layout;
+    the judges check the asked attribute and the likeness to the photo. The render stands in for a photo."""
+    text = "make <image1> smiling"
+    return [
+        N(1, "FaceSmithLoadBaseModel", dict(model=BASE, arch="auto", device="auto", dtype="auto"), {}, (40, 80)),
+        _load_instruct(2, (40, 300)),
+        N(3, "FaceSmithSynthFace", dict(REFERENCE), {}, (40, 460), title="Photo to edit (held-out identity 18)"),
+        _instruction(4, (420, 460), text, [3]),
+        _instruct(5, (820, 80), _instruct_links(4)),
+        N(6, "SaveImage", dict(filename_prefix="facesmith/instruct_photo_edit"), {"images": (5, 0)}, (1220, 80)),
+        N(7, "SaveImage", dict(filename_prefix="facesmith/instruct_photo_source"), {"images": (3, 0)}, (420, 760)),
+        N(8, "FaceSmithJudgeFaces", dict(prompt="smiling"), {"images": (5, 0), "reference": (3, 0)}, (1220, 460)),
+    ]
+
+
+def instruct_reference_edit() -> list[N]:
+    """Edit one person with something taken from another photo: "give <image1> the glasses of <image2>" (a subject
+    edit); judges the glasses and the likeness to the edited person."""
+    text = "give <image1> the glasses of <image2>"
+    return [
+        N(1, "FaceSmithLoadBaseModel", dict(model=BASE, arch="auto", device="auto", dtype="auto"), {}, (40, 80)),
+        _load_instruct(2, (40, 300)),
+        N(3, "FaceSmithSynthFace", dict(REFERENCE), {}, (40, 460), title="image1: photo to edit (identity 18)"),
+        N(4, "FaceSmithSynthFace", dict(GLASSES_REFERENCE), {}, (40, 900),
+          title="image2: whose glasses (identity 38)"),
+        _instruction(5, (420, 460), text, [3, 4]),
+        _instruct(6, (820, 80), _instruct_links(5)),
+        N(7, "SaveImage", dict(filename_prefix="facesmith/instruct_reference_edit"), {"images": (6, 0)},
+          (1220, 80)),
+        N(8, "SaveImage", dict(filename_prefix="facesmith/instruct_reference_source"), {"images": (3, 0)},
+          (420, 760)),
+        N(9, "FaceSmithJudgeFaces", dict(prompt="wearing glasses"), {"images": (6, 0), "reference": (3, 0)},
+          (1220, 460)),
+    ]
+
+
+def instruct_subject_generation() -> list[N]:
+    """A new picture of the person in a photo, as the instruction asks (subject-driven generation: no source);
+    judges the asked attributes and the likeness to the photo."""
+    text = "a photo of <image1>, wearing a hat, on a blue background"
+    return [
+        N(1, "FaceSmithLoadBaseModel", dict(model=BASE, arch="auto", device="auto", dtype="auto"), {}, (40, 80)),
+        _load_instruct(2, (40, 300)),
+        N(3, "FaceSmithSynthFace", dict(REFERENCE), {}, (40, 460), title="Subject (held-out identity 18)"),
+        _instruction(4, (420, 460), text, [3]),
+        _instruct(5, (820, 80), _instruct_links(4), source="none (generate)"),
+        N(6, "SaveImage", dict(filename_prefix="facesmith/instruct_subject_generation"), {"images": (5, 0)},
+          (1220, 80)),
+        N(7, "SaveImage", dict(filename_prefix="facesmith/instruct_subject_reference"), {"images": (3, 0)},
+          (420, 760)),
+        N(8, "FaceSmithJudgeFaces", dict(prompt=text), {"images": (5, 0), "reference": (3, 0)}, (1220, 460)),
+    ]
+
+
+def instruct_edit_check() -> list[N]:
+    """Describe a photo, edit it by an instruction, and check the edit with the face understanding model: its
+    attributes against what the instruction asked (pass/fail + reasons), so a graph verifies its own edit."""
+    text = "make <image1> with red hair"
+    return [
+        N(1, "FaceSmithLoadBaseModel", dict(model=BASE, arch="auto", device="auto", dtype="auto"), {}, (40, 80)),
+        _load_instruct(2, (40, 300)),
+        N(3, "FaceSmithSynthFace", dict(REFERENCE), {}, (40, 460),
+          title="Photo (held-out identity 18; use Load Image)"),
+        _load_face_model(4, (40, 900)),
+        N(5, "FaceSmithFaceDescribe", dict(max_new_tokens=90, keep_model_loaded=True),
+          {"images": (3, 0), "face_model": (4, 0)}, (420, 80)),
+        _instruction(6, (420, 460), text, [3]),
+        _instruct(7, (820, 80), _instruct_links(6)),
+        N(8, "SaveImage", dict(filename_prefix="facesmith/instruct_edit_check"), {"images": (7, 0)}, (1220, 80)),
+        N(9, "FaceSmithFaceAttributes", dict(keep_model_loaded=True), {"images": (7, 0), "face_model": (4, 0)},
+          (820, 460)),
+        N(10, "FaceSmithCheckAttributes", dict(prompt=text, min_confidence=0.5), {"attributes_json": (9, 0)},
+          (1220, 460)),
+    ]
+
+
 WORKFLOWS = {
     "synthface_text_to_image": text_to_image,
     "e4t_personalize": e4t_personalize,
@@ -215,6 +316,10 @@ WORKFLOWS = {
     "identity_vs_e4t": identity_vs_e4t,
     "understand_describe_photo": understand_describe_photo,
     "understand_generate_check": understand_generate_check,
+    "instruct_edit_photo": instruct_edit_photo,
+    "instruct_reference_edit": instruct_reference_edit,
+    "instruct_subject_generation": instruct_subject_generation,
+    "instruct_edit_check": instruct_edit_check,
 }
 
 
@@ -257,6 +362,10 @@ THUMBNAIL_SOURCES = {  # name -> SaveImage prefixes (under the output folder) wh
     "identity_vs_e4t": ["facesmith/identity_adapter", "facesmith/identity_e4t"],
     "understand_describe_photo": ["facesmith/understand_table"],
     "understand_generate_check": ["facesmith/generate_check"],
+    "instruct_edit_photo": ["facesmith/instruct_photo_source", "facesmith/instruct_photo_edit"],
+    "instruct_reference_edit": ["facesmith/instruct_reference_source", "facesmith/instruct_reference_edit"],
+    "instruct_subject_generation": ["facesmith/instruct_subject_reference", "facesmith/instruct_subject_generation"],
+    "instruct_edit_check": ["facesmith/instruct_edit_check"],
 }
 
 

@@ -19,6 +19,7 @@ _MODULES = [
     "native_concept",
     "native_identity",
     "understand_nodes",
+    "instruct_nodes",
 ]
 
 NODE_CLASS_MAPPINGS: dict = {}

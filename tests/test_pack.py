@@ -95,7 +95,8 @@ def test_node_contract(name, cls):
 
 
 # nodes that read a model file chosen by name: ComfyUI must know when that file changed (IS_CHANGED)
-READS_FILES_BY_NAME = {"FaceSmithLoadBaseModel", "FaceSmithLoadDomainEncoder", "FaceSmithLoadConcept"}
+READS_FILES_BY_NAME = {"FaceSmithLoadBaseModel", "FaceSmithLoadDomainEncoder", "FaceSmithLoadConcept",
+                       "FaceSmithLoadInstructModel"}
 
 
 def test_nodes_that_read_files_by_name_say_when_the_file_changed(tmp_path):

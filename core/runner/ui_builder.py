@@ -30,7 +30,8 @@ class UINode:
 TITLE_H, SLOT_H, WIDGET_H, MULTILINE_H, PAD, GAP, WIDTH = 30, 20, 24, 80, 16, 40, 320
 RUNTIME_H = {"SaveImage": 220, "PreviewImage": 220, "FaceSmithJudgeFaces": 120, "FaceSmithSaveConcept": 80,
              "FaceSmithFaceAnalysis": 120, "FaceSmithFaceSimilarity": 120, "FaceSmithTrainDomainEncoder": 240,
-             "FaceSmithEmbedConcept": 130}
+             "FaceSmithEmbedConcept": 130, "FaceSmithLoadInstructModel": 80, "FaceSmithInstructGenerate": 80,
+             "FaceSmithTrainInstructModel": 240}
 
 
 def node_height(n_socket_rows: int, widget_kinds: list[str], node_type: str) -> int:
