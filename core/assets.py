@@ -1,4 +1,4 @@
-"""The built-in SynthFace assets (tiny base model, judges, domain encoder, face understanding models): where they are, whether they are
+"""The built-in SynthFace assets (tiny base model, judges, domain encoder, identity adapter, instruction models, face understanding models): where they are, whether they are
 present, and how to rebuild a missing one with FaceSmith's own trainers (``facesmith assets --build``)."""
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ IDENTITY_DIR = BUILTIN_MODELS / "facesmith" / "identity"
 ADAPTER_TRAINING = ["--identities", "2400", "--views", "5", "--batch-size", "16", "--lr", "1e-3", "--seed", "0",
                     "--steps", "600", "--pool-cache", ".cache/train-identity/pool-2400x5.safetensors"]
 UNDERSTAND_DIR = BUILTIN_MODELS / "facesmith" / "understand"
+INSTRUCT_DIR = BUILTIN_MODELS / "facesmith" / "instruct"
+INSTRUCT_TRAINING = ["--per-task", "2000", "--steps", "800", "--batch-size", "32", "--seed", "0", "--pool-cache",
+                     ".cache/train-instruct/pool-2000.safetensors"]
 
 
 @dataclass
@@ -50,7 +53,20 @@ def assets() -> list[Asset]:
               UNDERSTAND_DIR / "synthface-unified-moe.safetensors", _understand_steps("moe")),
         Asset("understand-dense", "unified face understanding model, dense baseline (equal active parameters)",
               UNDERSTAND_DIR / "synthface-unified-dense.safetensors", _understand_steps("dense")),
+        Asset("instruct", "instruction model (MIGE) for synthface-base: joint, and the three single-task models",
+              INSTRUCT_DIR / "synthface-instruct.safetensors", _instruct_steps()),
     ]
+
+
+def _instruct_steps() -> list[list[str]]:
+    """The commands that made the shipped instruction models (see assets/models/facesmith/instruct/README.md)."""
+    out = []
+    for name, tasks in (("synthface-instruct", None), ("synthface-instruct-instruction-edit", "instruction_edit"),
+                        ("synthface-instruct-subject-edit", "subject_edit"),
+                        ("synthface-instruct-subject-generation", "subject_generation")):
+        out.append(["train", "instruct", *INSTRUCT_TRAINING, *(["--tasks", tasks] if tasks else []),
+                    "--out", str(INSTRUCT_DIR / f"{name}.safetensors"), "--work-dir", f".cache/train-instruct/{name}"])
+    return out
 
 
 def _understand_steps(arch: str) -> list[list[str]]:

@@ -18,6 +18,7 @@ _MODULES = [
     "native_models",
     "native_concept",
     "native_identity",
+    "native_instruct",
     "understand_nodes",
     "instruct_nodes",
 ]

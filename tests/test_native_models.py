@@ -218,3 +218,68 @@ def test_apply_identity_to_model_computes_what_generate_computes(comfy_native):
     cond = patched_clip.encode_from_tokens(patched_clip.tokenize(prompt)).float()
     plain_cond = clip.encode_from_tokens(clip.tokenize(prompt)).float()
     assert (cond - plain_cond).abs().max() > 1e-2
+
+
+def test_apply_instruction_to_model_computes_what_generate_computes(comfy_native):
+    """Apply Instruction to Model on ComfyUI's objects equals the diffusers InstructionConditioner: the image
+    vectors (ComfyUI's VAE encoder feeding the same fusion network), the instruction's text conditioning, and the
+    UNet with the LoRA patches and the source as extra input channels."""
+    import numpy as np
+
+    from facesmith.core.concept.lora import FusedLora, trainable_lora
+    from facesmith.core.identity.face_encoder import ARCH, FaceEncoder
+    from facesmith.core.image_conditioning import extra_input_channels
+    from facesmith.core.instruct.instruction import parse
+    from facesmith.core.instruct.model import InstructionConditioner, lora_targets, new_model
+    from facesmith.core.judges.nets import RecognizerNet
+    from facesmith.core.models import load_pipeline
+    from facesmith.core.synthface.edits import instruct_sample
+    from facesmith.core.synthface.splits import identities
+    from facesmith.nodes.instruct_nodes import MultimodalInstruction
+    from facesmith.nodes.native_instruct import FaceSmithApplyInstructionToModel
+
+    model, clip, vae = comfy_native
+    pipeline = load_pipeline(BASE, device="cpu", dtype=torch.float32)
+    torch.manual_seed(0)
+    fe = FaceEncoder(RecognizerNet(ARCH["dim"], tuple(ARCH["widths"]), tuple(ARCH["blocks"])), 0.5, {}, None)
+    im = new_model(pipeline, fe, seed=2, lora_rank=2, lora_alpha=4.0)
+    unet = pipeline.pipe.unet
+    with torch.no_grad():
+        im.net.proj.weight.normal_(0, 0.05)
+        im.source_weight.normal_(0, 0.1)
+        with trainable_lora(unet, 2, 4.0, targets=lora_targets(unet)) as mods:
+            for u in mods.up:
+                u.weight.normal_(0, 0.05)
+            im.lora = mods.weights()
+    s = instruct_sample("subject_edit", np.random.default_rng(4), identities("train")[:50])
+    images = {n + 1: torch.from_numpy(x[None]).float() / 255 for n, x in enumerate(s["images"])}
+    ins = parse(s["instruction"], [1, 2])
+    cond = InstructionConditioner(im, ins, images, pipeline, source=images[1], image_guidance=1.5, weight=0.7)
+    patched, positive, image_negative, negative, latent = FaceSmithApplyInstructionToModel().apply(
+        model, clip, vae, im, MultimodalInstruction(ins, images), "image1", 0.7)
+    src = positive[0][1]["noise_concat"]
+    assert torch.allclose(src, cond.source, atol=1e-4)  # ComfyUI's VAE + latent format = Generate's latents
+    assert torch.equal(image_negative[0][1]["noise_concat"], src)
+    assert not negative[0][1]["noise_concat"].any() and tuple(latent["samples"].shape) == tuple(src.shape)
+    # the instruction's conditioning: ComfyUI's CLIP with the image vectors = diffusers' text encoder with them
+    dp = pipeline.pipe
+    with cond.applied(pipeline):
+        ids = dp.tokenizer(cond.rewrite_prompt(ins.prompt), padding="max_length", max_length=77,
+                           truncation=True, return_tensors="pt").input_ids
+        with torch.no_grad():
+            want_text = dp.text_encoder(ids)[0]
+    assert torch.allclose(positive[0][0].float(), want_text, atol=1e-4), (positive[0][0] - want_text).abs().max()
+    # the UNet: LoRA weight patches + extra channels on ComfyUI's model = fused LoRA + extra channels in diffusers
+    g = torch.Generator().manual_seed(1)
+    x, ctx = torch.randn(1, 4, 16, 16, generator=g), torch.randn(1, 77, 128, generator=g)
+    t = torch.tensor([300.0])
+    with torch.no_grad():
+        patched.patch_model()
+        try:
+            native = patched.model.diffusion_model.float()(torch.cat([x, src], 1), timesteps=t, context=ctx)
+        finally:
+            patched.unpatch_model()
+        with FusedLora(im.lora, im.cfg.lora_alpha / im.cfg.lora_rank * 0.7).applied(unet), \
+                extra_input_channels(unet, im.source_weight * 0.7):
+            want = unet(torch.cat([x, cond.source], 1), t, encoder_hidden_states=ctx).sample
+    assert torch.allclose(native, want, atol=1e-4), (native - want).abs().max()

@@ -68,8 +68,8 @@ def render_samples(n_per_task: int, seed: int, size: int, split: str = "train", 
 
     ids = identities(split)
     images, samples = [], []
-    for ti, task in enumerate(tasks):
-        rng = np.random.default_rng([seed, 17, ti])
+    for task in tasks:
+        rng = np.random.default_rng([seed, 17, TASKS.index(task)])  # a task draws the same samples in any subset
         for _ in range(n_per_task):
             s = instruct_sample(task, rng, ids, size)
             idx = []

@@ -27,7 +27,7 @@ from .tokens import (check_prompt_has, check_token_free, check_token_text, expan
 
 log = logging.getLogger("facesmith")
 
-METHODS = ("e4t", "textual_inversion", "untrained_encoder", "identity_adapter")
+METHODS = ("e4t", "textual_inversion", "untrained_encoder", "identity_adapter", "instruct")
 
 
 class BaseMismatch(ValueError):

@@ -84,6 +84,13 @@ def resized(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
 
 
+def pooled_tokens(feature: torch.Tensor, mean: torch.Tensor, grid: int) -> torch.Tensor:
+    """VAE tokens (N, grid*grid, C) from the VAE encoder's last down-block output and the latent mean (the same maths
+    for the diffusers VAE and ComfyUI's)."""
+    f = torch.cat([F.adaptive_avg_pool2d(feature.float(), grid), F.adaptive_avg_pool2d(mean.float(), grid)], 1)
+    return f.flatten(2).transpose(1, 2).cpu()
+
+
 @torch.no_grad()
 def vae_tokens(dp, x: torch.Tensor, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(VAE tokens (N, grid*grid, C), latent mean (N, 4, h, w) unscaled) of model-format images x (N, 3, S, S) in
@@ -96,18 +103,12 @@ def vae_tokens(dp, x: torch.Tensor, grid: int) -> tuple[torch.Tensor, torch.Tens
         mean = vae.encode(x.to(dev, dt)).latent_dist.mean
     finally:
         hook.remove()
-    f = torch.cat([F.adaptive_avg_pool2d(got["f"].float(), grid), F.adaptive_avg_pool2d(mean.float(), grid)], 1)
-    return f.flatten(2).transpose(1, 2).cpu(), mean.float().cpu()
+    return pooled_tokens(got["f"], mean, grid), mean.float().cpu()
 
 
-@torch.no_grad()
-def image_features(dp, face_encoder, x: torch.Tensor, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(face embeddings (N, face_dim), VAE tokens) of model-format images (N, 3, S, S) in [-1, 1]. The face is read
-    at the canonical SynthFace position (the built-in models' world)."""
-    from ..identity.adapter import synthface_crops
-
-    tokens, _ = vae_tokens(dp, x, grid)
-    return face_encoder.embed_aligned(synthface_crops(x)), tokens
+def reference_images(images, size: int) -> torch.Tensor:
+    """Referenced images as model-format (N, 3, size, size) in [-1, 1] (centre square, resized)."""
+    return square(to_unit_bchw(images), size) * 2 - 1
 
 
 @dataclass
@@ -151,9 +152,16 @@ class InstructModel:
         """Word vectors (N, n_tokens, text_dim) of N referenced images (any layout ``to_unit_bchw`` takes)."""
         dp = getattr(pipe, "pipe", pipe)
         size = int(dp.unet.config.sample_size) * int(getattr(dp, "vae_scale_factor", 8))
-        x = square(to_unit_bchw(images), size) * 2 - 1
-        face, tokens = image_features(dp, self.face_encoder, x, self.cfg.grid)
+        x = reference_images(images, size)
+        return self.vectors_from(x, vae_tokens(dp, x, self.cfg.grid)[0])
+
+    @torch.no_grad()
+    def vectors_from(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Word vectors from model-format images ``x`` (their faces) and their VAE tokens (any VAE front end)."""
+        from ..identity.adapter import synthface_crops
+
         self.net.eval()
+        face = self.face_encoder.embed_aligned(synthface_crops(x))
         return image_vectors(self.net, self.class_embedding, face, tokens).float().cpu()
 
     # ------------------------------------------------------------------------------------------------- files
@@ -227,7 +235,8 @@ def new_model(pipe, face_encoder, seed: int = 0, **cfg_kw) -> InstructModel:
     grid = int(cfg_kw.get("grid", InstructConfig.grid))
     probe, _ = vae_tokens(dp, torch.zeros(1, 3, size, size), grid)
     cfg = InstructConfig(face_dim=face_encoder.dim, vae_dim=int(probe.shape[-1]),
-                         text_dim=int(dp.text_encoder.get_input_embeddings().weight.shape[1]), **cfg_kw)
+                         text_dim=int(dp.text_encoder.get_input_embeddings().weight.shape[1]), image_size=size,
+                         **cfg_kw)
     torch.manual_seed(seed)
     net = InstructNet(cfg)
     conv = dp.unet.conv_in

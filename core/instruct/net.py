@@ -39,6 +39,7 @@ class InstructConfig:
     lora_rank: int = 16
     lora_alpha: float = 16.0
     source_channels: int = 4
+    image_size: int = 64          # the base's native image size (references and sources are resized to it)
 
     def to_json(self) -> dict:
         return asdict(self)
