@@ -352,6 +352,11 @@ class FaceSmithEmbedConcept:
             "optional": {
                 "encoder": (ENCODER_TYPE, {"tooltip": "Needed for method e4t."}),
                 "concepts": (CONCEPT_TYPE, {"tooltip": "Concepts to keep; the new one is appended."}),
+                "face_model": ("FACESMITH_FACE_MODEL", {
+                    "tooltip": "Optional face understanding model (Load Face Model). When connected, the reference "
+                               "is described first (hair colour, expression, glasses, hat, beard, background) and "
+                               "the tuning caption names what it sees, so the concept learns the person rather than "
+                               "this photo's hair, glasses or hat: prompts that change them work much better."}),
             },
         }
 
@@ -370,7 +375,7 @@ class FaceSmithEmbedConcept:
         return True
 
     def embed(self, pipeline, image, method, token, steps, learning_rate, face_crop, seed, encoder=None,
-              concepts=None):
+              concepts=None, face_model=None):
         from ..core.concept.concept import BaseMismatch
         from ..core.concept.personalize import embed_e4t
         from ..core.concept.textual_inversion import embed_textual_inversion
@@ -401,14 +406,21 @@ class FaceSmithEmbedConcept:
             raise input_error(node, "steps", "must be >= 1 for textual_inversion (300-500 typical)")
         if method not in ("e4t", "textual_inversion"):
             raise input_error(node, "method", f"must be e4t or textual_inversion, got {method!r}")
+        kw = {}
+        if face_model is not None:
+            from ..core.understand.check import tuning_caption
+
+            kw["caption"] = tuning_caption(face_model, image)
+            log.info("%s: tuning caption %r", node, kw["caption"])
         try:
             with interruptible(), grad_enabled():
                 if method == "e4t":
                     c = embed_e4t(encoder, pipeline, image, token=token, steps=int(steps), lr=float(learning_rate),
-                                  seed=trainer_seed(seed), progress=progress)
+                                  seed=trainer_seed(seed), progress=progress, **kw)
                 else:
                     c = embed_textual_inversion(pipeline, image, token=token, steps=int(steps),
-                                                lr=float(learning_rate), seed=trainer_seed(seed), progress=progress)
+                                                lr=float(learning_rate), seed=trainer_seed(seed), progress=progress,
+                                                **kw)
         except BaseMismatch as exc:
             raise node_error(node, exc) from exc
         return (existing + [c],)

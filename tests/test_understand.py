@@ -183,3 +183,25 @@ def test_nodes_answer_per_image_and_check_attributes_against_a_prompt(u, heldout
     assert not ok and "glasses" in reasons and "not verified" in reasons
     with pytest.raises(ValueError, match="input 'attributes_json'"):
         check("not json", "with red hair", 0.5)
+
+
+def test_tuning_caption_names_what_the_shipped_model_reads(u):
+    """Describe -> personalise: the caption a concept is tuned on names the reference's attributes as the face model
+    reads them (the token stays a placeholder for embed_e4t / textual inversion)."""
+    from pathlib import Path
+
+    from facesmith.core.synthface.captions import parse_caption
+    from facesmith.core.synthface.render import render
+    from facesmith.core.understand.check import tuning_caption
+
+    _, infer, _, _, _ = u
+    path = Path(__file__).resolve().parents[1] / SHIPPED
+    if not path.is_file():
+        pytest.skip(f"{SHIPPED} not built yet (facesmith train face-vqa --arch moe ...)")
+    und = infer.load_understander(path)
+    attrs = {"hair": "red", "expression": "smiling", "glasses": True, "hat": False, "beard": False,
+             "background": "blue"}
+    text = tuning_caption(und, render(4001, attrs, 64, view=2))
+    assert text.startswith("a photo of {token}") and text.format(token="<x>").startswith("a photo of <x>")
+    named = parse_caption(text)
+    assert len(named) >= 4 and all(named[k] == attrs[k] for k in named), (text, named)

@@ -4,6 +4,8 @@ For each held-out identity one reference render (random attributes) is turned in
 
 - ``e4t_0``: the trained domain encoder, one forward pass (+ the domain LoRA);
 - ``e4t_k``: the same + ``k`` tuning steps (k <= 15) of embedding and LoRA on the reference;
+- ``e4t_k_described``: ``e4t_k`` whose tuning caption names the reference's attributes as the built-in face
+  understanding model reads them (``understand.check.tuning_caption``; never the judges), ``k_described`` steps;
 - ``textual_inversion``: embedding-only optimisation from the class word on the frozen base (400 steps);
 - ``untrained_encoder``: a randomly initialised encoder without domain tuning (no domain LoRA) put through the same
   ``k`` tuning steps as ``e4t_k`` (the control: what the domain tuning buys); ``untrained_encoder_0``: the same
@@ -46,6 +48,7 @@ import logging
 import statistics
 import tempfile
 import time
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +150,13 @@ def _worse(control: dict, method: dict) -> bool:
     return bool(gap > 2 * se)
 
 
+@lru_cache(maxsize=1)
+def _understander():
+    from ..understand.store import load_face_model
+
+    return load_face_model()
+
+
 def load_encoder():
     from .. import paths
     from ..concept.encoder import DomainEncoder
@@ -245,7 +255,7 @@ def run(quick: bool = False, n_identities: int | None = None, images_per_prompt:
         e4t_lr: float = DEFAULT_TUNING_LR, cfg: float = EVAL_CFG, methods: tuple | None = None,
         e4t_batch: int = DEFAULT_TUNING_BATCH, oracle_steps: int | None = None, n_views: int = ORACLE_VIEWS,
         oracle_lr: float = ORACLE_LR, oracle_batch: int = ORACLE_BATCH, eval_steps: int = EVAL_STEPS,
-        measure_overhead: bool = True, overhead_repeats: int | None = None) -> dict:
+        measure_overhead: bool = True, overhead_repeats: int | None = None, k_described: int = E4T_K) -> dict:
     """The metrics dict described in the module doc. ``quick``: QUICK_IDENTITIES identities x 4 prompts x 2 images
     and ORACLE_QUICK_STEPS oracle steps; full: FULL_IDENTITIES x 4 x 4 and ORACLE_STEPS.
     ``split="val"`` is for choosing settings (k, lr, cfg) without looking at the held-out identities; fewer
@@ -254,6 +264,7 @@ def run(quick: bool = False, n_identities: int | None = None, images_per_prompt:
     from ..concept.encoder import untrained
     from ..concept.personalize import embed_e4t
     from ..concept.textual_inversion import embed_textual_inversion
+    from ..understand.check import tuning_caption
 
     n_ids = n_identities or (QUICK_IDENTITIES if quick else FULL_IDENTITIES)
     per_prompt = images_per_prompt or (2 if quick else 4)
@@ -271,6 +282,11 @@ def run(quick: bool = False, n_identities: int | None = None, images_per_prompt:
         "e4t_0": lambda ref, views: embed_e4t(encoder, bp, ref, token=TOKEN, steps=0, seed=seed),
         "e4t_k": lambda ref, views: embed_e4t(encoder, bp, ref, token=TOKEN, steps=k, lr=e4t_lr, seed=seed,
                                               batch_size=e4t_batch),
+        # the reference described by the built-in face understanding model (never the judges): its attributes go
+        # to the tuning caption, so the token learns the person rather than the photo's hair, glasses, hat
+        "e4t_k_described": lambda ref, views: embed_e4t(encoder, bp, ref, token=TOKEN, steps=k_described,
+                                                        lr=e4t_lr, seed=seed, batch_size=e4t_batch,
+                                                        caption=tuning_caption(_understander(), ref)),
         "textual_inversion": lambda ref, views: embed_textual_inversion(bp, ref, token=TOKEN, steps=ti_steps,
                                                                          lr=TI_LR, seed=seed),
         "untrained_encoder": lambda ref, views: embed_e4t(control, bp, ref, token=TOKEN, steps=k, lr=e4t_lr,
@@ -325,6 +341,7 @@ def run(quick: bool = False, n_identities: int | None = None, images_per_prompt:
         repeats = overhead_repeats or (5 if quick else 15)
         out.update(overhead(bp, example, "a photo of <fs-person>, smiling", repeats=repeats, steps=eval_steps))
     out["settings"] = {"split": split, "identities": n_ids, "images_per_prompt": per_prompt, "k": k,
+                       "k_described": k_described,
                        "e4t_batch": e4t_batch,
                        "ti_steps": ti_steps, "e4t_lr": e4t_lr, "ti_lr": TI_LR, "eval_steps": eval_steps,
                        "oracle_steps": o_steps, "oracle_views": n_views, "oracle_lr": oracle_lr,

@@ -34,6 +34,22 @@ def read_attributes(understander, images, types: list[str] | None = None) -> lis
     return out
 
 
+def tuning_caption(understander, image, subject: str = "{token}", min_confidence: float = 0.5) -> str:
+    """A caption of ONE reference photo naming the attributes (hair colour, expression, glasses, hat, beard,
+    background) the face model reads with at least ``min_confidence``: ``"a photo of {token}, with red hair,
+    wearing glasses, ..."``. Tuning a concept on it leaves those to the words, so the concept token learns the
+    person rather than this photo's hair, glasses or hat (measured in the E4T README)."""
+    from ..synthface.captions import caption
+    from ..synthface.render import ATTRIBUTES, random_attributes
+
+    names = list(ATTRIBUTES)
+    seen = read_attributes(understander, image, names)[0]
+    values = {n: seen[n]["value"] for n in names if seen[n]["value"] is not None}
+    sure = [n for n in values if seen[n]["confidence"] >= min_confidence and not seen[n]["low_confidence"]]
+    filler = random_attributes(np.random.default_rng(0))  # values for what was not read; never named
+    return caption({**filler, **values}, subject=subject, mention=sure)
+
+
 def _word(t: str, v) -> str:
     return answer_word(t, v) if v is not None else "?"
 
