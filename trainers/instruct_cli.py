@@ -5,7 +5,7 @@ Example::
     facesmith train instruct --per-task 3000 --steps 1500 --out synthface-instruct                  # joint
     facesmith train instruct ... --tasks instruction_edit --out synthface-instruct-edit-only       # single task
 
-The result is ``<models>/facesmith/instruct/<out>.safetensors`` (fusion network, face encoder, UNet LoRA, source
+The result is ``<models>/facesmith/instruct/<out>.safetensors`` (float16; fusion network, face encoder, UNet LoRA, source
 channel weights, metadata: base name and fingerprint, tasks, hyper-parameters, steps, command) with ``.json`` (loss
 history) and ``.loss.png`` beside it. Checkpoints go to ``--work-dir``; the same command again resumes from the
 newest. ``--pool-cache FILE`` keeps the rendered samples' base features, so the joint and single-task models share
@@ -100,7 +100,7 @@ def main(args) -> int:
     model.info["command"] = "facesmith train instruct " + " ".join(
         shlex.quote(a) for a in resolved_argv(sys.argv[3:], model.info["steps"]))
     model.info["base_model"] = args.base
-    model.save(out, overwrite=args.overwrite)
+    model.save(out, overwrite=args.overwrite, dtype=torch.float16)  # weights stored in float16 (half the file)
     from PIL import Image
 
     with atomic_path(out.with_suffix(".loss.png"), args.overwrite) as tmp:

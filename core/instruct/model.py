@@ -183,8 +183,9 @@ class InstructModel:
                 "face_encoder_threshold": str(self.face_encoder.threshold),
                 "tasks": ",".join(self.tasks), "info": json.dumps(self.info, sort_keys=True)}
 
-    def save(self, path, overwrite: bool = False) -> Path:
-        return save_safetensors(path, {k: v.detach().float().cpu().contiguous() for k, v in
+    def save(self, path, overwrite: bool = False, dtype: torch.dtype = torch.float32) -> Path:
+        """``dtype`` float16 halves a shipped file (loading computes in float32 either way)."""
+        return save_safetensors(path, {k: v.detach().to("cpu", dtype).contiguous() for k, v in
                                        self.state_tensors().items()}, self.metadata(), overwrite=overwrite)
 
     @classmethod
