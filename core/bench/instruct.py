@@ -156,9 +156,12 @@ def _samples(identity: int, index: int, seed: int, size: int) -> dict:
 
 
 def collect(n_identities: int, images_per_sample: int = IMAGES_PER_SAMPLE, seed: int = 0, bp=None,
-            models: dict | None = None, steps: int = SAMPLER_STEPS, shard: tuple[int, int] = (0, 1)) -> list[dict]:
+            models: dict | None = None, steps: int = SAMPLER_STEPS, shard: tuple[int, int] = (0, 1),
+            rows: tuple | None = None) -> list[dict]:
     """Per-identity figures for identities ``shard[0]::shard[1]`` of the ``n_identities`` drawn (shards combine in
-    :func:`summarize`)."""
+    :func:`summarize`). ``models``: ``{"joint": model, "single": {task: model}}`` and any other name -> a model
+    evaluated on every task (e.g. a longer-trained joint model); ``rows``: which of them (and
+    ``identity_baseline``) to run, default all."""
     from ..instruct.instruction import parse
     from ..instruct.model import instruct_images
     from ..judges.metrics import recognizer
@@ -177,8 +180,10 @@ def collect(n_identities: int, images_per_sample: int = IMAGES_PER_SAMPLE, seed:
                               text_guidance=TEXT_GUIDANCE, steps=steps, seed=gen_seed, batch_size=images_per_sample)
         return out, (time.perf_counter() - t0) / images_per_sample
 
+    rows = tuple(rows or (*models, "identity_baseline"))
     warm = _samples(chosen[0], 10 ** 6, seed, bp.native_size)["subject_edit"]
-    run(models["joint"], warm, 0)  # warm-up, untimed
+    first = next(m for m in models.values() if not isinstance(m, dict))
+    run(first, warm, 0)  # warm-up, untimed
     records = []
     for n in range(shard[0], n_identities, shard[1]):
         samples = _samples(chosen[n], n, seed, bp.native_size)
@@ -186,13 +191,13 @@ def collect(n_identities: int, images_per_sample: int = IMAGES_PER_SAMPLE, seed:
         for task, s in samples.items():
             vae_img = vae_roundtrip(bp, s["source"]) if s["source"] is not None else None
             gen_seed = seed + 1000 * n
-            for name in ("joint", "single", "identity_baseline"):
+            for name in rows:
                 if name == "identity_baseline":
                     base_img = s["source"] if s["source"] is not None else s["images"][0]
                     out = torch.from_numpy(np.repeat(base_img[None], images_per_sample, 0)).float() / 255
                     secs = 0.0
                 else:
-                    model = models["joint"] if name == "joint" else models["single"][task]
+                    model = models[name][task] if isinstance(models[name], dict) else models[name]
                     out, secs = run(model, s, gen_seed)
                 fig = judge_sample(s, out, threshold, vae_img)
                 fig["seconds_per_image"] = secs
