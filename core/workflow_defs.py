@@ -220,7 +220,7 @@ def _instruction(id_, pos, text, images):
              {f"image{k}": (src, 0) for k, src in enumerate(images, 1)}, pos)
 
 
-def _instruct(id_, pos, links, source="image1", batch=4, seed=0):
+def _instruct(id_, pos, links, source="image1", batch=2, seed=0):
     return N(id_, "FaceSmithInstructGenerate", dict(source=source, text_guidance=3.0, image_guidance=1.5, steps=20,
                                                     seed=seed, batch_size=batch, scheduler="dpmpp_2m", weight=1.0),
              links, pos)
