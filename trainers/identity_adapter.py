@@ -30,8 +30,9 @@ from ..core.concept.tokens import swapped_embedding, tokenizer_with, vector_toke
 from ..core.identity.adapter import AttentionEntry, IdentityAdapter, attached, new_adapter, patch_features, \
     synthface_crops
 from ..core.progress import Progress, report
-from ..core.training.loop import TrainConfig, TrainResult, fit_steps, train
+from ..core.training.loop import TrainResult, fit_steps, train
 from .e4t import identity_groups
+from .settings import check_whole_numbers, loop_config, recipe_of_settings
 
 log = logging.getLogger("facesmith.train")
 
@@ -240,18 +241,11 @@ class AdapterTrainSettings:
     seconds: float = 0.0
 
     def check(self) -> None:
-        for name in ("steps", "batch_size", "n_refs", "n_id", "n_ctx"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < (0 if name == "steps" else 1):
-                raise ValueError(f"{name} must be a whole number >= {0 if name == 'steps' else 1}, got {v!r}")
+        check_whole_numbers(self, ("steps", "batch_size", "n_refs", "n_id", "n_ctx"))
         if self.id_weight < 0 or self.emb_reg < 0:
             raise ValueError("id_weight and emb_reg must be >= 0")
         if not 0 <= self.uncond_p < 1:
             raise ValueError(f"uncond_p must be in [0, 1), got {self.uncond_p}")
-
-
-_NOT_RECIPE = {"steps", "seconds", "checkpoint_every", "log_every", "learning_rate", "seed", "warmup_steps",
-               "lr_schedule"}
 
 
 def _objective(dp, adapter, pool, s: AdapterTrainSettings) -> IdentityAdapterObjective:
@@ -259,12 +253,6 @@ def _objective(dp, adapter, pool, s: AdapterTrainSettings) -> IdentityAdapterObj
                                     id_weight=s.id_weight, id_t_max=s.id_t_max, emb_reg=s.emb_reg,
                                     uncond_p=s.uncond_p, mention_p=s.mention_p, seed=s.seed,
                                     id_rows_max=s.id_rows_max)
-
-
-def _config(s: AdapterTrainSettings, work_dir, resume=True, recipe=None) -> TrainConfig:
-    return TrainConfig(steps=s.steps, learning_rate=s.learning_rate, seed=s.seed, checkpoint_every=s.checkpoint_every,
-                       log_every=s.log_every, warmup_steps=s.warmup_steps, lr_schedule=s.lr_schedule,
-                       work_dir=work_dir, resume=resume, recipe=recipe or {})
 
 
 def train_identity_adapter(pipe, face_encoder, pool: FacePool, settings: AdapterTrainSettings,
@@ -278,14 +266,15 @@ def train_identity_adapter(pipe, face_encoder, pool: FacePool, settings: Adapter
     with frozen(dp.unet, dp.text_encoder, dp.vae, face_encoder.net):
         if settings.seconds > 0:
             probe = new_adapter(pipe, face_encoder, seed=settings.seed, n_id=settings.n_id, n_ctx=settings.n_ctx)
-            steps = fit_steps(lambda: _objective(dp, probe, pool, settings), _config(settings, None),
+            steps = fit_steps(lambda: _objective(dp, probe, pool, settings), loop_config(settings),
                               settings.seconds)
             settings = replace(settings, steps=steps, seconds=0.0)
             log.info("identity adapter: %d steps fit the time budget here", steps)
-        recipe = {k: v for k, v in asdict(settings).items() if k not in _NOT_RECIPE}
+        recipe = recipe_of_settings(settings)
         recipe.update(base_fingerprint=adapter.base_fingerprint, face_encoder=face_encoder.fingerprint,
                       pool_rows=len(pool), pool_source=pool.source)
-        result = train(_objective(dp, adapter, pool, settings), _config(settings, work_dir, resume, recipe), progress)
+        result = train(_objective(dp, adapter, pool, settings), loop_config(settings, work_dir, resume, recipe),
+                       progress)
     adapter.net.cpu().float().eval()
     tail = result.loss_history[-100:]
     adapter.info = {"method": "identity_adapter", "steps": result.steps_done, "hyper_parameters": asdict(settings),

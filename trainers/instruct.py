@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import numpy as np
@@ -33,7 +33,8 @@ from ..core.instruct.model import TASKS, InstructModel, expanded_prompt, lora_ta
     vae_tokens
 from ..core.instruct.net import image_vectors
 from ..core.progress import Progress, report
-from ..core.training.loop import TrainConfig, TrainResult, fit_steps, train
+from ..core.training.loop import TrainResult, fit_steps, train
+from .settings import check_whole_numbers, loop_config, plain_settings, recipe_of_settings
 
 log = logging.getLogger("facesmith.train")
 
@@ -227,25 +228,12 @@ class InstructTrainSettings:
     seconds: float = 0.0
 
     def check(self) -> None:
-        for name in ("steps", "batch_size", "n_tokens", "grid", "lora_rank"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < (0 if name == "steps" else 1):
-                raise ValueError(f"{name} must be a whole number >= {0 if name == 'steps' else 1}, got {v!r}")
+        check_whole_numbers(self, ("steps", "batch_size", "n_tokens", "grid", "lora_rank"))
         bad = [t for t in self.tasks if t not in TASKS]
         if bad or not self.tasks:
             raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {list(self.tasks)}")
         if not 0 <= self.drop_p < 1 / 3:
             raise ValueError(f"drop_p must be in [0, 1/3), got {self.drop_p}")
-
-
-_NOT_RECIPE = {"steps", "seconds", "checkpoint_every", "log_every", "learning_rate", "seed", "warmup_steps",
-               "lr_schedule"}
-
-
-def _config(s: InstructTrainSettings, work_dir, resume=True, recipe=None) -> TrainConfig:
-    return TrainConfig(steps=s.steps, learning_rate=s.learning_rate, seed=s.seed, checkpoint_every=s.checkpoint_every,
-                       log_every=s.log_every, warmup_steps=s.warmup_steps, lr_schedule=s.lr_schedule,
-                       work_dir=work_dir, resume=resume, recipe=recipe or {})
 
 
 def train_instruct(pipe, face_encoder, pool: InstructPool, settings: InstructTrainSettings,
@@ -270,22 +258,21 @@ def train_instruct(pipe, face_encoder, pool: InstructPool, settings: InstructTra
             with trainable_lora(dp.unet, rank, alpha, targets=targets) as probe_mods:
                 probe = new_model(pipe, face_encoder, seed=settings.seed, n_tokens=settings.n_tokens,
                                   grid=settings.grid, lora_rank=rank, lora_alpha=alpha)
-                steps = fit_steps(lambda: objective(probe, probe_mods), _config(settings, None), settings.seconds)
+                steps = fit_steps(lambda: objective(probe, probe_mods), loop_config(settings), settings.seconds)
             settings = replace(settings, steps=steps, seconds=0.0)
             log.info("instruction model: %d steps fit the time budget here", steps)
-        recipe = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()
-                  if k not in _NOT_RECIPE}
+        recipe = recipe_of_settings(settings)
         recipe.update(base_fingerprint=model.base_fingerprint, face_encoder=face_encoder.fingerprint,
                       pool_rows=len(pool), pool_source=pool.source_name)
         with trainable_lora(dp.unet, rank, alpha, targets=targets) as mods:
             obj = objective(model, mods)
-            result = train(obj, _config(settings, work_dir, resume, recipe), progress)
+            result = train(obj, loop_config(settings, work_dir, resume, recipe), progress)
             model.lora = mods.weights()
             model.source_weight = obj.source_weight.value.detach().float().cpu().clone()
     model.net.cpu().float().eval()
     tail = result.loss_history[-100:]
     model.info = {"method": "instruct", "tasks": list(settings.tasks), "steps": result.steps_done,
-                  "hyper_parameters": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()},
+                  "hyper_parameters": plain_settings(settings),
                   "pool_rows": len(pool), "pool_source": pool.source_name, "resumed_from": result.resumed_from,
                   "final_loss": float(np.mean(tail)) if tail else None, "seconds": round(time.time() - t0, 1),
                   "face_encoder": face_encoder.fingerprint}
