@@ -160,16 +160,14 @@ class IdentityAdapter:
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         t = {f"adapter.{k}": v for k, v in self.net.state_dict().items()}
-        t.update({f"face_encoder.{k}": v for k, v in self.face_encoder.net.state_dict().items()})
+        t.update(self.face_encoder.embedded_tensors())
         t["class_embedding"] = self.class_embedding
         return t
 
     def metadata(self) -> dict:
         return {"format": FORMAT, "method": "identity_adapter", "base_name": self.base_name,
                 "base_fingerprint": self.base_fingerprint, "adapter_config": json.dumps(self.cfg.to_json()),
-                "face_encoder_arch": json.dumps(self.face_encoder.arch),
-                "face_encoder_threshold": str(self.face_encoder.threshold),
-                "info": json.dumps(self.info, sort_keys=True)}
+                **self.face_encoder.embedded_metadata(), "info": json.dumps(self.info, sort_keys=True)}
 
     def save(self, path, overwrite: bool = False) -> Path:
         return save_safetensors(path, {k: v.detach().float().cpu().contiguous() if v.is_floating_point() else v
@@ -178,7 +176,6 @@ class IdentityAdapter:
     @classmethod
     def load(cls, path) -> "IdentityAdapter":
         from ..formats import load_safetensors
-        from ..judges.nets import RecognizerNet
         from .face_encoder import FaceEncoder
 
         path = Path(path)
@@ -188,7 +185,6 @@ class IdentityAdapter:
                              f"{FORMAT!r})")
         try:
             cfg = AdapterConfig(**json.loads(meta["adapter_config"]))
-            arch = json.loads(meta["face_encoder_arch"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{path}: unreadable adapter metadata ({exc})") from None
         from ..weights_check import check_finite
@@ -196,11 +192,7 @@ class IdentityAdapter:
         check_finite(path, tensors)
         net = IdentityAdapterNet(cfg)
         net.load_state_dict({k[len("adapter."):]: v.float() for k, v in tensors.items() if k.startswith("adapter.")})
-        fe_net = RecognizerNet(arch["dim"], tuple(arch["widths"]), tuple(arch["blocks"]),
-                               input_size=arch["input_size"])
-        fe_net.load_state_dict({k[len("face_encoder."):]: v.float() for k, v in tensors.items()
-                                if k.startswith("face_encoder.")})
-        fe = FaceEncoder(fe_net, float(meta.get("face_encoder_threshold", 0.5)), {}, path, arch)
+        fe = FaceEncoder.from_embedded(tensors, meta, path)
         try:
             info = json.loads(meta.get("info", "{}"))
         except ValueError:

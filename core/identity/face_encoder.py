@@ -87,3 +87,32 @@ class FaceEncoder:
         x = resize(x.contiguous(), 112) * 2 - 1
         dev = next(self.net.parameters()).device
         return self.net(x.to(dev)).float().cpu()
+
+    # -------------------------------------------------------------- stored inside another model's file
+
+    EMBEDDED_PREFIX = "face_encoder."
+
+    def embedded_tensors(self) -> dict[str, torch.Tensor]:
+        """The encoder's weights under ``face_encoder.`` keys, for a model file that carries its own encoder."""
+        return {f"{self.EMBEDDED_PREFIX}{k}": v for k, v in self.net.state_dict().items()}
+
+    def embedded_metadata(self) -> dict[str, str]:
+        import json
+
+        return {"face_encoder_arch": json.dumps(self.arch), "face_encoder_threshold": str(self.threshold)}
+
+    @classmethod
+    def from_embedded(cls, tensors: dict, meta: dict, path=None) -> "FaceEncoder":
+        """The encoder stored by ``embedded_tensors`` / ``embedded_metadata`` in a model file."""
+        import json
+
+        from ..judges.nets import RecognizerNet
+
+        try:
+            arch = json.loads(meta["face_encoder_arch"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: unreadable face encoder metadata ({exc})") from None
+        net = RecognizerNet(arch["dim"], tuple(arch["widths"]), tuple(arch["blocks"]), input_size=arch["input_size"])
+        n = len(cls.EMBEDDED_PREFIX)
+        net.load_state_dict({k[n:]: v.float() for k, v in tensors.items() if k.startswith(cls.EMBEDDED_PREFIX)})
+        return cls(net, float(meta.get("face_encoder_threshold", 0.5)), {}, path, arch)

@@ -168,7 +168,7 @@ class InstructModel:
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         t = {f"net.{k}": v for k, v in self.net.state_dict().items()}
-        t.update({f"face_encoder.{k}": v for k, v in self.face_encoder.net.state_dict().items()})
+        t.update(self.face_encoder.embedded_tensors())
         for path, (down, up) in self.lora.items():
             t[f"lora.{path}.down"] = down
             t[f"lora.{path}.up"] = up
@@ -179,9 +179,8 @@ class InstructModel:
     def metadata(self) -> dict:
         return {"format": FORMAT, "method": "instruct", "base_name": self.base_name,
                 "base_fingerprint": self.base_fingerprint, "config": json.dumps(self.cfg.to_json()),
-                "face_encoder_arch": json.dumps(self.face_encoder.arch),
-                "face_encoder_threshold": str(self.face_encoder.threshold),
-                "tasks": ",".join(self.tasks), "info": json.dumps(self.info, sort_keys=True)}
+                **self.face_encoder.embedded_metadata(), "tasks": ",".join(self.tasks),
+                "info": json.dumps(self.info, sort_keys=True)}
 
     def save(self, path, overwrite: bool = False, dtype: torch.dtype = torch.float32) -> Path:
         """``dtype`` float16 halves a shipped file (loading computes in float32 either way)."""
@@ -192,7 +191,6 @@ class InstructModel:
     def load(cls, path) -> "InstructModel":
         from ..formats import load_safetensors
         from ..identity.face_encoder import FaceEncoder
-        from ..judges.nets import RecognizerNet
         from ..weights_check import check_finite
 
         path = Path(path)
@@ -202,17 +200,12 @@ class InstructModel:
                              f"{FORMAT!r})")
         try:
             cfg = InstructConfig(**json.loads(meta["config"]))
-            arch = json.loads(meta["face_encoder_arch"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{path}: unreadable instruction-model metadata ({exc})") from None
         check_finite(path, tensors)
         net = InstructNet(cfg)
         net.load_state_dict({k[4:]: v.float() for k, v in tensors.items() if k.startswith("net.")})
-        fe_net = RecognizerNet(arch["dim"], tuple(arch["widths"]), tuple(arch["blocks"]),
-                               input_size=arch["input_size"])
-        fe_net.load_state_dict({k[len("face_encoder."):]: v.float() for k, v in tensors.items()
-                                if k.startswith("face_encoder.")})
-        fe = FaceEncoder(fe_net, float(meta.get("face_encoder_threshold", 0.5)), {}, path, arch)
+        fe = FaceEncoder.from_embedded(tensors, meta, path)
         lora: LoraWeights = {}
         for k in tensors:
             if k.startswith("lora.") and k.endswith(".down"):
