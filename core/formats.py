@@ -285,3 +285,26 @@ def safetensors_keys(path: str | os.PathLike) -> list[str]:
     path = _check_safetensors_path(path)
     with _naming_file(path), safe_open(str(path), framework="pt") as f:
         return list(f.keys())
+
+
+def weights_digest(kind: str, state: Mapping[str, "torch.Tensor"]) -> str:  # noqa: F821
+    """16 hex digits over ``kind`` and the tensors (sorted by key, rounded to float16): how a file records which
+    weights (face encoder, adapter, model) it was made with."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256(kind.encode())
+    for k, v in sorted(state.items()):
+        h.update(k.encode())
+        h.update(v.detach().to("cpu", torch.float16).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def info_of(metadata: Mapping[str, str]) -> dict:
+    """A model file's ``info`` metadata (training record) as a dict; ``{}`` when absent or unreadable."""
+    try:
+        info = json.loads(metadata.get("info", "{}"))
+    except ValueError:
+        return {}
+    return info if isinstance(info, dict) else {}

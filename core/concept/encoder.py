@@ -26,9 +26,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..formats import save_safetensors
+from ..formats import info_of, save_safetensors
 from .concept import BaseMismatch, base_mismatch_text, pipeline_identity
-from .lora import LoraWeights
+from .lora import LoraWeights, lora_from_tensors, lora_tensors
 from .tokens import CLASS_WORD, class_embedding
 
 log = logging.getLogger("facesmith")
@@ -262,9 +262,7 @@ class DomainEncoder:
     def state_tensors(self) -> dict[str, torch.Tensor]:
         t = {f"encoder.{k}": v for k, v in self.encoder.state_dict().items()}
         t["class_embedding"] = self.class_embedding
-        for path, (down, up) in (self.lora or {}).items():
-            t[f"lora.{path}.down"] = down
-            t[f"lora.{path}.up"] = up
+        t.update(lora_tensors(self.lora))
         return t
 
     def metadata(self) -> dict:
@@ -290,19 +288,10 @@ class DomainEncoder:
         enc = E4TEncoder(cfg)
         enc.load_state_dict({k[len("encoder."):]: v.float() for k, v in tensors.items() if k.startswith("encoder.")})
         enc.eval()
-        lora: dict = {}
-        for k, v in tensors.items():
-            if k.startswith("lora.") and k.endswith(".down"):
-                p = k[len("lora."):-len(".down")]
-                lora[p] = (v.float(), tensors[f"lora.{p}.up"].float())
-        try:
-            info = json.loads(meta.get("info", "{}"))
-        except ValueError:
-            info = {}
-        return cls(encoder=enc, class_embedding=tensors["class_embedding"].float(), lora=lora or None,
-                   lora_rank=meta["_rank"], lora_alpha=meta["_alpha"],
+        return cls(encoder=enc, class_embedding=tensors["class_embedding"].float(),
+                   lora=lora_from_tensors(tensors) or None, lora_rank=meta["_rank"], lora_alpha=meta["_alpha"],
                    base_name=meta.get("base_name", "?"), base_fingerprint=meta.get("base_fingerprint", "?"),
-                   info=info if isinstance(info, dict) else {})
+                   info=info_of(meta))
 
 
 def untrained(pipe, n_vectors: int = 1, rank: int = 4, seed: int = 0, **cfg_kw) -> DomainEncoder:

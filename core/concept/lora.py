@@ -24,6 +24,25 @@ ADAPTER_NAME = "facesmith_e4t"
 LoraWeights = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
+def lora_tensors(lora: LoraWeights | None, prefix: str = "lora.") -> dict[str, torch.Tensor]:
+    """A LoRA as file tensors: ``{prefix}{path}.down`` and ``{prefix}{path}.up``."""
+    out = {}
+    for path, (down, up) in (lora or {}).items():
+        out[f"{prefix}{path}.down"] = down
+        out[f"{prefix}{path}.up"] = up
+    return out
+
+
+def lora_from_tensors(tensors: dict, prefix: str = "lora.") -> LoraWeights:
+    """The LoRA that ``lora_tensors`` wrote (float32)."""
+    lora: LoraWeights = {}
+    for k, v in tensors.items():
+        if k.startswith(prefix) and k.endswith(".down"):
+            p = k[len(prefix):-len(".down")]
+            lora[p] = (v.float(), tensors[f"{prefix}{p}.up"].float())
+    return lora
+
+
 def target_module_paths(unet) -> list[str]:
     """Every attention projection of the UNet that a FaceSmith LoRA targets (``...attn1.to_q`` etc.)."""
     out = []

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..concept.tokens import put_token
-from ..formats import save_safetensors
+from ..formats import info_of, save_safetensors, weights_digest
 from .adapter_net import (AdapterConfig, IdentityAdapterNet, cross_attention_layers, ip_attention, region_weights,
                           schedule_active)
 
@@ -107,11 +106,7 @@ class IdentityAdapter:
     @property
     def adapter_id(self) -> str:
         """16 hex digits over the adapter's weights: identities record the adapter that made them."""
-        h = hashlib.sha256(FORMAT.encode())
-        for k, v in sorted(self.net.state_dict().items()):
-            h.update(k.encode())
-            h.update(v.detach().to("cpu", torch.float16).contiguous().numpy().tobytes())
-        return h.hexdigest()[:16]
+        return weights_digest(FORMAT, self.net.state_dict())
 
     def __repr__(self) -> str:
         return (f"IdentityAdapter(base={self.base_name}:{self.base_fingerprint}, {self.cfg.n_id} word vectors, "
@@ -193,13 +188,9 @@ class IdentityAdapter:
         net = IdentityAdapterNet(cfg)
         net.load_state_dict({k[len("adapter."):]: v.float() for k, v in tensors.items() if k.startswith("adapter.")})
         fe = FaceEncoder.from_embedded(tensors, meta, path)
-        try:
-            info = json.loads(meta.get("info", "{}"))
-        except ValueError:
-            info = {}
         return cls(net=net.eval(), face_encoder=fe, class_embedding=tensors["class_embedding"].float(),
                    base_name=meta.get("base_name", "?"), base_fingerprint=meta.get("base_fingerprint", "?"),
-                   info=info if isinstance(info, dict) else {})
+                   info=info_of(meta))
 
 
 def new_adapter(pipe, face_encoder, seed: int = 0, **cfg_kw) -> IdentityAdapter:

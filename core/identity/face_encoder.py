@@ -58,13 +58,9 @@ class FaceEncoder:
     @property
     def fingerprint(self) -> str:
         """16 hex digits over the weights: an adapter records which face encoder it was trained with."""
-        import hashlib
+        from ..formats import weights_digest
 
-        h = hashlib.sha256(KIND.encode())
-        for k, v in sorted(self.net.state_dict().items()):
-            h.update(k.encode())
-            h.update(v.detach().to("cpu", torch.float16).contiguous().numpy().tobytes())
-        return h.hexdigest()[:16]
+        return weights_digest(KIND, self.net.state_dict())
 
     def embed_images(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, 3, H, W)`` model-format images in [-1, 1] of centred SynthFace faces -> ``(N, dim)`` unit vectors.

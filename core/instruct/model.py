@@ -12,7 +12,6 @@ guidance. Everything is restored on exit.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from ..concept.concept import BaseMismatch, base_mismatch_text, pipeline_identity
-from ..concept.lora import FusedLora, LoraWeights
+from ..concept.lora import FusedLora, LoraWeights, lora_from_tensors, lora_tensors
 from ..concept.tokens import expand_prompt, swapped_embedding, tokenizer_with, vector_tokens
-from ..formats import save_safetensors
+from ..formats import info_of, save_safetensors, weights_digest
 from .instruction import MAX_IMAGES, Instruction, image_token
 from .net import InstructConfig, InstructNet, image_vectors
 
@@ -132,11 +131,7 @@ class InstructModel:
 
     @property
     def model_id(self) -> str:
-        h = hashlib.sha256(FORMAT.encode())
-        for k, v in sorted(self.state_tensors().items()):
-            h.update(k.encode())
-            h.update(v.detach().to("cpu", torch.float16).contiguous().numpy().tobytes())
-        return h.hexdigest()[:16]
+        return weights_digest(FORMAT, self.state_tensors())
 
     def __repr__(self) -> str:
         return (f"InstructModel(base={self.base_name}:{self.base_fingerprint}, tasks={','.join(self.tasks)}, "
@@ -169,9 +164,7 @@ class InstructModel:
     def state_tensors(self) -> dict[str, torch.Tensor]:
         t = {f"net.{k}": v for k, v in self.net.state_dict().items()}
         t.update(self.face_encoder.embedded_tensors())
-        for path, (down, up) in self.lora.items():
-            t[f"lora.{path}.down"] = down
-            t[f"lora.{path}.up"] = up
+        t.update(lora_tensors(self.lora))
         t["class_embedding"] = self.class_embedding
         t["source_weight"] = self.source_weight
         return t
@@ -206,18 +199,10 @@ class InstructModel:
         net = InstructNet(cfg)
         net.load_state_dict({k[4:]: v.float() for k, v in tensors.items() if k.startswith("net.")})
         fe = FaceEncoder.from_embedded(tensors, meta, path)
-        lora: LoraWeights = {}
-        for k in tensors:
-            if k.startswith("lora.") and k.endswith(".down"):
-                p = k[len("lora."):-len(".down")]
-                lora[p] = (tensors[k].float(), tensors[f"lora.{p}.up"].float())
-        try:
-            info = json.loads(meta.get("info", "{}"))
-        except ValueError:
-            info = {}
-        return cls(net=net.eval(), face_encoder=fe, class_embedding=tensors["class_embedding"].float(), lora=lora,
-                   source_weight=tensors["source_weight"].float(), base_name=meta.get("base_name", "?"),
-                   base_fingerprint=meta.get("base_fingerprint", "?"), info=info if isinstance(info, dict) else {})
+        return cls(net=net.eval(), face_encoder=fe, class_embedding=tensors["class_embedding"].float(),
+                   lora=lora_from_tensors(tensors), source_weight=tensors["source_weight"].float(),
+                   base_name=meta.get("base_name", "?"), base_fingerprint=meta.get("base_fingerprint", "?"),
+                   info=info_of(meta))
 
 
 def new_model(pipe, face_encoder, seed: int = 0, **cfg_kw) -> InstructModel:
