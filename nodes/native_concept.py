@@ -28,11 +28,13 @@ def concept_patches(model, concepts: list) -> dict:
         for path, delta in concept_lora_deltas(concept).items():
             key = mapping.get(f"{path}.weight")
             if key is None:
-                raise ValueError(f"the concept {concept.token!r} has a LoRA layer {path!r} this model does not have")
+                raise ValueError(f"the concept {concept.token!r} was made for another base ({concept.base_name!r}): "
+                                 f"it has a LoRA layer {path!r} this model does not have")
             key = f"diffusion_model.{key}"
             target = weights.get(key)
             if target is None or tuple(target.shape) != tuple(delta.shape):
-                raise ValueError(f"the concept {concept.token!r} was made for another base: its LoRA offset for "
+                raise ValueError(f"the concept {concept.token!r} was made for another base ({concept.base_name!r}): "
+                                 f"its LoRA offset for "
                                  f"{path} is {tuple(delta.shape)}, the model's weight "
                                  f"{None if target is None else tuple(target.shape)}")
             patches[key] = (patches[key][0] + delta,) if key in patches else (delta,)

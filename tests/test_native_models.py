@@ -1,7 +1,7 @@
 """Native ComfyUI MODEL / CLIP / VAE from FaceSmith's diffusers folders (issue 18, item 1).
 
 Without ComfyUI: the configuration ComfyUI's classes get is computed from the folder's config files
-(``core/native_config.py``) and SDXL / unsupported shapes are refused with a reason. With ComfyUI importable from
+(``core/native_config.py``) for SD1.5- and SDXL-shaped folders, and other shapes are refused with a reason. With ComfyUI importable from
 ``FACESMITH_COMFYUI_DIR`` (a ComfyUI checkout whose requirements are installed in the running Python), the loader
 builds ComfyUI's own UNet, CLIP and VAE and each computes what the diffusers model computes on the same input;
 otherwise those tests are skipped with that reason.
@@ -18,7 +18,7 @@ import torch
 
 import tiny_models  # noqa: F401  (registers the pack as ``facesmith`` and caps torch at one thread)
 
-from facesmith.core.native_config import NotSD15Shaped, native_config, unet_config_from_diffusers
+from facesmith.core.native_config import UnsupportedShape, native_config, unet_config_from_diffusers
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "assets" / "models" / "diffusers" / "synthface-base"
@@ -37,15 +37,36 @@ def test_builtin_base_config_for_comfyui():
     assert cfg.prediction == "v_prediction" and abs(cfg.latent_scale - 0.9108848276784675) < 1e-12
 
 
-def test_sdxl_and_other_shapes_are_refused_with_a_reason(tmp_path):
+def test_sdxl_shaped_folder_of_any_size_config_for_comfyui(tmp_path):
+    """A small SDXL-shaped folder: per-block transformer depths, linear projections, two text encoders whose widths
+    add up to the cross-attention width, and the pooled vector + 6 size/crop embeddings of the added input."""
+    folder = tiny_models.save_tiny_sdxl(tmp_path / "xl")
+    cfg = native_config(folder)
+    u = cfg.unet_config
+    assert cfg.family == "sdxl" and cfg.label == "SDXL"
+    assert (u["num_classes"], u["adm_in_channels"], cfg.adm_time_dim) == ("sequential", 32 + 6 * 8, 8)
+    assert u["transformer_depth"] == [0, 2] and u["transformer_depth_output"] == [0, 0, 2, 2]
+    assert (u["transformer_depth_middle"], u["use_linear_in_transformer"], u["context_dim"]) == (2, True, 80)
+    assert (cfg.clip_config["hidden_size"], cfg.clip_g_config["hidden_size"], cfg.clip_g_config["projection_dim"]) \
+        == (32, 48, 32)
+
+
+def test_other_shapes_are_refused_with_a_reason(tmp_path):
     unet = json.loads((BASE / "unet" / "config.json").read_text())
-    with pytest.raises(NotSD15Shaped, match="SDXL-style"):
-        unet_config_from_diffusers({**unet, "addition_embed_type": "text_time"})
-    with pytest.raises(NotSD15Shaped, match="linear transformer projections"):
-        unet_config_from_diffusers({**unet, "use_linear_projection": True})
-    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
-    with pytest.raises(NotSD15Shaped, match="use ComfyUI's own loaders"):
+    with pytest.raises(UnsupportedShape, match="addition_embed_type 'image'"):
+        unet_config_from_diffusers({**unet, "addition_embed_type": "image"})
+    with pytest.raises(UnsupportedShape, match="class_embed_type"):
+        unet_config_from_diffusers({**unet, "class_embed_type": "timestep"})
+    with pytest.raises(UnsupportedShape, match="neither one count nor one width"):
+        unet_config_from_diffusers({**unet, "attention_head_dim": [1, 2, 8]})
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLImg2ImgPipeline"}))
+    with pytest.raises(UnsupportedShape, match="use ComfyUI's own loaders"):
         native_config(tmp_path)
+    xl = tiny_models.save_tiny_sdxl(tmp_path / "xl")
+    te2 = json.loads((xl / "text_encoder_2" / "config.json").read_text())
+    (xl / "text_encoder_2" / "config.json").write_text(json.dumps({**te2, "hidden_size": 64}))
+    with pytest.raises(UnsupportedShape, match=r"widths 32 \+ 64 are not the UNet's cross-attention width 80"):
+        native_config(xl)
 
 
 @pytest.fixture(scope="module")
@@ -283,3 +304,57 @@ def test_apply_instruction_to_model_computes_what_generate_computes(comfy_native
                 extra_input_channels(unet, im.source_weight * 0.7):
             want = unet(torch.cat([x, cond.source], 1), t, encoder_hidden_states=ctx).sample
     assert torch.allclose(native, want, atol=1e-4), (native - want).abs().max()
+
+
+def test_sdxl_shaped_folder_computes_what_diffusers_computes(comfy_native, tmp_path):
+    """An SDXL-shaped folder of non-standard size loads as ComfyUI's own SDXL model, two-encoder CLIP and VAE; the
+    text conditioning (both encoders' penultimate layers + the pooled projection), the added size/crop input and
+    the UNet's output equal the diffusers pipeline's, and a plain KSampler graph draws with them."""
+    from facesmith.nodes.native_models import load_native
+
+    folder = tiny_models.save_tiny_sdxl(tmp_path / "xl")
+    model, clip, vae = load_native(folder, embedding_directory=[])
+    pipe = tiny_models.build_tiny_sdxl(0)
+    text_dtype = clip.cond_stage_model.clip_g.transformer.text_model.embeddings.token_embedding.weight.dtype
+    for te in (pipe.text_encoder, pipe.text_encoder_2):  # ComfyUI keeps text encoders in its own dtype (fp16 on CPU)
+        te.to(text_dtype).float()
+    prompt = "a photo of a person with red hair"
+    with torch.no_grad():
+        want_ctx, _, want_pooled, _ = pipe.encode_prompt(prompt, device="cpu", num_images_per_prompt=1,
+                                                         do_classifier_free_guidance=False)
+    cond, pooled = clip.encode_from_tokens(clip.tokenize(prompt), return_pooled=True)
+    assert torch.allclose(cond.float(), want_ctx, atol=1e-4), (cond - want_ctx).abs().max()
+    assert torch.allclose(pooled.float(), want_pooled, atol=1e-4), (pooled - want_pooled).abs().max()
+    adm = model.model.encode_adm(pooled_output=pooled, width=24, height=16, crop_w=2, crop_h=1, target_width=24,
+                                 target_height=16)
+    time_ids = torch.tensor([[16.0, 24.0, 1.0, 2.0, 16.0, 24.0]])
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(1, 4, 8, 8, generator=g), torch.tensor([400.0])
+    with torch.no_grad():
+        want = pipe.unet(x, t, encoder_hidden_states=want_ctx,
+                         added_cond_kwargs={"text_embeds": want_pooled, "time_ids": time_ids}).sample
+        got = model.model.diffusion_model.float()(x, timesteps=t, context=cond.float(), y=adm.float())
+    assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+    z = torch.randn(1, 4, 8, 8, generator=g)
+    with torch.no_grad():
+        want = pipe.vae.decode(z).sample
+        got = vae.first_stage_model.float().decode(z)
+    assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+    assert model.model.latent_format.scale_factor == pytest.approx(pipe.vae.config.scaling_factor)
+    assert type(model.model).__name__ == "SDXL"
+    # the plain native graph: CLIPTextEncode -> KSampler -> VAEDecode
+    import nodes as comfy_nodes  # type: ignore  (ComfyUI's own node module)
+
+    positive = comfy_nodes.CLIPTextEncode().encode(clip, prompt)[0]
+    negative = comfy_nodes.CLIPTextEncode().encode(clip, "")[0]
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}  # this VAE scales by 2: Empty Latent Image assumes 8
+    samples = comfy_nodes.KSampler().sample(model, 7, 4, 5.0, "euler", "normal", positive, negative, latent)[0]
+    image = comfy_nodes.VAEDecode().decode(vae, samples)[0]
+    assert tuple(image.shape) == (1, 16, 16, 3) and torch.isfinite(image).all() and image.std() > 0
+    # a concept made for the built-in base is refused on this model, naming the base it was made for
+    from facesmith.core.models import load_pipeline
+    from facesmith.nodes.native_concept import FaceSmithApplyConcept
+
+    concept = _concept_on_builtin_base(load_pipeline(BASE, device="cpu", dtype=torch.float32))
+    with pytest.raises(ValueError, match=f"made for another base \\({concept.base_name!r}\\)"):
+        FaceSmithApplyConcept().apply(model, clip, [concept], 1.0)
