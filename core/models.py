@@ -43,6 +43,11 @@ _TOKENIZER_FILES = ("tokenizer.json", "vocab.json")  # either a tokenizers file 
 BASE_MODEL_KINDS = ("diffusers", "checkpoints")  # how base models are named: "<kind>/<name>"
 
 
+def native_size(dp) -> int:
+    """The image size (px) the diffusers pipeline ``dp`` was built for: UNet sample size x VAE scale factor."""
+    return int(dp.unet.config.sample_size) * int(getattr(dp, "vae_scale_factor", 8))
+
+
 @dataclass
 class BasePipeline:
     """A loaded, frozen base pipeline and what identifies it.
@@ -69,7 +74,7 @@ class BasePipeline:
     @property
     def native_size(self) -> int:
         """The image size (px) the model was built for: UNet sample size x VAE scale factor."""
-        return int(self.pipe.unet.config.sample_size) * self.vae_scale_factor
+        return native_size(self.pipe)
 
     def __repr__(self) -> str:  # keep ComfyUI's and pytest's output short
         return (f"BasePipeline({self.arch} {self.name!r}, {self.device}, {dtype_name(self.dtype)}, "

@@ -156,7 +156,8 @@ class FaceSmithTrainDomainEncoder:
               overwrite, images=None, captions=""):
         import torch
 
-        from ..core.concept.encoder import EncoderConfig, native_size
+        from ..core.concept.encoder import EncoderConfig
+        from ..core.models import native_size
         from ..core.images import comfy_to_numpy
         from ..trainers.e4t import DomainTrainSettings, build_pool, folder_images, synthface_images, \
             train_domain_encoder

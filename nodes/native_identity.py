@@ -12,8 +12,11 @@ from __future__ import annotations
 import torch
 
 from ..core.identity.adapter_net import ip_attention, region_weights, schedule_active
+from ..core.identity.adapter import COMBINE_MODES
 from .identity_adapter_nodes import ADAPTER_TYPE, IDENTITY_TYPE
+from .identity_nodes import FACES_TYPE
 from .native_concept import patch_clip
+from .native_vae import comfy_vae_tokens, model_native_size
 from .node_errors import input_error
 
 _BLOCKS = {"input_blocks": "input", "middle_block": "middle", "output_blocks": "output"}
@@ -83,11 +86,35 @@ def patch_model(model, adapter, identity, weight: float, start: float, end: floa
     return patched
 
 
+def identity_from_faces(node: str, model, vae, adapter, faces, combine: str):
+    """The adapter's identity of face crops, its VAE patch tokens computed by the native VAE at the model's size
+    (the same tokens the diffusers path computes: ``core/vae_tokens``)."""
+    import torch.nn.functional as F
+
+    from ..core.identity.adapter import crops_to_bchw
+
+    if vae is None:
+        raise input_error(node, "vae", "is needed to make an identity from faces (the model's VAE)")
+    if not len(faces):
+        raise input_error(node, "faces", "hold no face; check 'Face Analysis' (on_no_face) and its report")
+    x = crops_to_bchw(faces.crops)
+    size = model_native_size(model, vae)
+    with torch.no_grad():
+        face = adapter.face_encoder.embed_aligned(x)
+        px = F.interpolate(x.float(), size=(size, size), mode="area") * 2 - 1
+        patches = comfy_vae_tokens(vae, px, adapter.cfg.patch_pool)[0]
+    if patches.shape[-1] != adapter.cfg.patch_dim:
+        raise input_error(node, "vae", f"gives {patches.shape[-1]}-channel patch tokens; the adapter was trained "
+                                       f"on {adapter.cfg.patch_dim} (base {adapter.base_name!r})")
+    return adapter.identity_from_features(face, patches, combine)
+
+
 class FaceSmithApplyIdentityToModel:
     DISPLAY_NAME = "Apply Identity to Model (FaceSmith)"
     CATEGORY = "FaceSmith/Identity"
     DESCRIPTION = (
-        "Applies an identity (from 'Apply Identity' or 'Load Identity') to native ComfyUI models: attention patches "
+        "Applies an identity (from 'Apply Identity' or 'Load Identity', or made here from FACES through the native "
+        "VAE) to native ComfyUI models: attention patches "
         "on a clone of MODEL (the identity adapter's decoupled cross-attention, composing with KSampler, LoRAs and "
         "other patches) and the identity token on a clone of CLIP (write it in CLIPTextEncode, e.g. 'a photo of "
         "<identity>, smiling'). The same maths as Generate (FaceSmith). weight 0 returns MODEL and CLIP unchanged.")
@@ -106,7 +133,6 @@ class FaceSmithApplyIdentityToModel:
                                            "(FaceSmith) for the built-in one)."}),
             "clip": ("CLIP", {"tooltip": "The text encoder of that model."}),
             "adapter": (ADAPTER_TYPE, {"tooltip": "From 'Load Identity Adapter (FaceSmith)'."}),
-            "identity": (IDENTITY_TYPE, {"tooltip": "From 'Apply Identity' or 'Load Identity'."}),
             "token": ("STRING", {"default": DEFAULT_TOKEN, "tooltip": "The identity's token in the prompt."}),
             "weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 5.0, "step": 0.05,
                                  "tooltip": "Strength of the identity (0 = off)."}),
@@ -114,7 +140,15 @@ class FaceSmithApplyIdentityToModel:
                                    "tooltip": "Fraction of the denoising where the identity starts to act."}),
             "end_at": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
                                  "tooltip": "Fraction of the denoising where it stops."}),
-        }, "optional": {"mask": ("MASK", {"tooltip": "Where the identity acts (white = yes); its first mask."})}}
+        }, "optional": {
+            "identity": (IDENTITY_TYPE, {"tooltip": "A made or saved identity (from 'Apply Identity' or 'Load "
+                                                    "Identity'); or connect faces and vae instead."}),
+            "faces": (FACES_TYPE, {"tooltip": "Faces of ONE person from 'Face Analysis': the identity is made here, "
+                                              "through the native VAE (no second copy of the model)."}),
+            "vae": ("VAE", {"tooltip": "The VAE of the model, for an identity made from faces."}),
+            "combine": (list(COMBINE_MODES), {"default": "average",
+                                              "tooltip": "Several photos: how they are mixed (as Apply Identity)."}),
+            "mask": ("MASK", {"tooltip": "Where the identity acts (white = yes); its first mask."})}}
 
     @classmethod
     def VALIDATE_INPUTS(cls, start_at=None, end_at=None):
@@ -122,12 +156,17 @@ class FaceSmithApplyIdentityToModel:
             return str(input_error(cls.DISPLAY_NAME, "end_at", f"({end_at}) is before start_at ({start_at})"))
         return True
 
-    def apply(self, model, clip, adapter, identity, token, weight, start_at, end_at, mask=None):
+    def apply(self, model, clip, adapter, token, weight, start_at, end_at, identity=None, faces=None, vae=None,
+              combine="average", mask=None):
         from ..core.identity.adapter import AdapterMismatch, IdentityConditioner
 
         node = self.DISPLAY_NAME
         if float(weight) == 0.0:
             return (model, clip)
+        if faces is not None:
+            identity = identity_from_faces(node, model, vae, adapter, faces, combine)
+        elif identity is None:
+            raise input_error(node, "identity", "is not connected: connect an identity, or faces and vae")
         m = None if mask is None else (mask[0] if mask.dim() == 3 else mask)
         try:
             cond = IdentityConditioner(adapter, identity, token=token.strip(), weight=float(weight),

@@ -22,25 +22,10 @@ from ..core.concept.inference import lora_delta
 from .instruct_nodes import GENERATE, IMAGE_INPUTS, INSTRUCT_MODEL_TYPE, INSTRUCTION_TYPE, SOURCES, \
     MultimodalInstruction
 from .native_concept import patch_clip
+from .native_vae import comfy_vae_tokens
 from .node_errors import input_error
 
 CONV_IN = "diffusion_model.input_blocks.0.0"
-
-
-@torch.no_grad()
-def comfy_vae_tokens(vae, x: torch.Tensor, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(VAE tokens, latent mean) of model-format images ``x`` (N, 3, S, S) in [-1, 1] through ComfyUI's VAE (its
-    encoder's last down level gives the features diffusers' ``down_blocks[-1]`` gives)."""
-    from ..core.instruct.model import pooled_tokens
-
-    encoder = vae.first_stage_model.encoder
-    got = {}
-    hook = encoder.down[-1].block[-1].register_forward_hook(lambda m, a, o: got.__setitem__("f", o))
-    try:
-        mean = vae.encode(((x + 1) / 2).permute(0, 2, 3, 1))  # ComfyUI's VAE takes (N, H, W, C) in [0, 1]
-    finally:
-        hook.remove()
-    return pooled_tokens(got["f"], mean, grid), mean.float().cpu()
 
 
 def lora_patches(model, instruct_model) -> dict:

@@ -721,3 +721,123 @@ def test_apply_concept_step_range(comfy, object_info, native_concept):
     assert np.abs(hooked_none - no_lora).max() <= 2
     half = pixels(_native_graph(object_info, text, seed, concept_weight=1.0, concept_range=(0.0, 0.5)))
     assert np.abs(half - full).mean() > 0.5 and np.abs(half - no_lora).mean() > 0.5  # in between: both differ
+
+
+def _generate_graph(object_info: dict, prompt: str, seed: int, extra: dict, concepts=None) -> dict:
+    """Load Base Model -> Generate (FaceSmith) with ``concepts`` -> Judge Faces against the reference: the FaceSmith
+    path a native graph is compared with (same prompt, seed, steps, CFG and sampler family)."""
+    gen = _defaults(object_info, "FaceSmithGenerate", prompt=prompt, seed=seed, steps=20, cfg=3.0,
+                    batch_size=NATIVE_IMAGES, scheduler="dpmpp_2m")
+    gen["pipeline"] = ["1", 0]
+    if concepts:
+        gen["concepts"] = concepts
+    return {
+        "1": {"class_type": "FaceSmithLoadBaseModel", "inputs": _defaults(object_info, "FaceSmithLoadBaseModel")},
+        "8": {"class_type": "FaceSmithSynthFace", "inputs": _defaults(object_info, "FaceSmithSynthFace", **REFERENCE)},
+        **extra,
+        "3": {"class_type": "FaceSmithGenerate", "inputs": gen},
+        "9": {"class_type": "FaceSmithJudgeFaces", "inputs": {"images": ["3", 0], "reference": ["8", 0],
+                                                              "prompt": NATIVE_PROMPT.format("a person")}},
+    }
+
+
+IDENTITY_PROMPT = "a photo of {}, smiling"
+
+
+def test_identity_made_from_a_photo_on_native_models_scores_like_generate(comfy, object_info):
+    """The identity adapter with no second model copy: Load Checkpoint (FaceSmith) -> Face Analysis of the
+    reference -> Apply Identity to Model (faces + the native VAE) -> CLIPTextEncode with the token -> KSampler ->
+    VAEDecode, judged against the reference; likeness within noise of Apply Identity + Generate (FaceSmith) and
+    above the same native graph without the identity."""
+    seed = 4321
+    text = IDENTITY_PROMPT.format("<identity>")
+    native = _native_graph(object_info, text, seed)
+    native["9"]["inputs"]["prompt"] = IDENTITY_PROMPT.format("a person")
+    native["12"] = {"class_type": "FaceSmithFaceAnalysis", "inputs": _defaults(
+        object_info, "FaceSmithFaceAnalysis", recognizer="none", images=["8", 0])}
+    native["11"] = {"class_type": "FaceSmithLoadIdentityAdapter",
+                    "inputs": {"adapter": "identity/synthface-idadapter.safetensors"}}
+    native["13"] = {"class_type": "FaceSmithApplyIdentityToModel", "inputs": _defaults(
+        object_info, "FaceSmithApplyIdentityToModel", model=["1", 0], clip=["1", 1], vae=["1", 2],
+        adapter=["11", 0], faces=["12", 0])}
+    for node, key in (("3", "clip"), ("4", "clip"), ("6", "model")):
+        native[node]["inputs"][key] = ["13", 1 if key == "clip" else 0]
+    n_sims, n_adh, _ = _judged(comfy, native, "9")
+    floor = _native_graph(object_info, IDENTITY_PROMPT.format("a person"), seed)
+    floor["9"]["inputs"]["prompt"] = IDENTITY_PROMPT.format("a person")
+    floor_sims, _, _ = _judged(comfy, floor, "9")
+    extra = {
+        "11": native["11"], "12": native["12"],
+        "13": {"class_type": "FaceSmithApplyIdentity", "inputs": _defaults(
+            object_info, "FaceSmithApplyIdentity", pipeline=["1", 0], adapter=["11", 0], faces=["12", 0])},
+    }
+    generate = _generate_graph(object_info, text, seed, extra, ["13", 0])
+    generate["9"]["inputs"]["prompt"] = IDENTITY_PROMPT.format("a person")
+    g_sims, g_adh, _ = _judged(comfy, generate, "9")
+    (ns, ns_se), (gs, gs_se), (fs, fs_se) = _mean_se(n_sims), _mean_se(g_sims), _mean_se(floor_sims)
+    (na, na_se), (ga, ga_se) = _mean_se(n_adh), _mean_se(g_adh)
+    print(f"identity likeness: native {ns:.3f}+-{ns_se:.3f}, Generate {gs:.3f}+-{gs_se:.3f}, native without "
+          f"identity {fs:.3f}+-{fs_se:.3f}; adherence: native {na:.3f}+-{na_se:.3f}, Generate {ga:.3f}+-{ga_se:.3f}")
+    assert abs(ns - gs) <= 3 * (ns_se ** 2 + gs_se ** 2) ** 0.5 + 0.02, "native and Generate likeness differ"
+    assert abs(na - ga) <= 3 * (na_se ** 2 + ga_se ** 2) ** 0.5 + 0.05, "native and Generate adherence differ"
+    assert ns - fs > 3 * (ns_se ** 2 + fs_se ** 2) ** 0.5, "the identity does not raise likeness natively"
+
+
+EDIT_TEXT = "make <image1> smiling"
+EDIT_JUDGED = "a photo of a person, smiling"
+
+
+def test_instruction_edit_on_native_models_scores_like_instruct_generate(comfy, object_info):
+    """An instruction edit through /prompt on native models: Load Checkpoint (FaceSmith) -> Apply Instruction to
+    Model -> DualCFGGuider (text 3, image 1.5) + SamplerCustomAdvanced -> VAEDecode, judged against the source; the
+    edit (smiling) and the source's identity agree within noise with Instruct Generate/Edit's, and the source's
+    identity is kept far above a plain native text-to-image graph's."""
+    seed = 99
+    native = {
+        "1": {"class_type": "FaceSmithCheckpointLoader", "inputs": {"model": "diffusers/synthface-base"}},
+        "8": {"class_type": "FaceSmithSynthFace", "inputs": _defaults(object_info, "FaceSmithSynthFace", **REFERENCE)},
+        "20": {"class_type": "FaceSmithLoadInstructModel",
+               "inputs": _defaults(object_info, "FaceSmithLoadInstructModel")},
+        "21": {"class_type": "FaceSmithMultimodalInstruction",
+               "inputs": {"instruction": EDIT_TEXT, "image1": ["8", 0]}},
+        "22": {"class_type": "FaceSmithApplyInstructionToModel", "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "instruct_model": ["20", 0],
+            "instruction": ["21", 0], "source": "image1", "weight": 1.0}},
+        "23": {"class_type": "DualCFGGuider", "inputs": {"model": ["22", 0], "cond1": ["22", 1], "cond2": ["22", 2],
+                                                         "negative": ["22", 3], "cfg_conds": 3.0,
+                                                         "cfg_cond2_negative": 1.5, "style": "regular"}},
+        "24": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "dpmpp_2m"}},
+        "25": {"class_type": "BasicScheduler", "inputs": {"model": ["22", 0], "scheduler": "sgm_uniform",
+                                                          "steps": 20, "denoise": 1.0}},
+        "26": {"class_type": "RandomNoise", "inputs": {"noise_seed": seed}},
+        "27": {"class_type": "RepeatLatentBatch", "inputs": {"samples": ["22", 4], "amount": NATIVE_IMAGES}},
+        "28": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["26", 0], "guider": ["23", 0],
+                                                                 "sampler": ["24", 0], "sigmas": ["25", 0],
+                                                                 "latent_image": ["27", 0]}},
+        "7": {"class_type": "VAEDecode", "inputs": {"samples": ["28", 0], "vae": ["1", 2]}},
+        "9": {"class_type": "FaceSmithJudgeFaces", "inputs": {"images": ["7", 0], "reference": ["8", 0],
+                                                              "prompt": EDIT_JUDGED}},
+    }
+    n_sims, n_adh, _ = _judged(comfy, native, "9")
+    gen = _defaults(object_info, "FaceSmithInstructGenerate", source="image1", text_guidance=3.0,
+                    image_guidance=1.5, steps=20, seed=seed, batch_size=NATIVE_IMAGES, scheduler="dpmpp_2m")
+    gen.update(pipeline=["1", 0], instruct_model=["20", 0], instruction=["21", 0])
+    generate = {
+        "1": {"class_type": "FaceSmithLoadBaseModel", "inputs": _defaults(object_info, "FaceSmithLoadBaseModel")},
+        "8": native["8"], "20": native["20"], "21": native["21"],
+        "3": {"class_type": "FaceSmithInstructGenerate", "inputs": gen},
+        "9": {"class_type": "FaceSmithJudgeFaces", "inputs": {"images": ["3", 0], "reference": ["8", 0],
+                                                              "prompt": EDIT_JUDGED}},
+    }
+    g_sims, g_adh, _ = _judged(comfy, generate, "9")
+    plain = _native_graph(object_info, EDIT_JUDGED, seed)
+    plain["9"]["inputs"]["prompt"] = EDIT_JUDGED
+    floor_sims, _, _ = _judged(comfy, plain, "9")
+    (ns, ns_se), (gs, gs_se), (fs, fs_se) = _mean_se(n_sims), _mean_se(g_sims), _mean_se(floor_sims)
+    (na, na_se), (ga, ga_se) = _mean_se(n_adh), _mean_se(g_adh)
+    print(f"edit: source likeness native {ns:.3f}+-{ns_se:.3f}, Instruct Generate {gs:.3f}+-{gs_se:.3f}, plain "
+          f"text-to-image {fs:.3f}+-{fs_se:.3f}; adherence native {na:.3f}+-{na_se:.3f}, Instruct Generate "
+          f"{ga:.3f}+-{ga_se:.3f}")
+    assert abs(ns - gs) <= 3 * (ns_se ** 2 + gs_se ** 2) ** 0.5 + 0.02, "native and Instruct Generate likeness differ"
+    assert abs(na - ga) <= 3 * (na_se ** 2 + ga_se ** 2) ** 0.5 + 0.05, "native and Instruct Generate edits differ"
+    assert ns - fs > 3 * (ns_se ** 2 + fs_se ** 2) ** 0.5, "the native edit does not keep the source's identity"

@@ -1,10 +1,10 @@
 """Native ComfyUI MODEL / CLIP / VAE from FaceSmith's diffusers folders (issue 18, item 1).
 
 Without ComfyUI: the configuration ComfyUI's classes get is computed from the folder's config files
-(``core/native_config.py``) for SD1.5- and SDXL-shaped folders, and other shapes are refused with a reason. With ComfyUI importable from
-``FACESMITH_COMFYUI_DIR`` (a ComfyUI checkout whose requirements are installed in the running Python), the loader
-builds ComfyUI's own UNet, CLIP and VAE and each computes what the diffusers model computes on the same input;
-otherwise those tests are skipped with that reason.
+(``core/native_config.py``) for SD1.5- and SDXL-shaped folders, and other shapes are refused with a reason. With
+ComfyUI importable from ``FACESMITH_COMFYUI_DIR`` (a ComfyUI checkout whose requirements are installed in the running
+Python), the loader builds ComfyUI's own UNet, CLIP and VAE and each computes what the diffusers model computes on
+the same input; otherwise those tests are skipped with that reason.
 """
 from __future__ import annotations
 
@@ -209,15 +209,29 @@ def test_apply_identity_to_model_computes_what_generate_computes(comfy_native):
     from facesmith.core.synthface.render import random_attributes, render
     from facesmith.nodes.native_identity import FaceSmithApplyIdentityToModel
 
-    model, clip, _ = comfy_native
+    model, clip, vae = comfy_native
     adapter = IdentityAdapter.load(ROOT / "assets" / "models" / "facesmith" / "identity" /
                                    "synthface-idadapter.safetensors")
     pipeline = load_pipeline(BASE, device="cpu", dtype=torch.float32)
-    ref = render(18, random_attributes(np.random.default_rng(0)), 64, view=3)
-    identity = adapter.identity(pipeline, fp.analyze(ref[None], fp.FaceSettings(recognizer="none")).crops)
+    refs = np.stack([render(18, random_attributes(np.random.default_rng(0)), 64, view=v) for v in (3, 5)])
+    faces = fp.analyze(refs, fp.FaceSettings(recognizer="none"))
+    identity = adapter.identity(pipeline, faces.crops[:1])
     node = FaceSmithApplyIdentityToModel()
-    patched, patched_clip = node.apply(model, clip, adapter, identity, "<identity>", 0.8, 0.0, 1.0)
-    assert node.apply(model, clip, adapter, identity, "<identity>", 0.0, 0.0, 1.0) == (model, clip)
+    patched, patched_clip = node.apply(model, clip, adapter, "<identity>", 0.8, 0.0, 1.0, identity=identity)
+    assert node.apply(model, clip, adapter, "<identity>", 0.0, 0.0, 1.0, identity=identity) == (model, clip)
+    # made from faces through ComfyUI's VAE: the identity the diffusers pipeline makes (no second model copy)
+    from facesmith.nodes import native_identity
+
+    for combine in ("average", "concat"):
+        native_id = native_identity.identity_from_faces("n", model, vae, adapter, faces, combine)
+        want = adapter.identity(pipeline, faces.crops, combine)
+        assert native_id.n_references == 2
+        assert torch.allclose(native_id.ctx, want.ctx, atol=1e-4), (native_id.ctx - want.ctx).abs().max()
+        assert torch.allclose(native_id.offsets, want.offsets, atol=1e-4)
+    with pytest.raises(ValueError, match="input 'vae'"):
+        node.apply(model, clip, adapter, "<identity>", 0.8, 0.0, 1.0, faces=faces)
+    with pytest.raises(ValueError, match="input 'identity'"):
+        node.apply(model, clip, adapter, "<identity>", 0.8, 0.0, 1.0)
     g = torch.Generator().manual_seed(1)
     x, ctx = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 77, 128, generator=g)
     t = torch.tensor([400.0, 400.0])

@@ -24,7 +24,8 @@ import torch
 
 from ..core.concept.diffusion import (caption_ids, denoise_loss, frozen, gradient_checkpointing, latent_stats,
                                       sample_latents, scaling_factor, training_scheduler)
-from ..core.concept.encoder import DomainEncoder, extract_features, native_size, preprocess, untrained
+from ..core.concept.encoder import DomainEncoder, extract_features, preprocess, untrained
+from ..core.models import native_size
 from ..core.concept.lora import trainable_lora, weight_offset_l2
 from ..core.concept.tokens import put_token, swapped_embedding, tokenizer_with, vector_tokens
 from ..core.progress import Progress

@@ -95,7 +95,8 @@ def main(args) -> int:
     import torch
     from accelerate import PartialState
 
-    from ..core.concept.encoder import EncoderConfig, native_size
+    from ..core.concept.encoder import EncoderConfig
+    from ..core.models import native_size
     from ..core.formats import atomic_path, atomic_write_text, check_new_file
     from ..core.models import load_pipeline
     from ..core.progress import tqdm_progress

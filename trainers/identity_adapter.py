@@ -25,7 +25,8 @@ import torch.nn.functional as F
 
 from ..core.concept.diffusion import caption_ids, frozen, latent_stats, sample_latents, scaling_factor, \
     training_scheduler
-from ..core.concept.encoder import native_size, preprocess
+from ..core.concept.encoder import preprocess
+from ..core.models import native_size
 from ..core.concept.tokens import swapped_embedding, tokenizer_with, vector_tokens
 from ..core.identity.adapter import AttentionEntry, IdentityAdapter, attached, new_adapter, patch_features, \
     synthface_crops

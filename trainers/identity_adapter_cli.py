@@ -58,7 +58,7 @@ def add_arguments(p) -> None:
 def main(args) -> int:
     import torch
 
-    from ..core.concept.encoder import native_size
+    from ..core.models import native_size
     from ..core.formats import atomic_path, atomic_write_text, check_new_file
     from ..core.identity.face_encoder import FaceEncoder
     from ..core.models import load_pipeline

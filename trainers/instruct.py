@@ -29,11 +29,12 @@ from ..core.concept.lora import trainable_lora
 from ..core.concept.tokens import swapped_embedding, tokenizer_with
 from ..core.image_conditioning import extra_input_channels
 from ..core.instruct.instruction import parse
-from ..core.instruct.model import TASKS, InstructModel, expanded_prompt, lora_targets, new_model, token_words, \
-    vae_tokens
+from ..core.instruct.model import TASKS, InstructModel, expanded_prompt, lora_targets, new_model, token_words
 from ..core.instruct.net import image_vectors
+from ..core.models import native_size
 from ..core.progress import Progress, report
 from ..core.training.loop import TrainResult, fit_steps, train
+from ..core.vae_tokens import vae_tokens
 from .settings import check_whole_numbers, loop_config, plain_settings, recipe_of_settings
 
 log = logging.getLogger("facesmith.train")
@@ -91,7 +92,7 @@ def build_pool(pipe, face_encoder, images: list, samples: list, grid: int = 8, b
     from ..core.identity.adapter import synthface_crops
 
     dp = getattr(pipe, "pipe", pipe)
-    size = int(dp.unet.config.sample_size) * int(getattr(dp, "vae_scale_factor", 8))
+    size = native_size(dp)
     arr = np.stack(images)
     faces, toks, stats = [], [], []
     for i in range(0, len(arr), batch):

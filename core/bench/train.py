@@ -25,7 +25,7 @@ LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 def _data(dp, n: int, seed: int):
     """Latents (n, C, h, w) of n SynthFace renders and the frozen text encoder's states for their captions."""
     from ..concept.diffusion import caption_ids, scaling_factor
-    from ..concept.encoder import native_size
+    from ..models import native_size
     from ..images import comfy_to_model, numpy_to_comfy
     from ..synthface.captions import caption
     from ..synthface.render import random_attributes, render

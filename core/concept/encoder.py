@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..formats import info_of, save_safetensors
+from ..models import native_size
 from .concept import BaseMismatch, base_mismatch_text, pipeline_identity
 from .lora import LoraWeights, lora_from_tensors, lora_tensors
 from .tokens import CLASS_WORD, class_embedding
@@ -101,10 +102,6 @@ def preprocess(images, size: int) -> torch.Tensor:
     if s != size:
         x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp(-1, 1)
     return x.contiguous()
-
-
-def native_size(dp) -> int:
-    return int(dp.unet.config.sample_size) * int(getattr(dp, "vae_scale_factor", 8))
 
 
 def class_prompt_ids(tokenizer, class_word: str = CLASS_WORD) -> torch.Tensor:

@@ -26,7 +26,8 @@ from ..training.loop import TrainConfig, train
 from .concept import Concept, pipeline_identity
 from .diffusion import (ParamHolder, caption_ids, denoise_loss, frozen, latent_stats, sample_latents,
                         scaling_factor, training_scheduler)
-from .encoder import DomainEncoder, native_size, preprocess
+from ..models import native_size
+from .encoder import DomainEncoder, preprocess
 from .lora import fresh_lora, hooked_lora, weight_offset_l2
 from .tokens import DEFAULT_TOKEN, check_token_free, check_token_text, class_embedding, expand_prompt, \
     swapped_embedding, tokenizer_with, vector_tokens

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 
 from ..concept.tokens import put_token
 from ..formats import info_of, save_safetensors, weights_digest
+from ..models import native_size
+from ..vae_tokens import vae_tokens
 from .adapter_net import (AdapterConfig, IdentityAdapterNet, cross_attention_layers, ip_attention, region_weights,
                           schedule_active)
 
@@ -68,22 +70,13 @@ def synthface_crops(images: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def patch_features(dp, crops: torch.Tensor, pool: int, batch: int = 128) -> torch.Tensor:
-    """VAE-encoder patch tokens of face crops ((N, 3, S, S) in [0, 1]): the last down block and the latent mean,
-    pooled to ``pool x pool`` -> (N, pool*pool, C)."""
-    vae = dp.vae
-    dev, dt = next(vae.parameters()).device, next(vae.parameters()).dtype
-    size = int(dp.unet.config.sample_size) * int(getattr(dp, "vae_scale_factor", 8))
+    """VAE-encoder patch tokens (``core/vae_tokens``) of face crops ((N, 3, S, S) in [0, 1]) at the pipeline's native
+    size, pooled to ``pool x pool`` -> (N, pool*pool, C)."""
+    size = native_size(dp)
     out = []
     for i in range(0, crops.shape[0], batch):
         x = F.interpolate(crops[i:i + batch].float(), size=(size, size), mode="area") * 2 - 1
-        got = {}
-        hook = vae.encoder.down_blocks[-1].register_forward_hook(lambda m, a, o: got.__setitem__("f", o))
-        try:
-            mean = vae.encode(x.to(dev, dt)).latent_dist.mean
-        finally:
-            hook.remove()
-        f = torch.cat([F.adaptive_avg_pool2d(got["f"].float(), pool), F.adaptive_avg_pool2d(mean.float(), pool)], 1)
-        out.append(f.flatten(2).transpose(1, 2).cpu())
+        out.append(vae_tokens(dp, x, pool)[0])
     return torch.cat(out)
 
 
@@ -135,7 +128,14 @@ class IdentityAdapter:
         if combine not in COMBINE_MODES:
             raise ValueError(f"combine must be one of {COMBINE_MODES}, got {combine!r}")
         self.check_base(pipe)
-        face, patches = self.features(pipe, crops)
+        return self.identity_from_features(*self.features(pipe, crops), combine)
+
+    @torch.no_grad()
+    def identity_from_features(self, face: torch.Tensor, patches: torch.Tensor, combine: str = "average") -> "Identity":
+        """The mixed identity of 1..N references given as (face embeddings (N, face_dim), VAE patch tokens
+        (N, T, patch_dim)): the diffusers VAE's (``features``) or a native ComfyUI VAE's."""
+        if combine not in COMBINE_MODES:
+            raise ValueError(f"combine must be one of {COMBINE_MODES}, got {combine!r}")
         if face.shape[0] < 1:
             raise ValueError("no face crops to make an identity from")
         self.net.eval()

@@ -25,6 +25,8 @@ from ..concept.concept import BaseMismatch, base_mismatch_text, pipeline_identit
 from ..concept.lora import FusedLora, LoraWeights, lora_from_tensors, lora_tensors
 from ..concept.tokens import expand_prompt, swapped_embedding, tokenizer_with, vector_tokens
 from ..formats import info_of, save_safetensors, weights_digest
+from ..models import native_size
+from ..vae_tokens import vae_tokens
 from .instruction import MAX_IMAGES, Instruction, image_token
 from .net import InstructConfig, InstructNet, image_vectors
 
@@ -83,28 +85,6 @@ def resized(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
 
 
-def pooled_tokens(feature: torch.Tensor, mean: torch.Tensor, grid: int) -> torch.Tensor:
-    """VAE tokens (N, grid*grid, C) from the VAE encoder's last down-block output and the latent mean (the same maths
-    for the diffusers VAE and ComfyUI's)."""
-    f = torch.cat([F.adaptive_avg_pool2d(feature.float(), grid), F.adaptive_avg_pool2d(mean.float(), grid)], 1)
-    return f.flatten(2).transpose(1, 2).cpu()
-
-
-@torch.no_grad()
-def vae_tokens(dp, x: torch.Tensor, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(VAE tokens (N, grid*grid, C), latent mean (N, 4, h, w) unscaled) of model-format images x (N, 3, S, S) in
-    [-1, 1] at the model's native size: one VAE-encoder pass gives both."""
-    vae = dp.vae
-    dev, dt = next(vae.parameters()).device, next(vae.parameters()).dtype
-    got = {}
-    hook = vae.encoder.down_blocks[-1].register_forward_hook(lambda m, a, o: got.__setitem__("f", o))
-    try:
-        mean = vae.encode(x.to(dev, dt)).latent_dist.mean
-    finally:
-        hook.remove()
-    return pooled_tokens(got["f"], mean, grid), mean.float().cpu()
-
-
 def reference_images(images, size: int) -> torch.Tensor:
     """Referenced images as model-format (N, 3, size, size) in [-1, 1] (centre square, resized)."""
     return square(to_unit_bchw(images), size) * 2 - 1
@@ -146,7 +126,7 @@ class InstructModel:
     def vectors(self, pipe, images) -> torch.Tensor:
         """Word vectors (N, n_tokens, text_dim) of N referenced images (any layout ``to_unit_bchw`` takes)."""
         dp = getattr(pipe, "pipe", pipe)
-        size = int(dp.unet.config.sample_size) * int(getattr(dp, "vae_scale_factor", 8))
+        size = native_size(dp)
         x = reference_images(images, size)
         return self.vectors_from(x, vae_tokens(dp, x, self.cfg.grid)[0])
 
@@ -210,7 +190,7 @@ def new_model(pipe, face_encoder, seed: int = 0, **cfg_kw) -> InstructModel:
     from ..concept.tokens import class_embedding
 
     dp = getattr(pipe, "pipe", pipe)
-    size = int(dp.unet.config.sample_size) * int(getattr(dp, "vae_scale_factor", 8))
+    size = native_size(dp)
     grid = int(cfg_kw.get("grid", InstructConfig.grid))
     probe, _ = vae_tokens(dp, torch.zeros(1, 3, size, size), grid)
     cfg = InstructConfig(face_dim=face_encoder.dim, vae_dim=int(probe.shape[-1]),
@@ -244,7 +224,7 @@ def source_latents(pipe, image) -> torch.Tensor:
     from ..concept.diffusion import scaling_factor
 
     dp = getattr(pipe, "pipe", pipe)
-    size = int(dp.unet.config.sample_size) * int(getattr(dp, "vae_scale_factor", 8))
+    size = native_size(dp)
     x = resized(to_unit_bchw(image)[:1], size) * 2 - 1
     vae = dp.vae
     mean = vae.encode(x.to(next(vae.parameters()).device, next(vae.parameters()).dtype)).latent_dist.mean
