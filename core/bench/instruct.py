@@ -144,10 +144,10 @@ def judge_sample(sample: dict, results: torch.Tensor, threshold: float, vae_imag
     return out
 
 
-def _samples(identity: int, index: int, seed: int, size: int) -> dict:
+def _samples(identity: int, index: int, seed: int, size: int, split: str = "heldout") -> dict:
     from ..synthface.edits import instruct_sample
 
-    held = identities("heldout")
+    held = identities(split)
     out = {}
     for ti, task in enumerate(TASKS):
         rng = np.random.default_rng([seed, 41, index, ti])  # each identity and task its own stream
@@ -157,11 +157,13 @@ def _samples(identity: int, index: int, seed: int, size: int) -> dict:
 
 def collect(n_identities: int, images_per_sample: int = IMAGES_PER_SAMPLE, seed: int = 0, bp=None,
             models: dict | None = None, steps: int = SAMPLER_STEPS, shard: tuple[int, int] = (0, 1),
-            rows: tuple | None = None) -> list[dict]:
+            rows: tuple | None = None, split: str = "heldout", image_guidance: float = IMAGE_GUIDANCE,
+            text_guidance: float = TEXT_GUIDANCE) -> list[dict]:
     """Per-identity figures for identities ``shard[0]::shard[1]`` of the ``n_identities`` drawn (shards combine in
     :func:`summarize`). ``models``: ``{"joint": model, "single": {task: model}}`` and any other name -> a model
     evaluated on every task (e.g. a longer-trained joint model); ``rows``: which of them (and
-    ``identity_baseline``) to run, default all."""
+    ``identity_baseline``) to run, default all; ``split``: "heldout" for the reported figures, "val" to choose
+    settings such as the guidance scales without touching the held-out identities."""
     from ..instruct.instruction import parse
     from ..instruct.model import instruct_images
     from ..judges.metrics import recognizer
@@ -170,23 +172,23 @@ def collect(n_identities: int, images_per_sample: int = IMAGES_PER_SAMPLE, seed:
     bp = bp or load_builtin_base()
     models = models or load_models()
     threshold = float(recognizer().threshold)
-    chosen = [int(i) for i in np.random.default_rng(seed).choice(identities("heldout"), n_identities, replace=False)]
+    chosen = [int(i) for i in np.random.default_rng(seed).choice(identities(split), n_identities, replace=False)]
 
     def run(model, s, gen_seed):
         ins = parse(s["instruction"], list(range(1, len(s["images"]) + 1)))
         imgs = {i + 1: im for i, im in enumerate(s["images"])}
         t0 = time.perf_counter()
-        out = instruct_images(bp, model, ins, imgs, source=s["source"], image_guidance=IMAGE_GUIDANCE,
-                              text_guidance=TEXT_GUIDANCE, steps=steps, seed=gen_seed, batch_size=images_per_sample)
+        out = instruct_images(bp, model, ins, imgs, source=s["source"], image_guidance=image_guidance,
+                              text_guidance=text_guidance, steps=steps, seed=gen_seed, batch_size=images_per_sample)
         return out, (time.perf_counter() - t0) / images_per_sample
 
     rows = tuple(rows or (*models, "identity_baseline"))
-    warm = _samples(chosen[0], 10 ** 6, seed, bp.native_size)["subject_edit"]
+    warm = _samples(chosen[0], 10 ** 6, seed, bp.native_size, split)["subject_edit"]
     first = next(m for m in models.values() if not isinstance(m, dict))
     run(first, warm, 0)  # warm-up, untimed
     records = []
     for n in range(shard[0], n_identities, shard[1]):
-        samples = _samples(chosen[n], n, seed, bp.native_size)
+        samples = _samples(chosen[n], n, seed, bp.native_size, split)
         rec = {"index": n, "identity": chosen[n], "figures": {}}
         for task, s in samples.items():
             vae_img = vae_roundtrip(bp, s["source"]) if s["source"] is not None else None
