@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..core import paths
 from ..core.identity import face_pipeline as fp
 from ..core.identity.detectors import DETECTORS
 from ..core.identity.insightface_pack import PROVIDERS, PackError, list_packs
@@ -120,6 +121,19 @@ class FaceSmithFaceAnalysis:
             }),
         })
         return {"required": req}
+
+    @classmethod
+    def IS_CHANGED(cls, insightface_pack):
+        """A named insightface pack's files (an overwritten pack is read again); "auto" and the built-in detectors
+        read nothing a user overwrites."""
+        if insightface_pack == "auto":
+            return "auto"
+        try:
+            from ..core.identity.insightface_pack import find_pack
+
+            return paths.file_signature(find_pack(insightface_pack))
+        except (PackError, ValueError):
+            return f"missing: {insightface_pack}"
 
     def run(self, images, detector, recognizer, insightface_pack, provider, det_size, on_no_face, select,
             face_index, retry):

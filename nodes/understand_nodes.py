@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,6 +15,7 @@ from ..core.images import check_comfy, comfy_to_numpy, numpy_to_comfy
 from ..core.generate import SEED_MAX
 from .comfy_bridge import grad_enabled, interruptible, node_progress
 from .concept_nodes import trainer_seed
+from .identity_adapter_nodes import _file_hash
 from .node_errors import input_error
 
 log = logging.getLogger("facesmith")
@@ -99,6 +101,16 @@ class FaceSmithLoadFaceModel:
                                                                            "trained for that folder."}),
             "device": (["cpu", "cuda"], {"default": "cpu", "tooltip": "Where the model runs."}),
         }}
+
+    @classmethod
+    def IS_CHANGED(cls, backend, model, vlm_folder, lora):
+        """The content of what would be read (the model file, or the VLM folder and its LoRA): an overwritten file
+        is read again instead of served from ComfyUI's cache."""
+        if backend == "vlm":
+            folder = Path(vlm_folder.strip()) if vlm_folder and vlm_folder.strip() else None
+            return paths.file_signature(folder if folder and folder.is_dir() else None) + \
+                ("" if lora == "none" else _file_hash(lora))
+        return _file_hash(model)
 
     def load(self, backend, model, vlm_folder, lora, device):
         from ..core.memory import MemoryLimitExceeded

@@ -96,7 +96,8 @@ def test_node_contract(name, cls):
 
 # nodes that read a model file chosen by name: ComfyUI must know when that file changed (IS_CHANGED)
 READS_FILES_BY_NAME = {"FaceSmithLoadBaseModel", "FaceSmithLoadDomainEncoder", "FaceSmithLoadConcept",
-                       "FaceSmithLoadInstructModel"}
+                       "FaceSmithLoadInstructModel", "FaceSmithLoadIdentityAdapter", "FaceSmithLoadIdentity",
+                       "FaceSmithCheckpointLoader", "FaceSmithLoadFaceModel", "FaceSmithFaceAnalysis"}
 
 
 def test_nodes_that_read_files_by_name_say_when_the_file_changed(tmp_path):
@@ -127,6 +128,19 @@ def test_nodes_that_read_files_by_name_say_when_the_file_changed(tmp_path):
                   metadata={"lora_file": "c.safetensors"})
         assert load.IS_CHANGED("c.safetensors", "auto", "", 1.0) not in (first, second)
         assert load.IS_CHANGED("c.safetensors", "none", "", 1.0) != load.IS_CHANGED("c.safetensors", "auto", "", 1.0)
+        # Load Face Model: the unified model file, or a VLM folder (any file in it) and its LoRA
+        face = NODE_CLASS_MAPPINGS["FaceSmithLoadFaceModel"]
+        (tmp_path / "facesmith" / "understand").mkdir(parents=True)
+        save_file({"x": torch.zeros(2)}, str(tmp_path / "facesmith" / "understand" / "m.safetensors"))
+        first = face.IS_CHANGED("unified", "understand/m.safetensors", "", "none")
+        save_file({"x": torch.ones(2)}, str(tmp_path / "facesmith" / "understand" / "m.safetensors"))
+        assert face.IS_CHANGED("unified", "understand/m.safetensors", "", "none") != first
+        vlm = tmp_path / "vlm"
+        vlm.mkdir()
+        (vlm / "config.json").write_text("{}")
+        first = face.IS_CHANGED("vlm", "-", str(vlm), "none")
+        (vlm / "config.json").write_text('{"a": 1}')
+        assert face.IS_CHANGED("vlm", "-", str(vlm), "none") != first
     finally:
         paths.set_models_dir(None)
 

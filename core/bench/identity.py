@@ -107,10 +107,12 @@ def goals(out: dict, comps: dict) -> dict:
 
 def collect(n_identities: int, images_per_prompt: int, seed: int = 0, bp=None, adapters: dict | None = None,
             encoder=None, methods: tuple = METHODS, k: int = E4T_K, eval_steps: int = SAMPLER_STEPS,
-            cfg: float = EVAL_CFG, split: str = "heldout", shard: tuple[int, int] = (0, 1)) -> list[dict]:
+            cfg: float = EVAL_CFG, split: str = "heldout", shard: tuple[int, int] = (0, 1),
+            adapter_weight: float = 1.0) -> list[dict]:
     """Per-identity figures of every method for identities ``shard[0]::shard[1]`` of the ``n_identities`` drawn.
     Each identity has its own random stream (reference, views, prompts) and seeds, so shards run in parallel and
-    :func:`summarize` of their concatenation equals a single run."""
+    :func:`summarize` of their concatenation equals a single run. ``adapter_weight``: the adapters' strength (Apply
+    Identity's weight; chosen on validation identities)."""
     from ..concept.personalize import embed_e4t
     from ..identity import face_pipeline as fp
     from ..identity.adapter import IdentityConditioner
@@ -128,7 +130,8 @@ def collect(n_identities: int, images_per_prompt: int, seed: int = 0, bp=None, a
     def adapter_make(m):
         def make(refs):
             faces = fp.analyze(refs, settings)
-            return IdentityConditioner(adapters[m], adapters[m].identity(bp, faces.crops), token=TOKEN)
+            return IdentityConditioner(adapters[m], adapters[m].identity(bp, faces.crops), token=TOKEN,
+                                       weight=adapter_weight)
         return make
 
     makers = {m: adapter_make(m) for m in methods if m in ADAPTERS}
