@@ -335,7 +335,7 @@ class FaceSmithTrainIdentityAdapter:
             with interruptible(), grad_enabled():
                 adapter, result = train_identity_adapter(pipeline, face_encoder, pool, settings,
                                                          work_dir=str(work_dir), resume=bool(resume),
-                                                         progress=node_progress(node))
+                                                         progress=node_progress(node, loss_chart=True))
         except RecipeMismatch as exc:
             raise input_error(node, "resume", f"is on, but the checkpoint {exc.path} of '{name}' was trained with "
                                               f"other settings ({'; '.join(exc.differences)}); turn 'resume' off "

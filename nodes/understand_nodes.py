@@ -327,7 +327,7 @@ class FaceSmithTrainFaceVQA:
                 try:
                     info = train_vlm_lora(vlm_folder.strip(), out, seed=trainer_seed(seed), steps=int(steps),
                                           lr=float(learning_rate), work_dir=str(work), resume=bool(resume),
-                                          overwrite=bool(overwrite), progress=node_progress(node))
+                                          overwrite=bool(overwrite), progress=node_progress(node, loss_chart=True))
                 except VLMFolderError as exc:
                     raise input_error(node, "vlm_folder", exc) from exc
                 history = info["loss_history"]
@@ -335,7 +335,8 @@ class FaceSmithTrainFaceVQA:
                 from ..trainers.understand import train_unified
 
                 train_unified(out, arch, seed=trainer_seed(seed), work_dir=str(work), cache_dir=str(work),
-                              resume=bool(resume), overwrite=bool(overwrite), progress=node_progress(node), steps=int(steps),
+                              resume=bool(resume), overwrite=bool(overwrite),
+                              progress=node_progress(node, loss_chart=True), steps=int(steps),
                               lr=float(learning_rate), pool_identities=int(pool_identities),
                               per_identity=int(per_identity))
                 history = json.loads(out.with_suffix(".json").read_text())["loss_history"]
