@@ -136,32 +136,78 @@ cosine similarity to the workflow's reference face.</p>
     return path
 
 
-def run_demo(out_dir: Path, workflows: list[Path] | None = None, build_missing: bool = True) -> dict:
-    from .assets import ensure_all
+FIRST = ("e4t_train_domain_encoder",)  # the longest workflow starts first, so the others fill the other worker
+
+
+def _node_classes():
     from .runner.command import load_node_classes
+
+    classes, problem = load_node_classes()
+    if problem:
+        raise RuntimeError(f"FaceSmith nodes failed to load: {problem}")
+    return classes
+
+
+def _run_one(wf: Path, out_dir: Path, classes=None) -> tuple[dict, list[dict]]:
+    """Run one workflow and judge its images: (timing row, report rows). Also the body of a worker process."""
     from .runner.execute import run_workflow
+
+    classes = classes or _node_classes()
+    log.info("demo: running %s", wf.name)
+    t = time.time()
+    result = run_workflow(wf, classes, out_dir, input_dir=out_dir / "input", progress=True)
+    ran = {"workflow": wf.name, "seconds": round(time.time() - t, 2), "files": len(result.files)}
+    return ran, judge_rows(wf.stem, result, out_dir)
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one core per worker: two workers on two cores, not four threads fighting
+
+
+def default_workers(n_workflows: int) -> int:
+    """One worker process per CPU core, at most 2: each runs torch on one thread (the built-in models are too small
+    to gain from more), and a third process would only share the same cores."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(2, cores, n_workflows))
+
+
+def run_demo(out_dir: Path, workflows: list[Path] | None = None, build_missing: bool = True,
+             workers: int | None = None) -> dict:
+    """Run the workflows (default: every shipped one) and write the report. ``workers`` > 1 runs them in that many
+    processes (spawned; each loads its own models), the longest first; the report keeps the workflows' order."""
+    from .assets import ensure_all
 
     t0 = time.time()
     still_missing = ensure_all(build_missing)
     if still_missing:
         raise RuntimeError("missing built-in assets: " + ", ".join(a.name for a in still_missing))
-    classes, problem = load_node_classes()
-    if problem:
-        raise RuntimeError(f"FaceSmith nodes failed to load: {problem}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows, ran = [], []
-    for wf in workflows or shipped_workflows():
-        log.info("demo: running %s", wf.name)
-        t = time.time()
-        result = run_workflow(wf, classes, out_dir, input_dir=out_dir / "input", progress=True)
-        ran.append({"workflow": wf.name, "seconds": round(time.time() - t, 2), "files": len(result.files)})
-        rows += judge_rows(wf.stem, result, out_dir)
+    wfs = list(workflows or shipped_workflows())
+    workers = default_workers(len(wfs)) if workers is None else max(1, int(workers))
+    if workers == 1:
+        classes = _node_classes()
+        done = [_run_one(wf, out_dir, classes) for wf in wfs]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        order = sorted(range(len(wfs)), key=lambda i: wfs[i].stem not in FIRST)
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_worker_init) as pool:
+            futures = {i: pool.submit(_run_one, wfs[i], out_dir) for i in order}
+            done = [futures[i].result() for i in range(len(wfs))]
+    ran = [r for r, _ in done]
+    rows = [row for _, rs in done for row in rs]
     adh = [r["adherence"] for r in rows if r["adherence"] is not None]
     sims = [r["identity_similarity"] for r in rows if r["identity_similarity"] is not None]
     summary = {"workflows run": len(ran), "images judged": len([r for r in rows if r["file"]]),
                "mean prompt adherence": round(float(np.mean(adh)), 3) if adh else "n/a",
                "mean identity similarity to reference": round(float(np.mean(sims)), 3) if sims else "n/a",
-               "seconds": round(time.time() - t0, 1)}
+               "seconds": round(time.time() - t0, 1), "worker processes": workers}
     report = write_report(out_dir, rows, summary)
     summary["report"] = str(report)
     summary["runs"] = ran
@@ -173,6 +219,8 @@ def add_arguments(p) -> None:
     p.add_argument("--models-dir", help="user models folder (default: $FACESMITH_MODELS or ./models)")
     p.add_argument("--workflow", action="append", help="run only this workflow file (repeatable)")
     p.add_argument("--no-build", action="store_true", help="fail instead of training missing built-in assets")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes (default: one per core, at most 2; 1 runs everything in this process)")
 
 
 def main(args) -> int:
@@ -181,6 +229,6 @@ def main(args) -> int:
     if args.models_dir:
         os.environ["FACESMITH_MODELS"] = args.models_dir
     summary = run_demo(Path(args.out).resolve(), [Path(w) for w in args.workflow] if args.workflow else None,
-                       build_missing=not args.no_build)
+                       build_missing=not args.no_build, workers=args.workers)
     print(json.dumps(summary, indent=2))
     return 0

@@ -114,3 +114,20 @@ def test_template_thumbnail_beside_each_workflow(path):
         assert im.format == "JPEG" and im.size == (256, 256)
         assert len(im.convert("L").getcolors(256 * 256) or []) > 16  # a picture, not a flat placeholder
     assert thumb.stat().st_size < 64 * 1024
+
+
+@pytest.mark.slow
+@built
+def test_demo_in_two_worker_processes_keeps_the_workflow_order(tmp_path):
+    """`facesmith demo` runs workflows in one process per core (at most 2, spawned, the longest first); the report
+    and the runs keep the workflows' order and every saved image of a Generate is judged."""
+    from facesmith.core.demo import run_demo
+
+    names = ["understand_describe_photo", "synthface_text_to_image"]
+    summary = run_demo(tmp_path / "demo", [WORKFLOWS_DIR / f"{n}.json" for n in names], build_missing=False,
+                       workers=2)
+    assert summary["worker processes"] == 2
+    assert [r["workflow"] for r in summary["runs"]] == [f"{n}.json" for n in names]
+    assert summary["images judged"] >= 4 and 0.0 <= summary["mean prompt adherence"] <= 1.0
+    report = (tmp_path / "demo" / "report.html").read_text()
+    assert report.index("understand_describe_photo") < report.index("synthface_text_to_image")
