@@ -148,6 +148,9 @@ def _node_classes():
     return classes
 
 
+_LOADED: dict = {}  # node outputs reused between the workflows of one process (ComfyUI's cache between prompts)
+
+
 def _run_one(wf: Path, out_dir: Path, classes=None) -> tuple[dict, list[dict]]:
     """Run one workflow and judge its images: (timing row, report rows). Also the body of a worker process."""
     from .runner.execute import run_workflow
@@ -155,7 +158,7 @@ def _run_one(wf: Path, out_dir: Path, classes=None) -> tuple[dict, list[dict]]:
     classes = classes or _node_classes()
     log.info("demo: running %s", wf.name)
     t = time.time()
-    result = run_workflow(wf, classes, out_dir, input_dir=out_dir / "input", progress=True)
+    result = run_workflow(wf, classes, out_dir, input_dir=out_dir / "input", progress=True, cache=_LOADED)
     ran = {"workflow": wf.name, "seconds": round(time.time() - t, 2), "files": len(result.files)}
     return ran, judge_rows(wf.stem, result, out_dir)
 

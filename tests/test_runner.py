@@ -553,3 +553,40 @@ def test_convert_refuses_overwrite(rn, classes, tmp_path, command, capsys):
     assert conv.main(argparse.Namespace(ui=str(src), api=str(dst), force=True)) == 0
     assert _strip_meta(json.loads(dst.read_text())) == EXPECTED_UI_API
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_cache_reuses_unchanged_linkless_nodes_across_runs(rn, classes, dirs):
+    """With a cache kept by the caller (the demo keeps one per process), a node with no links whose widget values
+    and IS_CHANGED are the same is not run again (ComfyUI's cache between prompts); output nodes and nodes fed by
+    links always run; IS_CHANGED NaN or another value runs it again."""
+    out, inp = dirs
+    calls = []
+
+    class Counted(FakeSource):
+        CHANGED = "a"
+
+        @classmethod
+        def IS_CHANGED(cls, width, **kwargs):
+            return cls.CHANGED
+
+        def make(self, *a, **k):
+            calls.append(1)
+            return super().make(*a, **k)
+
+    cl = dict(classes, FakeSource=Counted)
+    wf = {"1": {"class_type": "FakeSource", "inputs": {"width": 4, "height": 4, "seed": 3, "color": "green"}},
+          "2": {"class_type": "FakeInvert", "inputs": {"images": ["1", 0]}},
+          "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "fs/cache"}}}
+    cache: dict = {}
+    first = rn.run_workflow(wf, cl, out, input_dir=inp, progress=False, cache=cache)
+    second = rn.run_workflow(wf, cl, out, input_dir=inp, progress=False, cache=cache)
+    assert len(calls) == 1 and second.outputs["1"][0] is first.outputs["1"][0]
+    assert len(list((out / "fs").glob("cache_*.png"))) == 2  # the output node ran both times
+    Counted.CHANGED = "b"
+    rn.run_workflow(wf, cl, out, input_dir=inp, progress=False, cache=cache)
+    Counted.CHANGED = float("nan")
+    rn.run_workflow(wf, cl, out, input_dir=inp, progress=False, cache=cache)
+    rn.run_workflow(wf, cl, out, input_dir=inp, progress=False, cache=cache)
+    wf["1"]["inputs"]["seed"] = 4
+    rn.run_workflow(wf, cl, out, input_dir=inp, progress=False)  # no cache: always runs
+    assert len(calls) == 5

@@ -145,10 +145,33 @@ def _files_from_ui(ui: dict, dirs: dict[str, Path]) -> list[Path]:
     return files
 
 
+def _cache_key(cls, class_type: str, inputs: dict) -> Optional[tuple]:
+    """What makes a node's outputs reusable across runs: no linked input, not an output node, and the same widget
+    values and ``IS_CHANGED`` (a NaN, "always changed", is never reused). None: run it."""
+    import inspect
+    import json
+    import math
+
+    if getattr(cls, "OUTPUT_NODE", False) or any(is_link(v) for v in inputs.values()):
+        return None
+    changed = ""
+    if callable(getattr(cls, "IS_CHANGED", None)):
+        params = inspect.signature(cls.IS_CHANGED).parameters
+        takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        changed = cls.IS_CHANGED(**{k: v for k, v in inputs.items() if takes_all or k in params})
+        if isinstance(changed, float) and math.isnan(changed):
+            return None
+    try:
+        return class_type, json.dumps(inputs, sort_keys=True), str(changed)
+    except TypeError:
+        return None
+
+
 def run_workflow(workflow: Union[dict, str, Path], node_classes: dict, out_dir: Union[str, Path],
                  input_dir: Union[str, Path, None] = None, overrides: Any = None,
                  progress: Union[bool, Callable[[str], None]] = True, *, temp_dir: Union[str, Path, None] = None,
-                 extra_pnginfo: Optional[dict] = None, inference_mode: bool = True) -> RunResult:
+                 extra_pnginfo: Optional[dict] = None, inference_mode: bool = True,
+                 cache: Optional[dict] = None) -> RunResult:
     """Run a UI- or API-format workflow (dict, or path to a .json / ComfyUI .png) with ``node_classes``.
 
     Every problem is found before anything runs and raised as one WorkflowError. A node that fails raises
@@ -156,6 +179,9 @@ def run_workflow(workflow: Union[dict, str, Path], node_classes: dict, out_dir: 
     prints one line per node and tqdm bars on stderr, False is silent, a callable receives the lines.
     ``overrides``: ``{"5.seed": 42}`` or ``["5.seed=42"]``. ``input_dir`` defaults to ``<out_dir>/../input``,
     ``temp_dir`` (PreviewImage) to ``<out_dir>/../temp``. Like ComfyUI, nodes run under ``torch.inference_mode()``.
+    ``cache``: a dict kept by the caller across runs; a node with no links and no output role whose inputs (and
+    ``IS_CHANGED``) are unchanged reuses its earlier outputs, as ComfyUI's own cache does between prompts (a loader
+    does not load the same model twice).
     """
     out = Path(out_dir).resolve()
     inp = Path(input_dir).resolve() if input_dir is not None else out.parent / "input"
@@ -205,8 +231,15 @@ def run_workflow(workflow: Union[dict, str, Path], node_classes: dict, out_dir: 
                     head = f"[{k}/{len(order)}] node {nid} {ct}"
                     state["prefix"] = f"[{k}/{len(order)}]"
                     t0 = time.perf_counter()
+                    key = _cache_key(cls, ct, node.get("inputs", {})) if cache is not None else None
                     try:
-                        outputs, ui = _call_node(cls, cls(), node.get("inputs", {}), raw, prompt, extra_pnginfo, nid)
+                        if key is not None and key in cache:
+                            outputs, ui = cache[key]
+                        else:
+                            outputs, ui = _call_node(cls, cls(), node.get("inputs", {}), raw, prompt, extra_pnginfo,
+                                                     nid)
+                            if key is not None:
+                                cache[key] = (outputs, ui)
                     except (KeyboardInterrupt, Interrupted) as e:
                         result.timings[nid] = time.perf_counter() - t0
                         say(f"{head} ... interrupted after {result.timings[nid]:.1f}s")
