@@ -71,7 +71,8 @@ def _instruct_steps() -> list[list[str]]:
 
 def _understand_steps(arch: str) -> list[list[str]]:
     """The command that made the shipped understanding models (see assets/models/facesmith/understand/README.md)."""
-    return [["train", "face-vqa", "--arch", arch, "--seed", "0", "--steps", "800", "--out",
+    return [["train", "face-vqa", "--arch", arch, "--stem", "residual", "--stem-width", "48", "--pool-identities",
+             "8000", "--seed", "0", "--steps", "1200", "--out",
              str(UNDERSTAND_DIR / f"synthface-unified-{arch}.safetensors"), "--work-dir",
              f".cache/train-face-vqa/{arch}", "--cache-dir", ".cache/train-face-vqa", "--overwrite"]]
 

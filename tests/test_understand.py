@@ -205,3 +205,46 @@ def test_tuning_caption_names_what_the_shipped_model_reads(u):
     assert text.startswith("a photo of {token}") and text.format(token="<x>").startswith("a photo of <x>")
     named = parse_caption(text)
     assert len(named) >= 4 and all(named[k] == attrs[k] for k in named), (text, named)
+
+
+def test_residual_stem_trains_and_first_files_still_load(u, tmp_path):
+    """``ModelConfig.stem``: a model with the residual image stem trains a few steps on the one loop and round-trips;
+    a config without the field (the first shipped files) builds today's conv4 stem with the same parameter names."""
+    from facesmith.trainers.understand import train_unified
+
+    data, infer, model, q, weights = u
+    settings = dict(pool_identities=8, per_identity=2, steps=3, dim=32, layers=1, expert_hidden=32, batch_vqa=4,
+                    batch_caption=1, batch_draw=1, n_codes=16, token_experts=2, seq_experts=2, turns=1, warmup=1,
+                    stem="residual", stem_width=8)
+    out = tmp_path / "r.safetensors"
+    info = train_unified(out, "dense", seed=0, work_dir=str(tmp_path / "work"), cache_dir=str(tmp_path), **settings)
+    assert info["steps"] == 3
+    loaded = infer.load_understander(out)
+    assert loaded.model.cfg.stem == "residual" and loaded.model.cfg.stem_width == 8
+    assert any(isinstance(m, model.ResidualBlock) for m in loaded.model.patch.net)
+    old = model.ModelConfig(**{k: v for k, v in loaded.model.cfg.to_dict().items() if k not in ("stem", "stem_width")})
+    names = set(model.build_model(old).patch.state_dict())
+    assert old.stem == "conv4" and {"net.0.weight", "net.2.weight", "net.4.weight", "net.6.weight"} <= names
+    with pytest.raises(ValueError, match="stem must be one of"):
+        model.ModelConfig(vocab_size=10, stem="vit")
+
+
+def test_bench_overall_visible_leaves_out_only_the_not_visible_types_and_goal_reads_it(u):
+    """``vqa_accuracy`` stays over all 19 types; ``overall_visible`` is over the 17 visible ones; the goal checks
+    overall_visible, lists every visible type below 90% and reports the excluded types by name."""
+    from types import SimpleNamespace
+
+    from facesmith.core.bench.understand import _overall, goal
+    from facesmith.core.understand.questions import NOT_VISIBLE, TYPES
+
+    pool = SimpleNamespace(identity=np.array([0, 0, 1, 1]))
+    right = [[t not in NOT_VISIBLE] * 4 for t in TYPES]  # every visible type right, the others wrong
+    m, _, mv, _ = _overall(pool, right, TYPES)
+    assert mv == 1.0 and m == round((len(TYPES) - len(NOT_VISIBLE)) / len(TYPES), 4)
+    per_type = {t: (0.2 if t in NOT_VISIBLE else 0.96) for t in TYPES}
+    row = {"vqa_accuracy": 0.9, "overall_visible": 0.96, "per_type": per_type}
+    g = goal({"unified_moe": row, "unified_dense": dict(row, overall_visible=0.97, per_type=dict(per_type, mouth=0.8))})
+    assert g["excluded_not_visible_at_64px"] == list(NOT_VISIBLE) and g["overall_reads"] == "overall_visible"
+    assert g["unified_moe"] == {"overall_visible_ge_0.95": True, "overall_all_types_ge_0.95": False,
+                                "visible_types_below_0.90": []}
+    assert g["unified_dense"]["visible_types_below_0.90"] == ["mouth"] and g["moe_ge_dense"] is False

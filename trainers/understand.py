@@ -77,7 +77,8 @@ class FaceVQAObjective:
 
 DEFAULTS = {"pool_identities": 4000, "per_identity": 3, "steps": 700, "lr": 2e-3, "batch_vqa": 48,
             "batch_caption": 8, "batch_draw": 8, "turns": 4, "dim": 128, "layers": 4, "expert_hidden": 128,
-            "token_experts": 4, "seq_experts": 2, "n_codes": 256, "types": None, "warmup": 30}
+            "token_experts": 4, "seq_experts": 2, "n_codes": 256, "types": None, "warmup": 30, "stem": "conv4",
+            "stem_width": 32}
 
 
 def train_unified(out_path, arch: str = "moe", seed: int = 0, work_dir: str | None = None, cache_dir: str | None = None,
@@ -107,7 +108,8 @@ def train_unified(out_path, arch: str = "moe", seed: int = 0, work_dir: str | No
     cfg = ModelConfig(vocab_size=tok.size, n_codes=s["n_codes"], code_offset=tok.code_offset, dim=s["dim"],
                       layers=s["layers"], expert_hidden=s["expert_hidden"], moe=arch == "moe",
                       token_experts=s["token_experts"], seq_experts=s["seq_experts"],
-                      probe_classes=tuple(len(values(t)) for t in TYPES))
+                      probe_classes=tuple(len(values(t)) for t in TYPES), stem=s["stem"],
+                      stem_width=s["stem_width"])
     model = build_model(cfg, seed)
     model.codebook.copy_(torch.from_numpy(kmeans_codebook(pool.images, s["n_codes"], cfg.grid, seed)))
     objective = FaceVQAObjective(model, pool, tok, s["batch_vqa"], s["batch_caption"], s["batch_draw"], s["turns"],

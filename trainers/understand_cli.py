@@ -32,6 +32,10 @@ def add_arguments(p) -> None:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--pool-identities", type=int, default=None)
     p.add_argument("--per-identity", type=int, default=None)
+    p.add_argument("--stem", choices=("conv4", "residual"), default=None,
+                   help="unified: image stem (conv4: four strided convolutions; residual: residual blocks at 32 and "
+                        "16 px; default conv4)")
+    p.add_argument("--stem-width", type=int, default=None, help="unified: stem channels at 32 px (default 32)")
     p.add_argument("--rank", type=int, default=8, help="vlm: LoRA rank")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
 
@@ -70,6 +74,7 @@ def main(args) -> int:
         info = train_unified(out, args.arch, seed=args.seed, work_dir=work, cache_dir=args.cache_dir,
                              progress=tqdm_progress(f"face-vqa {args.arch}"), resume=not args.no_resume,
                              overwrite=args.overwrite, command=command, steps=args.steps, lr=args.lr,
-                             pool_identities=args.pool_identities, per_identity=args.per_identity)
+                             pool_identities=args.pool_identities, per_identity=args.per_identity,
+                             stem=args.stem, stem_width=args.stem_width)
     print(f"saved {out} ({info['steps']} steps)")
     return 0
