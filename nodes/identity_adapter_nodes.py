@@ -78,6 +78,20 @@ class FaceSmithLoadIdentityAdapter:
             raise input_error(self.DISPLAY_NAME, "adapter", exc) from exc
 
 
+def checked_faces(node: str, faces, adapter) -> list[str]:
+    """The notes an identity made from ``faces`` carries (Face Analysis' own, and a warning, also logged, when a
+    real-face detector's faces meet an adapter that knows only SynthFace); empty faces are refused."""
+    if not len(faces):
+        raise input_error(node, "faces", "hold no face; check 'Face Analysis' (on_no_face) and its report")
+    notes = []
+    if not faces.synthface_detector and adapter.base_name.startswith("synthface"):
+        notes.append("these faces were found by a real-face detector, but this adapter was trained on the built-in "
+                     "SynthFace world and only knows SynthFace faces: for real photos load a real base model and an "
+                     "identity adapter trained on real faces")
+        log.warning("%s: %s", node, notes[-1])
+    return notes + list(faces.notes)
+
+
 class FaceSmithApplyIdentity:
     DISPLAY_NAME = "Apply Identity (FaceSmith)"
     CATEGORY = "FaceSmith/Identity"
@@ -146,14 +160,7 @@ class FaceSmithApplyIdentity:
         token = token.strip()
         notes = []
         if faces is not None:
-            if not len(faces):
-                raise input_error(node, "faces", "hold no face; check 'Face Analysis' (on_no_face) and its report")
-            if not faces.synthface_detector and adapter.base_name.startswith("synthface"):
-                notes.append("these faces were found by a real-face detector, but this adapter was trained on the "
-                             "built-in SynthFace world and only knows SynthFace faces: for real photos load a real "
-                             "base model and an identity adapter trained on real faces")
-                log.warning("%s: %s", node, notes[-1])
-            notes += list(faces.notes)
+            notes += checked_faces(node, faces, adapter)
             try:
                 with interruptible():
                     identity = adapter.identity(pipeline, faces.crops, combine)

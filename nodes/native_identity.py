@@ -13,7 +13,7 @@ import torch
 
 from ..core.identity.adapter_net import ip_attention, region_weights, schedule_active
 from ..core.identity.adapter import COMBINE_MODES
-from .identity_adapter_nodes import ADAPTER_TYPE, IDENTITY_TYPE
+from .identity_adapter_nodes import ADAPTER_TYPE, IDENTITY_TYPE, checked_faces
 from .identity_nodes import FACES_TYPE
 from .native_concept import patch_clip
 from .native_vae import comfy_vae_tokens, model_native_size
@@ -95,8 +95,7 @@ def identity_from_faces(node: str, model, vae, adapter, faces, combine: str):
 
     if vae is None:
         raise input_error(node, "vae", "is needed to make an identity from faces (the model's VAE)")
-    if not len(faces):
-        raise input_error(node, "faces", "hold no face; check 'Face Analysis' (on_no_face) and its report")
+    checked_faces(node, faces, adapter)  # refuses no faces; warns (log) when real faces meet a SynthFace adapter
     x = crops_to_bchw(faces.crops)
     size = model_native_size(model, vae)
     with torch.no_grad():
