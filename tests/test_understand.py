@@ -227,6 +227,16 @@ def test_residual_stem_trains_and_first_files_still_load(u, tmp_path):
     assert old.stem == "conv4" and {"net.0.weight", "net.2.weight", "net.4.weight", "net.6.weight"} <= names
     with pytest.raises(ValueError, match="stem must be one of"):
         model.ModelConfig(vocab_size=10, stem="vit")
+    # --init-from: continue that model (weights and codebook) with a fresh schedule; another architecture is refused
+    start = weights.load_unified(out)[0]
+    more = train_unified(tmp_path / "r2.safetensors", "dense", seed=1, work_dir=str(tmp_path / "work2"),
+                         cache_dir=str(tmp_path), init_from=str(out), **dict(settings, steps=1, lr=1e-9))
+    cont = weights.load_unified(tmp_path / "r2.safetensors")[0]
+    assert more["settings"]["init_steps"] == 3 and torch.equal(cont.codebook, start.codebook)
+    assert all(torch.allclose(a, b, atol=1e-2) for a, b in zip(cont.state_dict().values(), start.state_dict().values()))
+    with pytest.raises(ValueError, match="architecture"):
+        train_unified(tmp_path / "r3.safetensors", "moe", seed=1, work_dir=str(tmp_path / "work3"),
+                      cache_dir=str(tmp_path), init_from=str(out), **settings)
 
 
 def test_bench_overall_visible_leaves_out_only_the_not_visible_types_and_goal_reads_it(u):

@@ -78,7 +78,7 @@ class FaceVQAObjective:
 DEFAULTS = {"pool_identities": 4000, "per_identity": 3, "steps": 700, "lr": 2e-3, "batch_vqa": 48,
             "batch_caption": 8, "batch_draw": 8, "turns": 4, "dim": 128, "layers": 4, "expert_hidden": 128,
             "token_experts": 4, "seq_experts": 2, "n_codes": 256, "types": None, "warmup": 30, "stem": "conv4",
-            "stem_width": 32}
+            "stem_width": 32, "init_from": None}
 
 
 def train_unified(out_path, arch: str = "moe", seed: int = 0, work_dir: str | None = None, cache_dir: str | None = None,
@@ -111,7 +111,16 @@ def train_unified(out_path, arch: str = "moe", seed: int = 0, work_dir: str | No
                       probe_classes=tuple(len(values(t)) for t in TYPES), stem=s["stem"],
                       stem_width=s["stem_width"])
     model = build_model(cfg, seed)
-    model.codebook.copy_(torch.from_numpy(kmeans_codebook(pool.images, s["n_codes"], cfg.grid, seed)))
+    if s["init_from"]:  # continue an earlier model (its weights and codebook) with a fresh schedule
+        from ..core.understand.weights import load_unified
+
+        start, _, start_info = load_unified(s["init_from"])
+        if json.dumps(start.cfg.to_dict(), sort_keys=True) != json.dumps(cfg.to_dict(), sort_keys=True):
+            raise ValueError(f"--init-from {s['init_from']}: its architecture {start.cfg} is not this run's {cfg}")
+        model.load_state_dict(start.state_dict())
+        s["init_steps"] = int(start_info["steps"]) if str(start_info.get("steps", "")).isdigit() else None
+    else:
+        model.codebook.copy_(torch.from_numpy(kmeans_codebook(pool.images, s["n_codes"], cfg.grid, seed)))
     objective = FaceVQAObjective(model, pool, tok, s["batch_vqa"], s["batch_caption"], s["batch_draw"], s["turns"],
                                  seed, s["types"])
     recipe = {"arch": arch, **s}

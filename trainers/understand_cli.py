@@ -36,6 +36,9 @@ def add_arguments(p) -> None:
                    help="unified: image stem (conv4: four strided convolutions; residual: residual blocks at 32 and "
                         "16 px; default conv4)")
     p.add_argument("--stem-width", type=int, default=None, help="unified: stem channels at 32 px (default 32)")
+    p.add_argument("--init-from", default=None,
+                   help="unified: continue from this model file (same architecture; its weights and codebook) with "
+                        "a fresh schedule of --steps")
     p.add_argument("--rank", type=int, default=8, help="vlm: LoRA rank")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
 
@@ -75,6 +78,6 @@ def main(args) -> int:
                              progress=tqdm_progress(f"face-vqa {args.arch}"), resume=not args.no_resume,
                              overwrite=args.overwrite, command=command, steps=args.steps, lr=args.lr,
                              pool_identities=args.pool_identities, per_identity=args.per_identity,
-                             stem=args.stem, stem_width=args.stem_width)
+                             stem=args.stem, stem_width=args.stem_width, init_from=args.init_from)
     print(f"saved {out} ({info['steps']} steps)")
     return 0
