@@ -123,7 +123,7 @@ class FaceSmithFaceAnalysis:
         return {"required": req}
 
     @classmethod
-    def IS_CHANGED(cls, insightface_pack):
+    def IS_CHANGED(cls, insightface_pack="auto", **_):  # ComfyUI passes every widget value
         """A named insightface pack's files (an overwritten pack is read again); "auto" and the built-in detectors
         read nothing a user overwrites."""
         if insightface_pack == "auto":

@@ -103,7 +103,7 @@ class FaceSmithLoadFaceModel:
         }}
 
     @classmethod
-    def IS_CHANGED(cls, backend, model, vlm_folder, lora):
+    def IS_CHANGED(cls, backend, model, vlm_folder, lora, **_):  # ComfyUI passes every widget value (device too)
         """The content of what would be read (the model file, or the VLM folder and its LoRA): an overwritten file
         is read again instead of served from ComfyUI's cache."""
         if backend == "vlm":

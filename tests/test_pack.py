@@ -110,7 +110,17 @@ def test_nodes_that_read_files_by_name_say_when_the_file_changed(tmp_path):
     from facesmith.core import paths
 
     for name in READS_FILES_BY_NAME:
-        assert callable(getattr(NODE_CLASS_MAPPINGS[name], "IS_CHANGED", None)), name
+        cls = NODE_CLASS_MAPPINGS[name]
+        assert callable(getattr(cls, "IS_CHANGED", None)), name
+        # ComfyUI calls IS_CHANGED(**every widget value); a narrower signature makes it "always changed" (NaN)
+        widgets = {}
+        for group in cls.INPUT_TYPES().values():
+            for key, spec in group.items():
+                if isinstance(spec[0], list):
+                    widgets[key] = (spec[1].get("default") if len(spec) > 1 else None) or (spec[0] or ["none"])[0]
+                elif spec[0] in ("INT", "FLOAT", "STRING", "BOOLEAN"):
+                    widgets[key] = spec[1].get("default") if len(spec) > 1 else None
+        assert isinstance(cls.IS_CHANGED(**widgets), str), name
     load = NODE_CLASS_MAPPINGS["FaceSmithLoadConcept"]
     paths.set_models_dir(tmp_path)
     try:
