@@ -517,6 +517,19 @@ def _mean_se(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) / len(values) ** 0.5
 
 
+def _native_matches_facesmith(what: str, native: tuple, facesmith: tuple, floor_sims: list[float]) -> None:
+    """``native`` and ``facesmith``: (per-image likeness, per-image adherence) of the native graph and of its
+    FaceSmith-path twin. They agree within noise (3 combined standard errors, plus 0.02 likeness / 0.05 adherence),
+    and the native graph's likeness is clearly above ``floor_sims`` (the same graph without the method)."""
+    (ns, ns_se), (gs, gs_se), (fs, fs_se) = _mean_se(native[0]), _mean_se(facesmith[0]), _mean_se(floor_sims)
+    (na, na_se), (ga, ga_se) = _mean_se(native[1]), _mean_se(facesmith[1])
+    print(f"{what}: likeness native {ns:.3f}+-{ns_se:.3f}, FaceSmith path {gs:.3f}+-{gs_se:.3f}, without it "
+          f"{fs:.3f}+-{fs_se:.3f}; adherence native {na:.3f}+-{na_se:.3f}, FaceSmith path {ga:.3f}+-{ga_se:.3f}")
+    assert abs(ns - gs) <= 3 * (ns_se ** 2 + gs_se ** 2) ** 0.5 + 0.02, f"{what}: native and FaceSmith likeness differ"
+    assert abs(na - ga) <= 3 * (na_se ** 2 + ga_se ** 2) ** 0.5 + 0.05, f"{what}: native and FaceSmith adherence differ"
+    assert ns - fs > 3 * (ns_se ** 2 + fs_se ** 2) ** 0.5, f"{what}: the native graph's likeness is not above the floor"
+
+
 def _native_graph(object_info: dict, text: str, seed: int, lora: str | None = None, concept_weight=None,
                   concept_range=(0.0, 1.0), concept_lora="auto") -> dict:
     """Load Checkpoint (FaceSmith) [-> LoraLoader] [-> Apply Concept] -> CLIPTextEncode -> KSampler -> VAEDecode ->
@@ -596,13 +609,7 @@ def test_native_graph_with_a_saved_concept_scores_like_generate(comfy, object_in
                                                               "prompt": NATIVE_PROMPT.format("a person")}},
     }
     g_sims, g_adh, _ = _judged(comfy, generate, "9")
-    (ns, ns_se), (gs, gs_se), (fs, fs_se) = _mean_se(n_sims), _mean_se(g_sims), _mean_se(floor_sims)
-    (na, na_se), (ga, ga_se) = _mean_se(n_adh), _mean_se(g_adh)
-    print(f"likeness: native {ns:.3f}+-{ns_se:.3f}, Generate {gs:.3f}+-{gs_se:.3f}, native without concept "
-          f"{fs:.3f}+-{fs_se:.3f}; adherence: native {na:.3f}+-{na_se:.3f}, Generate {ga:.3f}+-{ga_se:.3f}")
-    assert abs(ns - gs) <= 3 * (ns_se ** 2 + gs_se ** 2) ** 0.5 + 0.02, "native and Generate likeness differ"
-    assert abs(na - ga) <= 3 * (na_se ** 2 + ga_se ** 2) ** 0.5 + 0.05, "native and Generate adherence differ"
-    assert ns - fs > 3 * (ns_se ** 2 + fs_se ** 2) ** 0.5, "the concept does not raise likeness in the native graph"
+    _native_matches_facesmith("concept (saved files)", (n_sims, n_adh), (g_sims, g_adh), floor_sims)
 
 
 def test_apply_concept_node_scores_like_generate_and_weight_0_changes_nothing(comfy, object_info, native_concept):
@@ -774,13 +781,7 @@ def test_identity_made_from_a_photo_on_native_models_scores_like_generate(comfy,
     generate = _generate_graph(object_info, text, seed, extra, ["13", 0])
     generate["9"]["inputs"]["prompt"] = IDENTITY_PROMPT.format("a person")
     g_sims, g_adh, _ = _judged(comfy, generate, "9")
-    (ns, ns_se), (gs, gs_se), (fs, fs_se) = _mean_se(n_sims), _mean_se(g_sims), _mean_se(floor_sims)
-    (na, na_se), (ga, ga_se) = _mean_se(n_adh), _mean_se(g_adh)
-    print(f"identity likeness: native {ns:.3f}+-{ns_se:.3f}, Generate {gs:.3f}+-{gs_se:.3f}, native without "
-          f"identity {fs:.3f}+-{fs_se:.3f}; adherence: native {na:.3f}+-{na_se:.3f}, Generate {ga:.3f}+-{ga_se:.3f}")
-    assert abs(ns - gs) <= 3 * (ns_se ** 2 + gs_se ** 2) ** 0.5 + 0.02, "native and Generate likeness differ"
-    assert abs(na - ga) <= 3 * (na_se ** 2 + ga_se ** 2) ** 0.5 + 0.05, "native and Generate adherence differ"
-    assert ns - fs > 3 * (ns_se ** 2 + fs_se ** 2) ** 0.5, "the identity does not raise likeness natively"
+    _native_matches_facesmith("identity from a photo", (n_sims, n_adh), (g_sims, g_adh), floor_sims)
 
 
 EDIT_TEXT = "make <image1> smiling"
@@ -833,11 +834,4 @@ def test_instruction_edit_on_native_models_scores_like_instruct_generate(comfy, 
     plain = _native_graph(object_info, EDIT_JUDGED, seed)
     plain["9"]["inputs"]["prompt"] = EDIT_JUDGED
     floor_sims, _, _ = _judged(comfy, plain, "9")
-    (ns, ns_se), (gs, gs_se), (fs, fs_se) = _mean_se(n_sims), _mean_se(g_sims), _mean_se(floor_sims)
-    (na, na_se), (ga, ga_se) = _mean_se(n_adh), _mean_se(g_adh)
-    print(f"edit: source likeness native {ns:.3f}+-{ns_se:.3f}, Instruct Generate {gs:.3f}+-{gs_se:.3f}, plain "
-          f"text-to-image {fs:.3f}+-{fs_se:.3f}; adherence native {na:.3f}+-{na_se:.3f}, Instruct Generate "
-          f"{ga:.3f}+-{ga_se:.3f}")
-    assert abs(ns - gs) <= 3 * (ns_se ** 2 + gs_se ** 2) ** 0.5 + 0.02, "native and Instruct Generate likeness differ"
-    assert abs(na - ga) <= 3 * (na_se ** 2 + ga_se ** 2) ** 0.5 + 0.05, "native and Instruct Generate edits differ"
-    assert ns - fs > 3 * (ns_se ** 2 + fs_se ** 2) ** 0.5, "the native edit does not keep the source's identity"
+    _native_matches_facesmith("instruction edit", (n_sims, n_adh), (g_sims, g_adh), floor_sims)
