@@ -20,7 +20,8 @@ needs_models = pytest.mark.skipif(
     not all(a.present for a in assets() if a.name in ("base", "judges", "domain-encoder")),
     reason="built-in base / judges / E4T encoder not built (facesmith assets --build)")
 
-METHODS = ("e4t_0", "e4t_k", "textual_inversion", "untrained_encoder", "untrained_encoder_0", "oracle")
+METHODS = ("e4t_0", "e4t_k", "e4t_k_words", "textual_inversion", "untrained_encoder", "untrained_encoder_0",
+           "oracle")
 KEYS = ("identity_similarity", "identity_similarity_sem", "verification_rate", "verification_rate_sem",
         "attribute_adherence", "attribute_adherence_sem", "per_attribute_adherence", "reference_leak",
         "reference_leak_sem", "identity_fact_agreement", "per_fact_agreement", "share_of_oracle",
@@ -48,7 +49,7 @@ def small_run(models):
 def test_every_method_reports_the_issue_keys(small_run):
     from facesmith.core.synthface.render import TRAIT_NAMES
 
-    for m in METHODS + ("no_concept",):
+    for m in METHODS + ("no_concept", "words"):
         row = small_run[m]
         for key in KEYS:
             assert key in row, (m, key)
@@ -58,7 +59,7 @@ def test_every_method_reports_the_issue_keys(small_run):
         assert set(row["per_attribute_adherence"]) == {"hair", "glasses", "hat", "expression"}
         assert set(row["per_fact_agreement"]) == set(TRAIT_NAMES)  # all 13 traits, not the old 4 facts
         assert row["n_identities"] == 2 and row["n_images"] == 2 * 4  # identities x change prompts x images
-        if m != "no_concept":
+        if m not in ("no_concept", "words"):
             assert row["seconds_per_concept"] > 0 and row["bytes_per_concept"] > 0
     assert small_run["no_concept"]["bytes_per_concept"] == 0
     assert small_run["oracle"]["share_of_oracle"] == pytest.approx(1.0)
@@ -109,6 +110,16 @@ def test_oracle_tunes_every_vector_on_every_view(models):
     images, captions = concept.oracle_views(3, ref, ref_attrs, bp.native_size, n_views=3)
     assert images.shape[0] == 3 and np.array_equal(images[0], ref) and len(captions) == 3
     assert all(c.startswith("a photo of {token}, with ") for c in captions)
+    # oracle_words: the identity's true description right after the token, then the same attributes
+    from facesmith.core.synthface.captions import describe_identity
+    from facesmith.core.synthface.render import identity_traits
+
+    words = describe_identity(identity_traits(3).facts())
+    _, worded = concept.oracle_views(3, ref, ref_attrs, bp.native_size, n_views=3, words=True)
+    assert [w.replace(words + ", ", "", 1) for w in worded] == captions
+    assert concept.with_words(f"a photo of {concept.TOKEN}, smiling", words) == \
+        f"a photo of {concept.TOKEN}, {words}, smiling"
+    assert concept.with_words("a photo of x", "") == "a photo of x"
     dp, n = bp.pipe, encoder.cfg.n_vectors
     stats = latent_stats(dp.vae, _reference(bp, images, several=True))
     tokens = vector_tokens(concept.TOKEN, n)

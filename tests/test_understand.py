@@ -207,6 +207,31 @@ def test_tuning_caption_names_what_the_shipped_model_reads(u):
     assert len(named) >= 4 and all(named[k] == attrs[k] for k in named), (text, named)
 
 
+def test_identity_words_describe_who_the_shipped_model_sees(u):
+    """Describe -> personalise -> generate: the identity words of a render name its visible traits, mostly right,
+    in the vocabulary a prompt reads back (parse_identity), and never the two traits not visible at 64 px."""
+    from pathlib import Path
+
+    from facesmith.core.synthface.captions import parse_identity
+    from facesmith.core.synthface.render import identity_traits, random_attributes, render
+    from facesmith.core.understand.check import identity_words
+    from facesmith.core.understand.questions import NOT_VISIBLE
+
+    _, infer, _, _, _ = u
+    path = Path(__file__).resolve().parents[1] / SHIPPED
+    if not path.is_file():
+        pytest.skip(f"{SHIPPED} not built yet (facesmith train face-vqa --arch moe ...)")
+    und = infer.load_understander(path)
+    right = named = 0
+    for i in (4001, 4002, 4003):
+        truth = identity_traits(i).facts()
+        read = parse_identity(identity_words(und, render(i, random_attributes(np.random.default_rng(i)), 64, view=1)))
+        assert not set(read) & set(NOT_VISIBLE) and len(read) >= 8, read
+        named += len(read)
+        right += sum(read[k] == truth[k] for k in read)
+    assert right / named >= 0.85, (right, named)
+
+
 def test_residual_stem_trains_and_first_files_still_load(u, tmp_path):
     """``ModelConfig.stem``: a model with the residual image stem trains a few steps on the one loop and round-trips;
     a config without the field (the first shipped files) builds today's conv4 stem with the same parameter names."""

@@ -10,13 +10,21 @@ For each held-out identity one reference render (random attributes) is turned in
 - ``untrained_encoder``: a randomly initialised encoder without domain tuning (no domain LoRA) put through the same
   ``k`` tuning steps as ``e4t_k`` (the control: what the domain tuning buys); ``untrained_encoder_0``: the same
   without tuning steps (the control for ``e4t_0``);
+- ``e4t_0_words`` / ``e4t_k_words`` / ``e4t_k_described_words``: those rows plus words for WHO the person is
+  (``understand.check.identity_words``: the identity traits the built-in face understanding model reads on the
+  reference, never the judges) after the token, in the tuning caption (if it tunes) and in every prompt: the words
+  draw what they name, the token learns the rest (the describe -> personalise -> generate chain a graph can build
+  with Face Describe);
 - ``no_concept`` (the floor): the prompt with "a person" instead of the token (what the base alone gives);
+- ``words``: no concept, the prompt with "a person" and the identity's TRUE description (all 13 traits) instead of
+  the token: the base's text route under this benchmark's prompts (a reference row: it is told the answer);
 - ``oracle`` (the ceiling): the best identity a conditioning reaches on this base -- an embedding with the encoder's
   number of vectors + a LoRA of the domain LoRA's rank, started from the E4T encoder's mean prediction and the
   domain LoRA, optimised for many steps (``ORACLE_STEPS``; quick: ``ORACLE_QUICK_STEPS``) on SEVERAL views of the
   identity (the reference + ``ORACLE_VIEWS - 1`` renders with random attributes, each captioned with its attributes
-  and the token as subject). It sees more than any one-image method may, so a method's figure reads as a share of
-  what the base allows (``share_of_oracle``).
+  and the token as subject). With ``oracle_words`` its captions and prompts also carry the identity's true
+  description after the token (the best conditioning is words and a tuned token together). It sees more than any
+  one-image method may, so a method's figure reads as a share of what the base allows (``share_of_oracle``).
 
 Each concept then generates images for prompts that CHANGE the reference's hair colour, glasses, hat and expression
 ("a photo of <tok>, wearing glasses"), the same seeds for every method. Metrics per method row:
@@ -74,11 +82,13 @@ ORACLE_QUICK_STEPS = 30
 ORACLE_VIEWS = 6       # the reference + 5 more renders of the identity with random attributes
 ORACLE_BATCH = 4
 ORACLE_LR = DEFAULT_TUNING_LR
+ORACLE_WORDS = False
 GOALS = {  # the issue's targets (issue 14)
     "e4t_k_verification": 0.60, "e4t_k_similarity_share_of_oracle": 0.75, "e4t_k_adherence": 0.85,
     "e4t_k_reference_leak": 0.10, "e4t_k_time_share_of_ti": 1 / 20, "oracle_verification": 0.80,
 }
 CHANGED = ("hair", "glasses", "hat", "expression")  # what the prompts ask to change
+READ_WORDS = ("e4t_0_words", "e4t_k_words", "e4t_k_described_words")  # rows with the face model's identity words
 
 
 def change_prompts(ref_attrs: dict, rng: np.random.Generator, token: str = TOKEN) -> list[tuple[str, dict]]:
@@ -94,16 +104,23 @@ def change_prompts(ref_attrs: dict, rng: np.random.Generator, token: str = TOKEN
     return out
 
 
+def with_words(prompt: str, words: str, token: str = TOKEN) -> str:
+    """``prompt`` with ``words`` (who the person is) right after the first ``token``; unchanged without words."""
+    return prompt.replace(token, f"{token}, {words}", 1) if words else prompt
+
+
 def oracle_views(identity: int, ref: np.ndarray, ref_attrs: dict, size: int, n_views: int = ORACLE_VIEWS,
-                 seed: int = 0) -> tuple[np.ndarray, list[str]]:
+                 seed: int = 0, words: bool = False) -> tuple[np.ndarray, list[str]]:
     """The oracle's training views of ``identity`` (the reference first, then ``n_views - 1`` renders with random
-    attributes and views) and their captions (the attributes named, ``{token}`` as the subject)."""
+    attributes and views) and their captions (the attributes named, ``{token}`` as the subject; with ``words`` the
+    identity's true description after it)."""
     from ..synthface.captions import caption
 
     rng = np.random.default_rng([seed, identity, 7])  # its own stream: the other methods' draws stay as they were
     attrs = [check_attributes(ref_attrs)] + [random_attributes(rng) for _ in range(n_views - 1)]
     images = [ref] + [render(identity, a, size, view=int(rng.integers(1 << 30))) for a in attrs[1:]]
-    return np.stack(images), [caption(a, subject="{token}") for a in attrs]
+    facts = identity_traits(identity).facts() if words else None
+    return np.stack(images), [caption(a, subject="{token}", identity=facts) for a in attrs]
 
 
 def leak_asks(asked: list[dict], reference: dict) -> list[dict]:
@@ -255,7 +272,8 @@ def run(quick: bool = False, n_identities: int | None = None, images_per_prompt:
         e4t_lr: float = DEFAULT_TUNING_LR, cfg: float = EVAL_CFG, methods: tuple | None = None,
         e4t_batch: int = DEFAULT_TUNING_BATCH, oracle_steps: int | None = None, n_views: int = ORACLE_VIEWS,
         oracle_lr: float = ORACLE_LR, oracle_batch: int = ORACLE_BATCH, eval_steps: int = EVAL_STEPS,
-        measure_overhead: bool = True, overhead_repeats: int | None = None, k_described: int = E4T_K) -> dict:
+        measure_overhead: bool = True, overhead_repeats: int | None = None, k_described: int = E4T_K,
+        oracle_words: bool = ORACLE_WORDS) -> dict:
     """The metrics dict described in the module doc. ``quick``: QUICK_IDENTITIES identities x 4 prompts x 2 images
     and ORACLE_QUICK_STEPS oracle steps; full: FULL_IDENTITIES x 4 x 4 and ORACLE_STEPS.
     ``split="val"`` is for choosing settings (k, lr, cfg) without looking at the held-out identities; fewer
@@ -264,7 +282,8 @@ def run(quick: bool = False, n_identities: int | None = None, images_per_prompt:
     from ..concept.encoder import untrained
     from ..concept.personalize import embed_e4t
     from ..concept.textual_inversion import embed_textual_inversion
-    from ..understand.check import tuning_caption
+    from ..synthface.captions import describe_identity
+    from ..understand.check import identity_words, tuning_caption
 
     n_ids = n_identities or (QUICK_IDENTITIES if quick else FULL_IDENTITIES)
     per_prompt = images_per_prompt or (2 if quick else 4)
@@ -278,23 +297,35 @@ def run(quick: bool = False, n_identities: int | None = None, images_per_prompt:
     held = identities(split)
     chosen = [int(i) for i in rng.choice(held, n_ids, replace=False)]
 
+    # each maker takes (reference, extra): extra["views"] (the oracle's views and captions), extra["words"] (the
+    # words the row puts after the token, "" for none)
     all_methods = {
-        "e4t_0": lambda ref, views: embed_e4t(encoder, bp, ref, token=TOKEN, steps=0, seed=seed),
-        "e4t_k": lambda ref, views: embed_e4t(encoder, bp, ref, token=TOKEN, steps=k, lr=e4t_lr, seed=seed,
+        "e4t_0": lambda ref, extra: embed_e4t(encoder, bp, ref, token=TOKEN, steps=0, seed=seed),
+        "e4t_k": lambda ref, extra: embed_e4t(encoder, bp, ref, token=TOKEN, steps=k, lr=e4t_lr, seed=seed,
                                               batch_size=e4t_batch),
         # the reference described by the built-in face understanding model (never the judges): its attributes go
         # to the tuning caption, so the token learns the person rather than the photo's hair, glasses, hat
-        "e4t_k_described": lambda ref, views: embed_e4t(encoder, bp, ref, token=TOKEN, steps=k_described,
+        "e4t_k_described": lambda ref, extra: embed_e4t(encoder, bp, ref, token=TOKEN, steps=k_described,
                                                         lr=e4t_lr, seed=seed, batch_size=e4t_batch,
                                                         caption=tuning_caption(_understander(), ref)),
-        "textual_inversion": lambda ref, views: embed_textual_inversion(bp, ref, token=TOKEN, steps=ti_steps,
+        "textual_inversion": lambda ref, extra: embed_textual_inversion(bp, ref, token=TOKEN, steps=ti_steps,
                                                                          lr=TI_LR, seed=seed),
-        "untrained_encoder": lambda ref, views: embed_e4t(control, bp, ref, token=TOKEN, steps=k, lr=e4t_lr,
+        "untrained_encoder": lambda ref, extra: embed_e4t(control, bp, ref, token=TOKEN, steps=k, lr=e4t_lr,
                                                           seed=seed, batch_size=e4t_batch),
-        "untrained_encoder_0": lambda ref, views: embed_e4t(control, bp, ref, token=TOKEN, steps=0, seed=seed),
+        "untrained_encoder_0": lambda ref, extra: embed_e4t(control, bp, ref, token=TOKEN, steps=0, seed=seed),
+        "e4t_0_words": lambda ref, extra: embed_e4t(encoder, bp, ref, token=TOKEN, steps=0, seed=seed),
+        "e4t_k_described_words": lambda ref, extra: embed_e4t(
+            encoder, bp, ref, token=TOKEN, steps=k_described, lr=e4t_lr, seed=seed, batch_size=e4t_batch,
+            caption=with_words(tuning_caption(_understander(), ref), extra["words"], "{token}")),
+        "e4t_k_words": lambda ref, extra: embed_e4t(encoder, bp, ref, token=TOKEN, steps=k, lr=e4t_lr, seed=seed,
+                                                    batch_size=e4t_batch,
+                                                    caption=with_words("a photo of {token}", extra["words"],
+                                                                       "{token}")),
         "no_concept": None,
-        "oracle": lambda ref, views: embed_e4t(encoder, bp, views[0], token=TOKEN, steps=o_steps, lr=oracle_lr,
-                                               caption=views[1], seed=seed, batch_size=oracle_batch),
+        "words": None,
+        "oracle": lambda ref, extra: embed_e4t(encoder, bp, extra["views"][0], token=TOKEN, steps=o_steps,
+                                               lr=oracle_lr, caption=extra["views"][1], seed=seed,
+                                               batch_size=oracle_batch),
     }
     methods = {m: f for m, f in all_methods.items() if methods is None or m in methods}
     # warm-up (untimed): first-call costs such as the tokenizer copy are not per-concept costs (the long
@@ -302,7 +333,9 @@ def run(quick: bool = False, n_identities: int | None = None, images_per_prompt:
     warm = render(int(identities("train")[0]), random_attributes(np.random.default_rng(99)), bp.native_size, view=0)
     for m, make in methods.items():
         if make is not None and m not in ("textual_inversion", "oracle"):
-            make(warm, None)
+            make(warm, {"views": None, "words": ""})
+    if set(READ_WORDS) & set(methods):
+        identity_words(_understander(), warm)  # loads the face model outside the timed part
     threshold = _threshold()
     acc = {m: {"identities": [], "seconds": [], "bytes": []} for m in methods}
     example = None
@@ -312,18 +345,20 @@ def run(quick: bool = False, n_identities: int | None = None, images_per_prompt:
         prompts = change_prompts(ref_attrs, rng)
         asked = [a for _, a in prompts for _ in range(per_prompt)]
         facts = identity_traits(ident).facts()
-        views = oracle_views(ident, ref, ref_attrs, bp.native_size, n_views, seed) if "oracle" in methods \
-            else None
+        views = oracle_views(ident, ref, ref_attrs, bp.native_size, n_views, seed, words=oracle_words) \
+            if "oracle" in methods else None
         for m, make in methods.items():
+            t0 = time.perf_counter()
+            words = (describe_identity(facts) if m == "words" or (m == "oracle" and oracle_words)
+                     else identity_words(_understander(), ref) if m in READ_WORDS else "")
             if make is None:
-                texts = [p.replace(TOKEN, "a person") for p, _ in prompts]
+                texts = [with_words(p, words).replace(TOKEN, "a person") for p, _ in prompts]
                 conds = []
             else:
-                t0 = time.perf_counter()
-                concept = make(ref, views)
+                concept = make(ref, {"views": views, "words": words})
                 acc[m]["seconds"].append(time.perf_counter() - t0)
                 acc[m]["bytes"].append(_bytes(concept))
-                texts, conds = [p for p, _ in prompts], [concept]
+                texts, conds = [with_words(p, words) for p, _ in prompts], [concept]
                 if m in ("e4t_k", "e4t_0") and (example is None or m == "e4t_k"):
                     example = concept
             imgs = generate_for_prompts(bp, texts, per_prompt, seed=seed + 100 * n, steps=eval_steps, cfg=cfg,
@@ -345,7 +380,7 @@ def run(quick: bool = False, n_identities: int | None = None, images_per_prompt:
                        "e4t_batch": e4t_batch,
                        "ti_steps": ti_steps, "e4t_lr": e4t_lr, "ti_lr": TI_LR, "eval_steps": eval_steps,
                        "oracle_steps": o_steps, "oracle_views": n_views, "oracle_lr": oracle_lr,
-                       "oracle_batch": oracle_batch, "threshold": threshold, "sem_over": "identities",
+                       "oracle_batch": oracle_batch, "oracle_words": oracle_words, "threshold": threshold, "sem_over": "identities",
                        "eval_cfg": cfg, "encoder": encoder.info.get("command", ENCODER_NAME),
                        "encoder_steps": encoder.info.get("steps")}
     out["goal_thresholds"] = dict(GOALS)

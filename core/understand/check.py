@@ -50,6 +50,21 @@ def tuning_caption(understander, image, subject: str = "{token}", min_confidence
     return caption({**filler, **values}, subject=subject, mention=sure)
 
 
+def identity_words(understander, image, min_confidence: float = 0.5) -> str:
+    """Words for who the person in ONE photo is, in the identity vocabulary (``"olive skin, oval face, ..."``):
+    each identity trait the face model reads with at least ``min_confidence``, except those not visible at the
+    world's resolution (``NOT_VISIBLE``). Put after the concept token in a prompt, the base draws what the words
+    say and the token carries the rest."""
+    from ..synthface.captions import describe_identity
+    from .questions import NOT_VISIBLE, TRAIT_TYPES
+
+    names = [t for t in TRAIT_TYPES if t not in NOT_VISIBLE]
+    seen = read_attributes(understander, image, names)[0]
+    sure = {t: seen[t]["value"] for t in names if seen[t]["value"] is not None
+            and seen[t]["confidence"] >= min_confidence and not seen[t]["low_confidence"]}
+    return describe_identity(sure, mention=list(sure))
+
+
 def _word(t: str, v) -> str:
     return answer_word(t, v) if v is not None else "?"
 
