@@ -355,9 +355,12 @@ class FaceSmithEmbedConcept:
                 "concepts": (CONCEPT_TYPE, {"tooltip": "Concepts to keep; the new one is appended."}),
                 "face_model": ("FACESMITH_FACE_MODEL", {
                     "tooltip": "Optional face understanding model (Load Face Model). When connected, the reference "
-                               "is described first (hair colour, expression, glasses, hat, beard, background) and "
-                               "the tuning caption names what it sees, so the concept learns the person rather than "
-                               "this photo's hair, glasses or hat: prompts that change them work much better."}),
+                               "is described first: the tuning caption names its hair colour, expression, glasses, "
+                               "hat, beard and background, so the concept learns the person rather than this "
+                               "photo's hair, glasses or hat (prompts that change them work much better); with "
+                               "method e4t the words for who the person is (skin, face shape, eyes, ...) are also "
+                               "folded into the concept, so the token reads as '<token>, <those words>' in every "
+                               "prompt and in the saved embedding (higher likeness)."}),
             },
         }
 
@@ -409,10 +412,12 @@ class FaceSmithEmbedConcept:
             raise input_error(node, "method", f"must be e4t or textual_inversion, got {method!r}")
         kw = {}
         if face_model is not None:
-            from ..core.understand.check import tuning_caption
+            from ..core.understand.check import identity_words, tuning_caption
 
             kw["caption"] = tuning_caption(face_model, image)
-            log.info("%s: tuning caption %r", node, kw["caption"])
+            if method == "e4t":
+                kw["words"] = identity_words(face_model, image)
+            log.info("%s: tuning caption %r, identity words %r", node, kw["caption"], kw.get("words", ""))
         try:
             with interruptible(), grad_enabled():
                 if method == "e4t":

@@ -117,9 +117,9 @@ def test_oracle_tunes_every_vector_on_every_view(models):
     words = describe_identity(identity_traits(3).facts())
     _, worded = concept.oracle_views(3, ref, ref_attrs, bp.native_size, n_views=3, words=True)
     assert [w.replace(words + ", ", "", 1) for w in worded] == captions
-    assert concept.with_words(f"a photo of {concept.TOKEN}, smiling", words) == \
+    assert concept.with_words(f"a photo of {concept.TOKEN}, smiling", words, concept.TOKEN) == \
         f"a photo of {concept.TOKEN}, {words}, smiling"
-    assert concept.with_words("a photo of x", "") == "a photo of x"
+    assert concept.with_words("a photo of x", "", "x") == "a photo of x"
     dp, n = bp.pipe, encoder.cfg.n_vectors
     stats = latent_stats(dp.vae, _reference(bp, images, several=True))
     tokens = vector_tokens(concept.TOKEN, n)

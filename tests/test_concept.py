@@ -179,6 +179,28 @@ def test_concept_changes_generation_and_restores_pipeline_exactly(base, encoder,
     assert base.pipe.tokenizer is tok and torch.equal(_gen(base, prompt), before)
 
 
+def test_words_folded_into_a_concept_read_as_the_words_in_the_prompt(base, encoder, image, tmp_path):
+    """embed_e4t(words=...): the tuning captions carry the words after the token and the concept's vectors end with
+    their word vectors, so "<tok>, smiling" with the worded concept draws exactly what "<tok>, <words>, smiling"
+    draws with the same concept tuned on worded captions; the words survive the embedding file."""
+    from facesmith.core.concept.export import load_concept, save_concept
+
+    words = "olive skin, oval face, blue eyes"
+    worded = embed_e4t(encoder, base, image, token="<fs-w>", steps=2, seed=0, words=words)
+    plain = embed_e4t(encoder, base, image, token="<fs-w>", steps=2, seed=0,
+                      caption="a photo of {token}, " + words)
+    n_words = len(base.pipe.tokenizer(", " + words, add_special_tokens=False).input_ids)
+    assert worded.n_vectors == plain.n_vectors + n_words and worded.metadata["words"] == words
+    assert torch.equal(worded.embedding[:plain.n_vectors], plain.embedding)
+    assert torch.equal(_gen(base, "a photo of <fs-w>, smiling", [worded]),
+                       _gen(base, f"a photo of <fs-w>, {words}, smiling", [plain]))
+    e, lp = save_concept(worded, tmp_path / "w.safetensors", tmp_path / "w-lora.safetensors")
+    again = load_concept(e, lp)
+    assert again.n_vectors == worded.n_vectors
+    assert torch.allclose(_gen(base, "a photo of <fs-w>, smiling", [again]),
+                          _gen(base, "a photo of <fs-w>, smiling", [worded]), atol=1e-5)
+
+
 class _WeightProbe:
     """A conditioner that records the UNet's attention weights while every conditioner before it is applied."""
 

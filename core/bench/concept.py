@@ -63,6 +63,7 @@ import numpy as np
 import torch
 
 from ..concept.personalize import DEFAULT_TUNING_BATCH, DEFAULT_TUNING_LR
+from ..concept.tokens import with_words
 from ..synthface.render import ATTRIBUTES, check_attributes, identity_traits, random_attributes, render
 from ..synthface.splits import identities
 from .base import EVAL_CFG, EVAL_STEPS, generate_for_prompts, load_builtin_base
@@ -82,7 +83,10 @@ ORACLE_QUICK_STEPS = 30
 ORACLE_VIEWS = 6       # the reference + 5 more renders of the identity with random attributes
 ORACLE_BATCH = 4
 ORACLE_LR = DEFAULT_TUNING_LR
-ORACLE_WORDS = False
+# the oracle's captions and prompts carry the identity's true description after the token: on 8 VALIDATION
+# identities the best of the oracles tried (E4T README: 300 steps x 6 views 0.494, 1,000 steps x 12 views 0.510,
+# 300 x 6 with the words 0.526 identity similarity)
+ORACLE_WORDS = True
 GOALS = {  # the issue's targets (issue 14)
     "e4t_k_verification": 0.60, "e4t_k_similarity_share_of_oracle": 0.75, "e4t_k_adherence": 0.85,
     "e4t_k_reference_leak": 0.10, "e4t_k_time_share_of_ti": 1 / 20, "oracle_verification": 0.80,
@@ -102,11 +106,6 @@ def change_prompts(ref_attrs: dict, rng: np.random.Generator, token: str = TOKEN
         value = choices[int(rng.integers(len(choices)))]
         out.append((f"a photo of {token}, {phrase(name, value)}", {name: value}))
     return out
-
-
-def with_words(prompt: str, words: str, token: str = TOKEN) -> str:
-    """``prompt`` with ``words`` (who the person is) right after the first ``token``; unchanged without words."""
-    return prompt.replace(token, f"{token}, {words}", 1) if words else prompt
 
 
 def oracle_views(identity: int, ref: np.ndarray, ref_attrs: dict, size: int, n_views: int = ORACLE_VIEWS,
@@ -313,14 +312,14 @@ def run(quick: bool = False, n_identities: int | None = None, images_per_prompt:
         "untrained_encoder": lambda ref, extra: embed_e4t(control, bp, ref, token=TOKEN, steps=k, lr=e4t_lr,
                                                           seed=seed, batch_size=e4t_batch),
         "untrained_encoder_0": lambda ref, extra: embed_e4t(control, bp, ref, token=TOKEN, steps=0, seed=seed),
-        "e4t_0_words": lambda ref, extra: embed_e4t(encoder, bp, ref, token=TOKEN, steps=0, seed=seed),
+        # the identity words fold into the concept (embed_e4t(words=...)): prompts stay as they are
+        "e4t_0_words": lambda ref, extra: embed_e4t(encoder, bp, ref, token=TOKEN, steps=0, seed=seed,
+                                                    words=extra["words"]),
         "e4t_k_described_words": lambda ref, extra: embed_e4t(
             encoder, bp, ref, token=TOKEN, steps=k_described, lr=e4t_lr, seed=seed, batch_size=e4t_batch,
-            caption=with_words(tuning_caption(_understander(), ref), extra["words"], "{token}")),
+            caption=tuning_caption(_understander(), ref), words=extra["words"]),
         "e4t_k_words": lambda ref, extra: embed_e4t(encoder, bp, ref, token=TOKEN, steps=k, lr=e4t_lr, seed=seed,
-                                                    batch_size=e4t_batch,
-                                                    caption=with_words("a photo of {token}", extra["words"],
-                                                                       "{token}")),
+                                                    batch_size=e4t_batch, words=extra["words"]),
         "no_concept": None,
         "words": None,
         "oracle": lambda ref, extra: embed_e4t(encoder, bp, extra["views"][0], token=TOKEN, steps=o_steps,
@@ -352,13 +351,14 @@ def run(quick: bool = False, n_identities: int | None = None, images_per_prompt:
             words = (describe_identity(facts) if m == "words" or (m == "oracle" and oracle_words)
                      else identity_words(_understander(), ref) if m in READ_WORDS else "")
             if make is None:
-                texts = [with_words(p, words).replace(TOKEN, "a person") for p, _ in prompts]
+                texts = [with_words(p, words, TOKEN).replace(TOKEN, "a person") for p, _ in prompts]
                 conds = []
             else:
                 concept = make(ref, {"views": views, "words": words})
                 acc[m]["seconds"].append(time.perf_counter() - t0)
                 acc[m]["bytes"].append(_bytes(concept))
-                texts, conds = [with_words(p, words) for p, _ in prompts], [concept]
+                texts = [p if m in READ_WORDS else with_words(p, words, TOKEN) for p, _ in prompts]
+                conds = [concept]
                 if m in ("e4t_k", "e4t_0") and (example is None or m == "e4t_k"):
                     example = concept
             imgs = generate_for_prompts(bp, texts, per_prompt, seed=seed + 100 * n, steps=eval_steps, cfg=cfg,

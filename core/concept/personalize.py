@@ -9,6 +9,12 @@ Both run on the one training loop (``core/training/loop.py``) with a :class:`One
   concepts of one domain used in one Generate apply the domain offsets once (``Concept.prepare_conditioners``).
 - **Textual inversion** (``textual_inversion.py``) uses the same objective with the embedding only.
 
+``embed_e4t(words=...)`` folds words for WHO the person is (``"olive skin, oval face, ..."``, e.g. what a face
+understanding model reads on the reference: ``understand.check.identity_words``) into the concept: the tuning
+captions carry them after the token, and their word vectors are appended to the concept's, so every prompt with the
+token reads "<token>, words" -- the base draws what the words name and the tuned vectors carry the rest (measured in
+the E4T README: higher likeness at the same prompt adherence).
+
 ``embed_e4t`` also takes several views of one person (a batch of images, one caption per view): the start is the
 mean of the encoder's predictions and each tuning step draws its batch from the views (the ``oracle`` row of
 ``facesmith bench concept`` is this with many steps on several renders of one identity).
@@ -30,7 +36,7 @@ from ..models import native_size
 from .encoder import DomainEncoder, preprocess
 from .lora import fresh_lora, hooked_lora, weight_offset_l2
 from .tokens import DEFAULT_TOKEN, check_token_free, check_token_text, class_embedding, expand_prompt, \
-    swapped_embedding, tokenizer_with, vector_tokens
+    swapped_embedding, tokenizer_with, vector_tokens, with_words, word_vectors
 
 log = logging.getLogger("facesmith")
 
@@ -134,11 +140,12 @@ def embed_e4t(encoder: DomainEncoder, pipe, image, token: str = DEFAULT_TOKEN, s
               lr: float = DEFAULT_TUNING_LR, caption: "str | list[str]" = DEFAULT_CAPTION,
               batch_size: int = DEFAULT_TUNING_BATCH,
               seed: int = 0, emb_reg: float | None = None, weight_reg: float | None = None,
-              progress: Optional[Progress] = None) -> Concept:
+              words: str = "", progress: Optional[Progress] = None) -> Concept:
     """E4T: encoder forward on one image (+ ``steps`` tuning steps of embedding and LoRA) -> Concept.
 
     ``image`` may hold several views of one person with ``caption`` a list of one caption per view (each naming
-    ``{token}``): the start is the mean prediction over the views and tuning draws from all of them."""
+    ``{token}``): the start is the mean prediction over the views and tuning draws from all of them. ``words``: who
+    the person is, folded into the concept (module doc)."""
     t0 = time.perf_counter()
     check_token_text(token)
     if steps < 0:
@@ -150,7 +157,8 @@ def embed_e4t(encoder: DomainEncoder, pipe, image, token: str = DEFAULT_TOKEN, s
     captions = [caption] * x.shape[0] if isinstance(caption, str) else list(caption)
     if len(captions) != x.shape[0]:
         raise ValueError(f"{len(captions)} captions for {x.shape[0]} reference images; give one per image")
-    captions = [c.format(token=token) for c in captions]
+    words = " ".join(str(words or "").split()).strip(" ,")
+    captions = [with_words(c.format(token=token), words, token) for c in captions]
     _, offset = encoder.predict_model(dp, x)
     offset = offset.mean(0)
     lora = encoder.lora
@@ -174,10 +182,13 @@ def embed_e4t(encoder: DomainEncoder, pipe, image, token: str = DEFAULT_TOKEN, s
             lora = mods.weights()
             history = result.loss_history
     emb = encoder.class_embedding + offset
+    if words:
+        emb = torch.cat([emb, word_vectors(dp.tokenizer, dp.text_encoder, words)])
     return Concept(token=token, embedding=emb, base_name=name, base_fingerprint=fp, method="e4t", lora=lora,
                    lora_rank=rank if lora else 0, lora_alpha=alpha if lora else 0.0,
                    class_word=encoder.cfg.class_word,
                    metadata={"tuning_steps": int(steps), "tuning_lr": float(lr), "seed": int(seed),
                              "views": int(x.shape[0]), "domain_id": encoder.domain_id,
                              "encoder_steps": encoder.info.get("steps"), "loss_history": history,
-                             "seconds": round(time.perf_counter() - t0, 4), "offset_norm": float(offset.norm())})
+                             "seconds": round(time.perf_counter() - t0, 4), "offset_norm": float(offset.norm()),
+                             **({"words": words} if words else {})})

@@ -200,6 +200,21 @@ def class_embedding(tokenizer, text_encoder, class_word: str = CLASS_WORD, n_vec
     return row.unsqueeze(0).repeat(int(n_vectors), 1).clone()
 
 
+def with_words(text: str, words: str, token: str) -> str:
+    """``text`` with ``words`` (who the person is, e.g. ``"olive skin, oval face"``) right after the first ``token``:
+    ``"a photo of <tok>, olive skin, oval face, smiling"``; unchanged when ``words`` is empty."""
+    return text.replace(token, f"{token}, {words}", 1) if words else text
+
+
+def word_vectors(tokenizer, text_encoder, words: str) -> torch.Tensor:
+    """The input embeddings of ``", " + words`` (no start/end tokens): ``(m, dim)`` float32. Appended to a concept's
+    vectors they make ``"<tok>"`` read exactly as ``"<tok>, words"`` would (CLIP adds positions after the token
+    embeddings), so the words travel inside the concept and its exported embedding."""
+    ids = tokenizer(f", {words}", add_special_tokens=False).input_ids
+    weight = text_encoder.get_input_embeddings().weight
+    return weight[torch.as_tensor(ids, dtype=torch.long)].detach().float().cpu().clone()
+
+
 def put_token(text: str, token: str, class_word: str = CLASS_WORD) -> str:
     """``text`` with ``token`` where it names the class (``a person`` -> ``token``), else
     ``a photo of token, text``."""
