@@ -172,22 +172,43 @@ class UnifiedUnderstander:
         from .questions import values
 
         x = self._images(images)
-        types = types or TYPES
-        out = [dict() for _ in range(len(x))]
+        types = list(types or TYPES)
         n = len(x)
+        out = [dict() for _ in range(n)]
+        # every (type, answer) sequence, right-padded to one length: one batched forward per chunk of images instead
+        # of one per answer (the model is causal and routes on the image tokens, so the padding after an answer
+        # changes nothing before it)
+        seqs, spans = [], []
+        for t in types:
+            q = self.builder.understanding_prefix("<ask>") + self.tok.encode(PHRASINGS[t][0]) + [self.tok["<answer>"]]
+            for w in answer_words(t):
+                a = self.tok.encode(w) + [self.tok["<eos>"]]
+                seqs.append(q + a)
+                spans.append((len(q) - 1, a))
+        r, width = len(seqs), max(len(q) for q in seqs)
+        tokens = torch.full((r, width), self.tok["<pad>"], dtype=torch.long)
+        target = torch.zeros((r, width), dtype=torch.long)
+        valid = torch.zeros((r, width), dtype=torch.bool)
+        for k, (seq, (start, a)) in enumerate(zip(seqs, spans)):
+            tokens[k, :len(seq)] = torch.tensor(seq)
+            target[k, start:start + len(a)] = torch.tensor(a)
+            valid[k, start:start + len(a)] = True
+        scores = np.zeros((n, r))
+        chunk = max(1, 256 // r)
+        for i0 in range(0, n, chunk):
+            m = min(chunk, n - i0)
+            rows = torch.arange(m).repeat_interleave(r)
+            logits, _ = self.model(tokens.repeat(m, 1).to(self.device), x[i0:i0 + m][rows],
+                                   torch.arange(m * r, device=self.device), None, None)
+            lp = self._word_logits(logits.float()).log_softmax(-1).cpu()
+            got = lp.gather(2, target.repeat(m, 1)[..., None])[..., 0].masked_fill(~valid.repeat(m, 1), 0.0)
+            scores[i0:i0 + m] = got.sum(1).view(m, r).double().numpy()
+        k0 = 0
         for t in types:
             words = answer_words(t)
-            q = self.builder.understanding_prefix("<ask>") + self.tok.encode(PHRASINGS[t][0]) + [self.tok["<answer>"]]
-            scores = np.zeros((n, len(words)))
-            for j, w in enumerate(words):
-                a = self.tok.encode(w) + [self.tok["<eos>"]]
-                tokens = torch.tensor([q + a] * n, dtype=torch.long, device=self.device)
-                logits, _ = self.model(tokens, x, torch.arange(n), None, None)
-                lp = self._word_logits(logits.float()).log_softmax(-1)
-                pos = torch.arange(len(q) - 1, len(q) + len(a) - 1)
-                scores[:, j] = lp[:, pos, :].gather(2, torch.tensor(a)[None, :, None].expand(n, -1, 1))[..., 0] \
-                    .sum(1).double().numpy()
-            p = np.exp(scores - scores.max(1, keepdims=True))
+            sc = scores[:, k0:k0 + len(words)]
+            k0 += len(words)
+            p = np.exp(sc - sc.max(1, keepdims=True))
             p /= p.sum(1, keepdims=True)
             for i in range(n):
                 k = int(p[i].argmax())
