@@ -12,9 +12,9 @@ For each held-out identity one reference render (random attributes) is turned in
   without tuning steps (the control for ``e4t_0``);
 - ``e4t_0_words`` / ``e4t_k_words`` / ``e4t_k_described_words``: those rows plus words for WHO the person is
   (``understand.check.identity_words``: the identity traits the built-in face understanding model reads on the
-  reference, never the judges) after the token, in the tuning caption (if it tunes) and in every prompt: the words
-  draw what they name, the token learns the rest (the describe -> personalise -> generate chain a graph can build
-  with Face Describe);
+  reference, never the judges) folded into the concept (``embed_e4t(words=...)``: in the tuning caption after the
+  token, and appended to its vectors, so every prompt reads "<tok>, words"): the words draw what they name, the
+  token learns the rest (what Embed Concept does with a face model connected);
 - ``no_concept`` (the floor): the prompt with "a person" instead of the token (what the base alone gives);
 - ``words``: no concept, the prompt with "a person" and the identity's TRUE description (all 13 traits) instead of
   the token: the base's text route under this benchmark's prompts (a reference row: it is told the answer);
