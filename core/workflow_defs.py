@@ -40,7 +40,7 @@ def text_to_image() -> list[N]:
 
 
 def e4t_personalize() -> list[N]:
-    """One reference face -> described by the face model -> a concept (E4T encoder + 15 tuning steps on a caption
+    """One reference face -> described by the face model -> a concept (E4T encoder + 10 tuning steps on a caption
     naming the photo's attributes, the identity words folded in) -> variations by prompt; saves the concept as a
     ComfyUI embedding + LoRA and judges likeness to the reference."""
     prompt = "a photo of <fs-person>, wearing a hat, with blue hair"
@@ -48,8 +48,8 @@ def e4t_personalize() -> list[N]:
         N(1, "FaceSmithLoadBaseModel", dict(model=BASE, arch="auto", device="auto", dtype="auto"), {}, (40, 80)),
         N(2, "FaceSmithLoadDomainEncoder", dict(encoder=ENCODER), {}, (40, 300)),
         N(3, "FaceSmithSynthFace", dict(REFERENCE), {}, (40, 460), title="Reference (held-out identity 18)"),
-        N(4, "FaceSmithEmbedConcept", dict(method="e4t", token="<fs-person>", steps=15, learning_rate=_tuning_lr(),
-                                           face_crop=False, seed=0),
+        N(4, "FaceSmithEmbedConcept", dict(method="e4t", token="<fs-person>", steps=_described_steps(),
+                                           learning_rate=_tuning_lr(), face_crop=False, seed=0),
           {"pipeline": (1, 0), "image": (3, 0), "encoder": (2, 0), "face_model": (10, 0)}, (420, 300)),
         _generate(5, (820, 80), prompt, {"pipeline": (1, 0), "concepts": (4, 0)}),
         N(6, "SaveImage", dict(filename_prefix="facesmith/e4t_personalize"), {"images": (5, 0)}, (1220, 80)),
@@ -58,6 +58,12 @@ def e4t_personalize() -> list[N]:
         N(9, "FaceSmithJudgeFaces", dict(prompt=prompt), {"images": (5, 0), "reference": (3, 0)}, (1220, 420)),
         _load_face_model(10, (40, 780)),
     ]
+
+
+def _described_steps() -> int:
+    from .concept.personalize import DESCRIBED_TUNING_STEPS
+
+    return DESCRIBED_TUNING_STEPS
 
 
 def _tuning_lr() -> float:

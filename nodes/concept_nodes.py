@@ -9,7 +9,7 @@ import numpy as np
 
 from ..core import paths
 from ..core.concept.concept import Concept
-from ..core.concept.personalize import DEFAULT_TUNING_LR
+from ..core.concept.personalize import DEFAULT_TUNING_LR, DESCRIBED_TUNING_STEPS
 from ..core.concept.tokens import DEFAULT_TOKEN
 from ..core.generate import SEED_MAX
 from ..core.formats import OverwriteRefused, check_new_file, read_safetensors_metadata, safe_join
@@ -336,8 +336,10 @@ class FaceSmithEmbedConcept:
                 "token": ("STRING", {"default": DEFAULT_TOKEN,
                                      "tooltip": "A made-up lowercase word to use in prompts (not a real word)."}),
                 "steps": ("INT", {"default": 15, "min": 0, "max": 100_000,
-                                  "tooltip": "e4t: tuning steps after the encoder (0 = encoder only). "
-                                             "textual_inversion: optimisation steps (>= 1; 300-500 typical)."}),
+                                  "tooltip": "e4t: tuning steps after the encoder (0 = encoder only; 15 "
+                                             f"alone, {DESCRIBED_TUNING_STEPS} with a face model connected, both "
+                                             "chosen on validation identities). textual_inversion: optimisation "
+                                             "steps (>= 1; 300-500 typical)."}),
                 "learning_rate": ("FLOAT", {"default": DEFAULT_TUNING_LR, "min": 1e-7, "max": 1.0, "step": 1e-5,
                                             "round": 1e-7,
                                             "tooltip": f"e4t tuning: {DEFAULT_TUNING_LR:g} (chosen on validation "

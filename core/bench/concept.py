@@ -62,7 +62,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..concept.personalize import DEFAULT_TUNING_BATCH, DEFAULT_TUNING_LR
+from ..concept.personalize import DEFAULT_TUNING_BATCH, DEFAULT_TUNING_LR, DESCRIBED_TUNING_STEPS
 from ..concept.tokens import with_words
 from ..synthface.render import ATTRIBUTES, check_attributes, identity_traits, random_attributes, render
 from ..synthface.splits import identities
@@ -74,6 +74,7 @@ log = logging.getLogger("facesmith.bench")
 ENCODER_NAME = "e4t/synthface-e4t.safetensors"
 TOKEN = "<fs-person>"
 E4T_K = 15  # k, like the tuning lr and batch (DEFAULT_TUNING_*), chosen on VALIDATION identities (e4t README)
+E4T_K_DESCRIBED = DESCRIBED_TUNING_STEPS  # k of the described rows (chosen on VALIDATION identities)
 TI_STEPS = 400
 TI_LR = 5e-3
 FULL_IDENTITIES = 64
@@ -271,7 +272,7 @@ def run(quick: bool = False, n_identities: int | None = None, images_per_prompt:
         e4t_lr: float = DEFAULT_TUNING_LR, cfg: float = EVAL_CFG, methods: tuple | None = None,
         e4t_batch: int = DEFAULT_TUNING_BATCH, oracle_steps: int | None = None, n_views: int = ORACLE_VIEWS,
         oracle_lr: float = ORACLE_LR, oracle_batch: int = ORACLE_BATCH, eval_steps: int = EVAL_STEPS,
-        measure_overhead: bool = True, overhead_repeats: int | None = None, k_described: int = E4T_K,
+        measure_overhead: bool = True, overhead_repeats: int | None = None, k_described: int = E4T_K_DESCRIBED,
         oracle_words: bool = ORACLE_WORDS) -> dict:
     """The metrics dict described in the module doc. ``quick``: QUICK_IDENTITIES identities x 4 prompts x 2 images
     and ORACLE_QUICK_STEPS oracle steps; full: FULL_IDENTITIES x 4 x 4 and ORACLE_STEPS.

@@ -46,6 +46,9 @@ DEFAULT_CAPTION = "a photo of {token}"
 # rate copies more of the reference's likeness -- and more of its hair colour, hat, glasses -- into the concept.
 DEFAULT_TUNING_LR = 4e-3
 DEFAULT_TUNING_BATCH = 2
+# Tuning steps when a face model describes the reference (attribute caption + identity words): on 32 VALIDATION
+# identities 10 steps kept prompt adherence >= 0.85 and reference leak <= 0.10 where 15 did not (E4T README).
+DESCRIBED_TUNING_STEPS = 10
 
 
 class OneImageObjective:
