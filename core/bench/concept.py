@@ -14,7 +14,8 @@ For each held-out identity one reference render (random attributes) is turned in
   (``understand.check.identity_words``: the identity traits the built-in face understanding model reads on the
   reference, never the judges) folded into the concept (``embed_e4t(words=...)``: in the tuning caption after the
   token, and appended to its vectors, so every prompt reads "<tok>, words"): the words draw what they name, the
-  token learns the rest (what Embed Concept does with a face model connected);
+  token learns the rest (what Embed Concept does with a face model connected); ``untrained_encoder_described_words``:
+  the untrained control through the same described tuning (the control for ``e4t_k_described_words``);
 - ``no_concept`` (the floor): the prompt with "a person" instead of the token (what the base alone gives);
 - ``words``: no concept, the prompt with "a person" and the identity's TRUE description (all 13 traits) instead of
   the token: the base's text route under this benchmark's prompts (a reference row: it is told the answer);
@@ -93,7 +94,8 @@ GOALS = {  # the issue's targets (issue 14)
     "e4t_k_reference_leak": 0.10, "e4t_k_time_share_of_ti": 1 / 20, "oracle_verification": 0.80,
 }
 CHANGED = ("hair", "glasses", "hat", "expression")  # what the prompts ask to change
-READ_WORDS = ("e4t_0_words", "e4t_k_words", "e4t_k_described_words")  # rows with the face model's identity words
+READ_WORDS = ("e4t_0_words", "e4t_k_words", "e4t_k_described_words",  # rows with the face model's identity words
+              "untrained_encoder_described_words")
 
 
 def change_prompts(ref_attrs: dict, rng: np.random.Generator, token: str = TOKEN) -> list[tuple[str, dict]]:
@@ -321,6 +323,9 @@ def run(quick: bool = False, n_identities: int | None = None, images_per_prompt:
             caption=tuning_caption(_understander(), ref), words=extra["words"]),
         "e4t_k_words": lambda ref, extra: embed_e4t(encoder, bp, ref, token=TOKEN, steps=k, lr=e4t_lr, seed=seed,
                                                     batch_size=e4t_batch, words=extra["words"]),
+        "untrained_encoder_described_words": lambda ref, extra: embed_e4t(
+            control, bp, ref, token=TOKEN, steps=k_described, lr=e4t_lr, seed=seed, batch_size=e4t_batch,
+            caption=tuning_caption(_understander(), ref), words=extra["words"]),
         "no_concept": None,
         "words": None,
         "oracle": lambda ref, extra: embed_e4t(encoder, bp, extra["views"][0], token=TOKEN, steps=o_steps,
