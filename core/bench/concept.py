@@ -386,7 +386,8 @@ def run(quick: bool = False, n_identities: int | None = None, images_per_prompt:
                        "e4t_batch": e4t_batch,
                        "ti_steps": ti_steps, "e4t_lr": e4t_lr, "ti_lr": TI_LR, "eval_steps": eval_steps,
                        "oracle_steps": o_steps, "oracle_views": n_views, "oracle_lr": oracle_lr,
-                       "oracle_batch": oracle_batch, "oracle_words": oracle_words, "threshold": threshold, "sem_over": "identities",
+                       "oracle_batch": oracle_batch, "oracle_words": oracle_words, "threshold": threshold,
+                       "sem_over": "identities",
                        "eval_cfg": cfg, "encoder": encoder.info.get("command", ENCODER_NAME),
                        "encoder_steps": encoder.info.get("steps")}
     out["goal_thresholds"] = dict(GOALS)

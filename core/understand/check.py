@@ -34,6 +34,14 @@ def read_attributes(understander, images, types: list[str] | None = None) -> lis
     return out
 
 
+def confident_values(understander, image, types: list[str], min_confidence: float = 0.5) -> dict:
+    """``{type: value}`` for each of ``types`` the face model reads on ONE image with at least ``min_confidence``
+    (and not marked low-confidence)."""
+    seen = read_attributes(understander, image, types)[0]
+    return {t: seen[t]["value"] for t in types if seen[t]["value"] is not None
+            and seen[t]["confidence"] >= min_confidence and not seen[t]["low_confidence"]}
+
+
 def tuning_caption(understander, image, subject: str = "{token}", min_confidence: float = 0.5) -> str:
     """A caption of ONE reference photo naming the attributes (hair colour, expression, glasses, hat, beard,
     background) the face model reads with at least ``min_confidence``: ``"a photo of {token}, with red hair,
@@ -42,12 +50,9 @@ def tuning_caption(understander, image, subject: str = "{token}", min_confidence
     from ..synthface.captions import caption
     from ..synthface.render import ATTRIBUTES, random_attributes
 
-    names = list(ATTRIBUTES)
-    seen = read_attributes(understander, image, names)[0]
-    values = {n: seen[n]["value"] for n in names if seen[n]["value"] is not None}
-    sure = [n for n in values if seen[n]["confidence"] >= min_confidence and not seen[n]["low_confidence"]]
+    sure = confident_values(understander, image, list(ATTRIBUTES), min_confidence)
     filler = random_attributes(np.random.default_rng(0))  # values for what was not read; never named
-    return caption({**filler, **values}, subject=subject, mention=sure)
+    return caption({**filler, **sure}, subject=subject, mention=list(sure))
 
 
 def identity_words(understander, image, min_confidence: float = 0.5) -> str:
@@ -58,10 +63,7 @@ def identity_words(understander, image, min_confidence: float = 0.5) -> str:
     from ..synthface.captions import describe_identity
     from .questions import NOT_VISIBLE, TRAIT_TYPES
 
-    names = [t for t in TRAIT_TYPES if t not in NOT_VISIBLE]
-    seen = read_attributes(understander, image, names)[0]
-    sure = {t: seen[t]["value"] for t in names if seen[t]["value"] is not None
-            and seen[t]["confidence"] >= min_confidence and not seen[t]["low_confidence"]}
+    sure = confident_values(understander, image, [t for t in TRAIT_TYPES if t not in NOT_VISIBLE], min_confidence)
     return describe_identity(sure, mention=list(sure))
 
 
