@@ -103,16 +103,25 @@ def _apply_identity(id_, pos, links, combine="average"):
                                                  combine=combine), links, pos)
 
 
+def _describe(id_, pos, images, face_model):
+    return N(id_, "FaceSmithFaceDescribe", dict(max_new_tokens=90, keep_model_loaded=True),
+             {"images": images, "face_model": face_model}, pos)
+
+
 def identity_one_photo() -> list[N]:
-    """One face photo -> an identity (identity adapter, no tuning) -> variations by prompt; judges likeness and
-    attributes and saves the identity for reuse without the photo."""
+    """One face photo -> an identity (identity adapter, no tuning; the face model's words for who the person is
+    folded in) -> variations by prompt; judges likeness and attributes and saves the identity for reuse without
+    the photo."""
     prompt = "a photo of <identity>, wearing a hat, with blue hair"
     return [
         N(1, "FaceSmithLoadBaseModel", dict(model=BASE, arch="auto", device="auto", dtype="auto"), {}, (40, 80)),
         N(2, "FaceSmithLoadIdentityAdapter", dict(adapter=ADAPTER), {}, (40, 300)),
         N(3, "FaceSmithSynthFace", dict(REFERENCE), {}, (40, 460), title="Reference (held-out identity 18)"),
         _analysis(4, (460, 460), {"images": (3, 0)}),
-        _apply_identity(5, (880, 300), {"pipeline": (1, 0), "adapter": (2, 0), "faces": (4, 0)}),
+        _apply_identity(5, (880, 300), {"pipeline": (1, 0), "adapter": (2, 0), "faces": (4, 0),
+                                        "words": (11, 1)}),
+        _load_face_model(10, (40, 880)),
+        _describe(11, (460, 880), (3, 0), (10, 0)),
         _generate(6, (1300, 80), prompt, {"pipeline": (1, 0), "concepts": (5, 0)}),
         N(7, "SaveImage", dict(filename_prefix="facesmith/identity_one_photo"), {"images": (6, 0)}, (1720, 80)),
         N(8, "FaceSmithJudgeFaces", dict(prompt=prompt), {"images": (6, 0), "reference": (3, 0)}, (1720, 460)),
@@ -122,7 +131,9 @@ def identity_one_photo() -> list[N]:
 
 
 def identity_several_photos() -> list[N]:
-    """Several photos of one person (different hair, glasses, expression, pose) -> one mixed identity."""
+    """Several photos of one person (different hair, glasses, expression, pose) -> one mixed identity, with the
+    face model's words for who the person is (read on photo 1; a batch of photos into Face Describe gives one line
+    each, merged trait by trait)."""
     prompt = "a photo of <identity>, smiling, with black hair"
     views = [dict(REFERENCE, hair="blond", glasses="yes", view=11), dict(REFERENCE, expression="smiling", view=12),
              dict(REFERENCE, hat="yes", background="green", view=13)]
@@ -136,7 +147,9 @@ def identity_several_photos() -> list[N]:
         nodes.append(_analysis(20 + k, (460, 460 + 420 * k), {"images": (10 + k, 0)}))
     nodes += [
         N(3, "FaceSmithMergeFaces", {}, {f"faces_{k + 1}": (20 + k, 0) for k in range(4)}, (880, 460)),
-        _apply_identity(4, (1300, 300), {"pipeline": (1, 0), "adapter": (2, 0), "faces": (3, 0)}),
+        _apply_identity(4, (1300, 300), {"pipeline": (1, 0), "adapter": (2, 0), "faces": (3, 0), "words": (31, 1)}),
+        _load_face_model(30, (460, 80)),
+        _describe(31, (880, 80), (10, 0), (30, 0)),
         _generate(5, (1720, 80), prompt, {"pipeline": (1, 0), "concepts": (4, 0)}),
         N(6, "SaveImage", dict(filename_prefix="facesmith/identity_several_photos"), {"images": (5, 0)},
           (2140, 80)),
@@ -147,7 +160,8 @@ def identity_several_photos() -> list[N]:
 
 def identity_vs_e4t() -> list[N]:
     """The same reference through the identity adapter (no tuning) and through E4T (encoder + tuning steps), side
-    by side, both judged against the reference."""
+    by side, both with the face model's description of the reference (the shipped way of each), both judged
+    against the reference."""
     prompt_id = "a photo of <identity>, wearing glasses, with red hair"
     prompt_e4t = "a photo of <fs-person>, wearing glasses, with red hair"
     return [
@@ -156,17 +170,19 @@ def identity_vs_e4t() -> list[N]:
         N(3, "FaceSmithLoadDomainEncoder", dict(encoder=ENCODER), {}, (40, 460)),
         N(4, "FaceSmithSynthFace", dict(REFERENCE), {}, (40, 620), title="Reference (held-out identity 18)"),
         _analysis(5, (460, 620), {"images": (4, 0)}),
-        _apply_identity(6, (880, 80), {"pipeline": (1, 0), "adapter": (2, 0), "faces": (5, 0)}),
+        _apply_identity(6, (880, 80), {"pipeline": (1, 0), "adapter": (2, 0), "faces": (5, 0), "words": (15, 1)}),
         _generate(7, (1300, 80), prompt_id, {"pipeline": (1, 0), "concepts": (6, 0)}),
         N(8, "SaveImage", dict(filename_prefix="facesmith/identity_adapter"), {"images": (7, 0)}, (1720, 80)),
         N(9, "FaceSmithJudgeFaces", dict(prompt=prompt_id), {"images": (7, 0), "reference": (4, 0)}, (2140, 80)),
-        N(10, "FaceSmithEmbedConcept", dict(method="e4t", token="<fs-person>", steps=15, learning_rate=_tuning_lr(),
-                                            face_crop=False, seed=0),
-          {"pipeline": (1, 0), "image": (4, 0), "encoder": (3, 0)}, (880, 620)),
+        N(10, "FaceSmithEmbedConcept", dict(method="e4t", token="<fs-person>", steps=_described_steps(),
+                                            learning_rate=_tuning_lr(), face_crop=False, seed=0),
+          {"pipeline": (1, 0), "image": (4, 0), "encoder": (3, 0), "face_model": (14, 0)}, (880, 620)),
         _generate(11, (1300, 620), prompt_e4t, {"pipeline": (1, 0), "concepts": (10, 0)}),
         N(12, "SaveImage", dict(filename_prefix="facesmith/identity_e4t"), {"images": (11, 0)}, (1720, 620)),
         N(13, "FaceSmithJudgeFaces", dict(prompt=prompt_e4t), {"images": (11, 0), "reference": (4, 0)},
           (2140, 620)),
+        _load_face_model(14, (40, 1040)),
+        _describe(15, (460, 1040), (4, 0), (14, 0)),
     ]
 
 

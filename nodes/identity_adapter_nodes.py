@@ -134,6 +134,11 @@ class FaceSmithApplyIdentity:
                 "identity": (IDENTITY_TYPE, {"tooltip": "A saved identity, used when no faces are connected."}),
                 "mask": ("MASK", {"tooltip": "Where the identity acts (white = yes); its first mask is used."}),
                 "concepts": (CONCEPT_TYPE, {"tooltip": "Concepts to keep; this identity is appended."}),
+                "words": ("STRING", {"forceInput": True, "tooltip": (
+                    "Who the person is in words, e.g. Face Describe's identity_words ('olive skin, oval face, "
+                    "...'): the token then reads '<token>, words', so the base draws what the words name and the "
+                    "adapter carries the rest. Several lines (a batch of photos): each trait takes its most common "
+                    "value.")}),
             },
         }
 
@@ -151,8 +156,9 @@ class FaceSmithApplyIdentity:
         return True
 
     def apply(self, pipeline, adapter, token, weight, start_at, end_at, combine, faces=None, identity=None,
-              mask=None, concepts=None):
+              mask=None, concepts=None, words=None):
         from ..core.identity.adapter import AdapterMismatch, IdentityConditioner
+        from ..core.understand.check import merged_words
         from .generate import _concept_list
 
         node = self.DISPLAY_NAME
@@ -169,6 +175,8 @@ class FaceSmithApplyIdentity:
         elif identity is None:
             raise input_error(node, "faces", "and 'identity' are both unconnected; connect FACES from 'Face "
                                              "Analysis' or a saved identity from 'Load Identity'")
+        if words is not None:
+            identity = identity.described(pipeline, merged_words(words))
         m = None
         if mask is not None:
             m = mask[0] if getattr(mask, "dim", lambda: 2)() == 3 else mask
@@ -184,7 +192,8 @@ class FaceSmithApplyIdentity:
             raise input_error(node, "token", f"{cond.token!r} is already used by a connected concept; set another")
         report = (f"identity {cond.token} from {identity.n_references} face(s) ({identity.combine}), weight "
                   f"{float(weight):g}, steps {float(start_at):g}..{float(end_at):g}"
-                  + (", masked" if m is not None else ""))
+                  + (", masked" if m is not None else "")
+                  + (f", words: {identity.words}" if identity.words else ""))
         return {"ui": {"text": ["\n".join([report] + [f"note: {n}" for n in notes])]},
                 "result": (existing + [cond], identity)}
 

@@ -132,10 +132,15 @@ class FaceSmithFaceDescribe:
     DISPLAY_NAME = "Face Describe (FaceSmith)"
     CATEGORY = CATEGORY
     DESCRIPTION = ("Writes a fine-grained caption of each face (identity traits and attributes), shown on the node. "
-                   "A caption the model is unsure of (mean word probability below 0.5) is marked low-confidence.")
-    RETURN_TYPES = ("STRING",)
-    RETURN_NAMES = ("caption",)
-    OUTPUT_TOOLTIPS = ("One caption per image, one per line.",)
+                   "A caption the model is unsure of (mean word probability below 0.5) is marked low-confidence. "
+                   "identity_words: who each person is in words (the identity traits read with confidence >= 0.5), "
+                   "for Apply Identity's words input.")
+    RETURN_TYPES = ("STRING", "STRING")
+    RETURN_NAMES = ("caption", "identity_words")
+    OUTPUT_TOOLTIPS = ("One caption per image, one per line.",
+                       "Per image, one per line: the identity traits read with confidence >= 0.5 (skin, face shape, "
+                       "eyes, brows, hair style, ...), in the words the base understands. Connect to Apply "
+                       "Identity's words.")
     FUNCTION = "describe"
     OUTPUT_NODE = True
 
@@ -151,10 +156,13 @@ class FaceSmithFaceDescribe:
         node = self.DISPLAY_NAME
         arr = _images(node, images)
         und = _model(node, face_model, keep_model_loaded)
+        from ..core.understand.check import identity_words
+
         captions = [a.text_marked for a in und.describe(arr, int(max_new_tokens))]
+        words = [identity_words(und, a) for a in arr]
         _release(und, keep_model_loaded)
         text = "\n".join(captions)
-        return {"ui": {"text": captions}, "result": (text,)}
+        return {"ui": {"text": captions}, "result": (text, "\n".join(words))}
 
 
 class FaceSmithFaceVQA:

@@ -166,6 +166,20 @@ def test_objective_batches_and_learning(world):
     for t, r in zip(b["tgt"].tolist(), b["refs"].tolist()):
         assert all(pool.identity[x] == pool.identity[t] and x != t for x in r)  # other renders, same person
     assert torch.equal(mix.make_batch(0)["refs"], b["refs"])  # a function of the step (exact resume)
+    # identity_p: captions also name the target's VISIBLE identity traits in words (never one a 64 px face model
+    # cannot read), each with that probability; 0 names none
+    from facesmith.core.synthface.captions import parse_identity
+    from facesmith.core.synthface.render import identity_traits
+    from facesmith.trainers.identity_adapter import VISIBLE_TRAITS
+
+    assert set(VISIBLE_TRAITS) & {"brow_shape", "nose_shape"} == set()
+    worded = IdentityAdapterObjective(bp.pipe, fresh, pool, batch_size=8, uncond_p=0.0, identity_p=1.0)
+    r = np.random.default_rng(0)
+    for row in (0, 5):
+        named = parse_identity(worded.caption(row, r).replace(worded.token_text, ""))
+        facts = identity_traits(int(pool.identity[row])).facts()
+        assert set(named) == set(VISIBLE_TRAITS) and all(facts[t] == v for t, v in named.items())
+        assert not parse_identity(mix.caption(row, r))
     no_mix = IdentityAdapterObjective(bp.pipe, fresh, pool, batch_size=8, mix=False)
     nb = no_mix.make_batch(0)
     assert torch.equal(nb["refs"][:, 0], nb["tgt"])
@@ -222,3 +236,41 @@ def test_nodes_apply_save_load_and_errors(world, tmp_path, monkeypatch):
     loaded, = FaceSmithLoadIdentity().load("identities/me.safetensors")
     assert torch.equal(loaded.ctx, ident.ctx)
     assert paths.find("facesmith", "identities/me.safetensors") is not None
+
+
+def test_identity_words_fold_into_the_token(world, tmp_path):
+    """Words for who the person is (Face Describe's identity_words -> Apply Identity's words) make the token read as
+    '<token>, words': the same image as writing the words after the token, through a saved identity too."""
+    from facesmith.core.identity.adapter import Identity, IdentityConditioner
+    from facesmith.nodes.identity_adapter_nodes import FaceSmithApplyIdentity
+
+    bp, adapter, refs = world
+    ident = adapter.identity(bp, _crops(refs[:1]))
+    words = "dark skin, round face, green eyes"
+    described = ident.described(bp, words)
+    assert described.words == words and described.word_vectors.shape[0] >= 6
+    assert ident.described(bp, "  ").word_vectors is None  # no words: the plain identity
+    folded = _gen(bp, [IdentityConditioner(adapter, described)], prompt="a photo of <identity>, smiling")
+    written = _gen(bp, [IdentityConditioner(adapter, ident)], prompt=f"a photo of <identity>, {words}, smiling")
+    plain = _gen(bp, [IdentityConditioner(adapter, ident)], prompt="a photo of <identity>, smiling")
+    assert torch.allclose(folded, written, atol=1e-5)
+    assert (folded - plain).abs().max() > 1e-2  # the words change the image
+    back = Identity.load(described.save(tmp_path / "described.safetensors"))
+    assert back.words == words and torch.equal(back.word_vectors, described.word_vectors)
+    assert torch.allclose(_gen(bp, [IdentityConditioner(adapter, back)], prompt="a photo of <identity>, smiling"),
+                          folded, atol=1e-6)
+    # the node: several lines (a batch of photos) merge trait by trait; the report names the words
+    res = FaceSmithApplyIdentity().apply(bp, adapter, "<identity>", 1.0, 0.0, 1.0, "average", identity=ident,
+                                         words="dark skin, round face\ndark skin, oval face\nlight skin, round face")
+    made = res["result"][1]
+    assert made.words == "dark skin, round face" and "words: dark skin, round face" in res["ui"]["text"][0]
+
+
+def test_merged_words():
+    from facesmith.core.understand.check import merged_words
+
+    assert merged_words("") == "" and merged_words("olive skin, oval face") == "olive skin, oval face"
+    assert merged_words(["dark skin, round face", "dark skin", "light skin, green eyes"]) == \
+        "dark skin, round face, green eyes"
+    # words outside the SynthFace vocabulary (a real base): the first line, as typed
+    assert merged_words("freckles, grey beard\ndark skin") == "freckles, grey beard"

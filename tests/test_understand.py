@@ -166,8 +166,10 @@ def test_nodes_answer_per_image_and_check_attributes_against_a_prompt(u, heldout
     out = FaceSmithFaceVQA().ask(images, "What colour is the hair?", 4, 0, True, face_model=und)
     answers = out["result"][0].split("\n")
     assert len(answers) == 3 and out["ui"]["text"] == answers and all("low confidence" in a for a in answers)
-    cap = FaceSmithFaceDescribe().describe(images[:1], 5, True, face_model=und)
-    assert len(cap["ui"]["text"]) == 1
+    cap = FaceSmithFaceDescribe().describe(images[:2], 5, True, face_model=und)
+    assert len(cap["ui"]["text"]) == 2
+    # identity_words: one line per image, and an unsure model names no trait (never a guess presented as fact)
+    assert cap["result"][1].split("\n") == ["", ""]
     attrs = FaceSmithFaceAttributes().read(images[:2], True, face_model=und)
     text, table = attrs["result"]
     seen = json.loads(text)

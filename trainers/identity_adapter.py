@@ -6,6 +6,11 @@ renders of the same identity, each with its own hair, glasses, hat, expression, 
 only thing they share with the target is who the person is. Without (the ablation) the one reference is the target
 image itself, as a naive one-image adapter is trained.
 
+With ``identity_p`` > 0 the target's caption also names each visible identity trait in words with that
+probability ("a photo of <id>, olive skin, oval face, ..., with red hair"), as Apply Identity does at inference
+with a face model's reading (Face Describe's ``identity_words``): the base draws what the words name and the adapter
+learns to carry the rest. ``init_from`` continues an earlier adapter file with a fresh schedule.
+
 Loss = denoising MSE + ``id_weight`` x face identity loss + ``emb_reg`` x |offsets|^2. The identity loss decodes the
 UNet's estimate of the clean image (x0 from the predicted noise) for rows with timestep < ``id_t_max`` and compares
 its embedding by the adapter's own face encoder (``core/identity/face_encoder.py``, NOT the evaluation judge) with
@@ -31,6 +36,8 @@ from ..core.concept.tokens import swapped_embedding, tokenizer_with, vector_toke
 from ..core.identity.adapter import AttentionEntry, IdentityAdapter, attached, new_adapter, patch_features, \
     synthface_crops
 from ..core.progress import Progress, report
+from ..core.synthface.render import TRAIT_NAMES, identity_traits
+from ..core.understand.questions import NOT_VISIBLE
 from ..core.training.loop import TrainResult, fit_steps, train
 from .e4t import identity_groups
 from .settings import check_whole_numbers, loop_config, recipe_of_settings
@@ -38,6 +45,7 @@ from .settings import check_whole_numbers, loop_config, recipe_of_settings
 log = logging.getLogger("facesmith.train")
 
 TRAIN_TOKEN = "<id-adapter>"
+VISIBLE_TRAITS = tuple(n for n in TRAIT_NAMES if n not in NOT_VISIBLE)  # the traits identity words can name
 
 
 @dataclass
@@ -127,12 +135,15 @@ def clean_estimate(sched, noisy: torch.Tensor, pred: torch.Tensor, t: torch.Tens
 class IdentityAdapterObjective:
     def __init__(self, dp, adapter: IdentityAdapter, pool: FacePool, batch_size: int = 32, n_refs: int = 4,
                  mix: bool = True, id_weight: float = 0.5, id_t_max: int = 600, emb_reg: float = 1e-2,
-                 uncond_p: float = 0.1, mention_p: float = 1.0, seed: int = 0, id_rows_max: int = 8):
+                 uncond_p: float = 0.1, mention_p: float = 1.0, seed: int = 0, id_rows_max: int = 8,
+                 identity_p: float = 0.0):
         self.dp, self.adapter, self.pool = dp, adapter, pool
         self.id_rows_max = int(id_rows_max)
         self.batch_size, self.n_refs, self.mix = int(batch_size), int(n_refs), bool(mix)
         self.id_weight, self.id_t_max, self.emb_reg = float(id_weight), int(id_t_max), float(emb_reg)
         self.uncond_p, self.mention_p, self.seed = float(uncond_p), float(mention_p), int(seed)
+        self.identity_p = float(identity_p)
+        self._facts: dict[int, dict] = {}
         n_id = adapter.cfg.n_id
         self.tok, self.start = tokenizer_with(dp.tokenizer, vector_tokens(TRAIN_TOKEN, n_id))
         self.token_text = " ".join(vector_tokens(TRAIN_TOKEN, n_id))
@@ -151,8 +162,6 @@ class IdentityAdapterObjective:
         return list(self.adapter.net.parameters())
 
     def make_batch(self, step: int):
-        from ..core.synthface.captions import caption, random_mention
-
         rng = np.random.default_rng([self.seed, int(step)])  # a function of the step: exact resume
         tgt = self.rows[rng.integers(0, len(self.rows), self.batch_size)]
         n = self.n_refs if self.mix else 1
@@ -165,11 +174,25 @@ class IdentityAdapterObjective:
             others = g[g != r]
             refs[k] = rng.choice(others, n, replace=len(others) < n)
         uncond = rng.random(self.batch_size) < self.uncond_p
-        caps = ["" if u else caption(self.pool.attrs[t], subject=self.token_text,
-                                     mention=random_mention(rng, self.mention_p))
-                for t, u in zip(tgt.tolist(), uncond.tolist())]
+        caps = ["" if u else self.caption(t, rng) for t, u in zip(tgt.tolist(), uncond.tolist())]
         return {"tgt": torch.from_numpy(tgt), "refs": torch.from_numpy(refs), "ids": caption_ids(self.tok, caps),
                 "uncond": torch.from_numpy(uncond), "step": int(step)}
+
+    def caption(self, row: int, rng: np.random.Generator) -> str:
+        """The target's caption: the identity token as the subject, then (each with probability ``identity_p``) the
+        visible identity traits in words, as a face model reads them at inference (Apply Identity with a face model
+        connected), then the attributes (each with probability ``mention_p``). Named traits are left to the words;
+        the adapter learns to carry the rest."""
+        from ..core.synthface.captions import caption, random_mention
+
+        facts, said = None, None
+        if self.identity_p > 0:
+            ident = int(self.pool.identity[row])
+            if ident not in self._facts:
+                self._facts[ident] = identity_traits(ident).facts()
+            facts, said = self._facts[ident], random_mention(rng, self.identity_p, VISIBLE_TRAITS)
+        return caption(self.pool.attrs[row], subject=self.token_text, mention=random_mention(rng, self.mention_p),
+                       identity=facts, identity_mention=said)
 
     def loss(self, batch, step):
         dp, net = self.dp, self.adapter.net
@@ -232,6 +255,8 @@ class AdapterTrainSettings:
     emb_reg: float = 1e-2
     uncond_p: float = 0.1
     mention_p: float = 1.0
+    identity_p: float = 0.0
+    init_from: Optional[str] = None
     n_id: int = 4
     n_ctx: int = 4
     seed: int = 0
@@ -247,13 +272,30 @@ class AdapterTrainSettings:
             raise ValueError("id_weight and emb_reg must be >= 0")
         if not 0 <= self.uncond_p < 1:
             raise ValueError(f"uncond_p must be in [0, 1), got {self.uncond_p}")
+        if not 0 <= self.identity_p <= 1:
+            raise ValueError(f"identity_p must be in [0, 1], got {self.identity_p}")
 
 
 def _objective(dp, adapter, pool, s: AdapterTrainSettings) -> IdentityAdapterObjective:
     return IdentityAdapterObjective(dp, adapter, pool, batch_size=s.batch_size, n_refs=s.n_refs, mix=s.mix,
                                     id_weight=s.id_weight, id_t_max=s.id_t_max, emb_reg=s.emb_reg,
                                     uncond_p=s.uncond_p, mention_p=s.mention_p, seed=s.seed,
-                                    id_rows_max=s.id_rows_max)
+                                    id_rows_max=s.id_rows_max, identity_p=s.identity_p)
+
+
+def start_from(adapter: IdentityAdapter, path: str) -> None:
+    """Start ``adapter`` from the weights of an earlier adapter file (continued training with a fresh schedule);
+    it must have the same shape, base and face encoder."""
+    earlier = IdentityAdapter.load(path)
+    if earlier.cfg != adapter.cfg:
+        raise ValueError(f"init_from {path}: its adapter {earlier.cfg} is not this run's {adapter.cfg}")
+    if earlier.base_fingerprint != adapter.base_fingerprint:
+        raise ValueError(f"init_from {path}: it was trained for base {earlier.base_name!r} "
+                         f"({earlier.base_fingerprint}), this run's base is {adapter.base_name!r} "
+                         f"({adapter.base_fingerprint})")
+    if earlier.face_encoder.fingerprint != adapter.face_encoder.fingerprint:
+        raise ValueError(f"init_from {path}: it was trained with another face encoder")
+    adapter.net.load_state_dict(earlier.net.state_dict())
 
 
 def train_identity_adapter(pipe, face_encoder, pool: FacePool, settings: AdapterTrainSettings,
@@ -264,6 +306,8 @@ def train_identity_adapter(pipe, face_encoder, pool: FacePool, settings: Adapter
     dp = getattr(pipe, "pipe", pipe)
     t0 = time.time()
     adapter = new_adapter(pipe, face_encoder, seed=settings.seed, n_id=settings.n_id, n_ctx=settings.n_ctx)
+    if settings.init_from:
+        start_from(adapter, settings.init_from)
     with frozen(dp.unet, dp.text_encoder, dp.vae, face_encoder.net):
         if settings.seconds > 0:
             probe = new_adapter(pipe, face_encoder, seed=settings.seed, n_id=settings.n_id, n_ctx=settings.n_ctx)

@@ -45,10 +45,18 @@ def add_arguments(p) -> None:
     p.add_argument("--no-mix", action="store_true",
                    help="ablation: one reference per row, the target image itself (no mixed features)")
     p.add_argument("--id-weight", type=float, default=0.5, help="weight of the face identity loss (0: ablation)")
+    p.add_argument("--identity-p", type=float, default=0.0,
+                   help="probability that a training caption names each visible identity trait in words (what "
+                        "Apply Identity adds when a face model is connected); 0 = never")
+    p.add_argument("--init-from", default=None,
+                   help="continue from an earlier adapter file (same shape, base and face encoder), fresh schedule")
     p.add_argument("--id-t-max", type=int, default=600, help="identity loss only below this timestep")
     p.add_argument("--n-id", type=int, default=4, help="word vectors of the identity token")
     p.add_argument("--n-ctx", type=int, default=4, help="context tokens of the decoupled attention")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the adapter's initialisation and of the batches")
+    p.add_argument("--pool-seed", type=int, default=None,
+                   help="seed of the rendered pool (default: --seed); a continuation (--init-from) can draw new "
+                        "batches (--seed) from the same pool")
     p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--work-dir", default=None, help="checkpoints (default .cache/train-identity/<out>)")
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints in --work-dir")
@@ -74,10 +82,14 @@ def main(args) -> int:
     out = output_path(args.out, "identity")
     for f in (out, out.with_suffix(".loss.png"), out.with_suffix(".json")):
         check_new_file(f, args.overwrite)  # fail before any work
+    init_from = output_path(args.init_from, "identity") if args.init_from else None
+    if init_from is not None and not init_from.is_file():
+        raise SystemExit(f"--init-from {args.init_from}: no adapter file at {init_from}")
     base = load_pipeline(args.base, device="cpu", dtype="fp32")
     face_encoder = FaceEncoder.load(args.face_encoder)
     size = native_size(base.pipe)
-    source = f"synthface train identities={args.identities} views={args.views} seed={args.seed}"
+    pool_seed = args.seed if args.pool_seed is None else args.pool_seed
+    source = f"synthface train identities={args.identities} views={args.views} seed={pool_seed}"
     cache = Path(args.pool_cache) if args.pool_cache else None
     if cache is not None and cache.is_file():
         images, ids, attrs, patches, stats, cached_source = load_renders(cache)
@@ -85,7 +97,7 @@ def main(args) -> int:
             raise SystemExit(f"--pool-cache {cache} holds another pool ({cached_source!r}); this command wants "
                              f"{source!r}: use another cache file")
     else:
-        images, ids, attrs = synthface_images(args.identities, args.views, args.seed, size, args.workers)
+        images, ids, attrs = synthface_images(args.identities, args.views, pool_seed, size, args.workers)
         patches, stats = encode_renders(base, images, progress=tqdm_progress("encode pool"))
         if cache is not None:
             save_renders(cache, images, ids, attrs, patches, stats, source)
@@ -95,7 +107,9 @@ def main(args) -> int:
     settings = AdapterTrainSettings(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
                                     n_refs=args.refs, mix=not args.no_mix, id_weight=args.id_weight,
                                     id_t_max=args.id_t_max, n_id=args.n_id, n_ctx=args.n_ctx, seed=args.seed,
-                                    checkpoint_every=args.checkpoint_every, seconds=args.seconds)
+                                    checkpoint_every=args.checkpoint_every, seconds=args.seconds,
+                                    identity_p=args.identity_p,
+                                    init_from=str(init_from) if init_from else None)
     work_dir = args.work_dir or str(Path(".cache") / "train-identity" / out.stem)
     adapter, result = train_identity_adapter(base, face_encoder, pool, settings, work_dir=work_dir,
                                              resume=not args.no_resume,

@@ -4,12 +4,23 @@ For each held-out identity, one reference render (random attributes) and three m
 (other attributes, pose and light) go through the face pipeline (built-in detector, ArcFace alignment; its recognizer
 is not used). Methods:
 
-- ``adapter_1ref``: the shipped identity adapter from the reference's face;
-- ``adapter_4ref``: the same from all four faces (mixed: ``combine="average"``);
+With ``words=True`` (the default; what the shipped graph does: Face Describe's ``identity_words`` into Apply
+Identity's ``words``) every adapter method also folds in words for WHO the person is
+(``understand.check.identity_words``: the visible identity traits the built-in face understanding model reads with
+confidence >= 0.5, never the judges): the token reads "<token>, words". Methods:
+
+- ``adapter_1ref``: the shipped identity adapter from the reference's face (words read on the reference);
+- ``adapter_4ref``: the same from all four faces (mixed: ``combine="average"``; words read on each photo and merged
+  trait by trait, ``understand.check.merged_words``);
 - ``adapter_no_mix``: an adapter trained with the same recipe but without mixed features (its one reference was the
   target image itself), from the reference;
 - ``adapter_no_idloss``: an adapter trained without the face identity loss, from the reference;
+- ``adapter_1ref_no_words``: the shipped adapter from the reference, WITHOUT words (what the words add);
+- ``words_only``: no identity at all, "a person" followed by the words read on the reference (what the words alone
+  carry: the adapter must add to it);
 - ``e4t_0`` / ``e4t_k``: the shipped E4T encoder without / with ``k`` tuning steps (as in ``bench concept``);
+- ``e4t_k_words``: E4T as Embed Concept runs it with a face model connected (the reference's attributes in the
+  tuning caption, the identity words folded into the concept, ``DESCRIBED_TUNING_STEPS`` steps);
 - ``no_identity`` (the floor): "a person" instead of the identity token.
 
 Each identity generates images for prompts that CHANGE the reference's hair colour, glasses, hat and expression, the
@@ -47,13 +58,16 @@ ADAPTERS = {  # method -> adapter file under models/facesmith/identity/
     "adapter_4ref": "synthface-idadapter.safetensors",
     "adapter_no_mix": "synthface-idadapter-no-mix.safetensors",
     "adapter_no_idloss": "synthface-idadapter-no-idloss.safetensors",
+    "adapter_1ref_no_words": "synthface-idadapter.safetensors",
 }
-METHODS = ("adapter_1ref", "adapter_4ref", "adapter_no_mix", "adapter_no_idloss", "e4t_0", "e4t_k", "no_identity")
+NO_WORDS = ("adapter_1ref_no_words",)  # adapter methods that never read words
+METHODS = ("adapter_1ref", "adapter_4ref", "adapter_no_mix", "adapter_no_idloss", "adapter_1ref_no_words",
+           "words_only", "e4t_0", "e4t_k", "e4t_k_words", "no_identity")
 FULL_IDENTITIES = 64
 QUICK_IDENTITIES = 3
 N_REFS = 4
 IMAGES_PER_PROMPT = 2   # two seeds per prompt: the least that measures diversity
-SAMPLER_STEPS = 12      # dpmpp_2m steps per image (bench base/concept use 20; 7 methods x 64 identities on a CPU)
+SAMPLER_STEPS = 12      # dpmpp_2m steps per image (bench base/concept use 20; 10 methods x 64 identities on a CPU)
 GOALS = {"adapter_1ref_verification": 0.60, "adapter_time_share_of_e4t_k": 0.10, "adherence_points_below_base": 0.05,
          "reference_leak": 0.10}
 
@@ -63,6 +77,16 @@ def load_adapter(name: str):
     from ..identity.adapter import IdentityAdapter
 
     return IdentityAdapter.load(paths.resolve("facesmith", f"identity/{name}"))
+
+
+def _load_adapters(adapters: dict, methods) -> None:
+    """Fill ``adapters`` (method -> IdentityAdapter) for ``methods``, each file loaded once."""
+    by_file = {ADAPTERS[m]: a for m, a in adapters.items() if m in ADAPTERS}
+    for m in methods:
+        if m in ADAPTERS and m not in adapters:
+            if ADAPTERS[m] not in by_file:
+                by_file[ADAPTERS[m]] = load_adapter(ADAPTERS[m])
+            adapters[m] = by_file[ADAPTERS[m]]
 
 
 def diversity(images: torch.Tensor, per_prompt: int) -> float:
@@ -108,37 +132,51 @@ def goals(out: dict, comps: dict) -> dict:
 def collect(n_identities: int, images_per_prompt: int, seed: int = 0, bp=None, adapters: dict | None = None,
             encoder=None, methods: tuple = METHODS, k: int = E4T_K, eval_steps: int = SAMPLER_STEPS,
             cfg: float = EVAL_CFG, split: str = "heldout", shard: tuple[int, int] = (0, 1),
-            adapter_weight: float = 1.0) -> list[dict]:
+            adapter_weight: float = 1.0, words: bool = True) -> list[dict]:
     """Per-identity figures of every method for identities ``shard[0]::shard[1]`` of the ``n_identities`` drawn.
     Each identity has its own random stream (reference, views, prompts) and seeds, so shards run in parallel and
     :func:`summarize` of their concatenation equals a single run. ``adapter_weight``: the adapters' strength (Apply
-    Identity's weight; chosen on validation identities)."""
-    from ..concept.personalize import embed_e4t
+    Identity's weight; chosen on validation identities). ``words``: the adapter methods (but ``NO_WORDS``) fold in
+    the identity words the face model reads on their references."""
+    from ..concept.personalize import DESCRIBED_TUNING_STEPS, embed_e4t
+    from ..concept.tokens import with_words
     from ..identity import face_pipeline as fp
     from ..identity.adapter import IdentityConditioner
+    from ..understand.check import identity_words, merged_words, tuning_caption
+    from ..understand.store import load_face_model
 
     bp = bp or load_builtin_base()
     adapters = dict(adapters or {})
-    for m in methods:
-        if m in ADAPTERS and m not in adapters:
-            adapters[m] = load_adapter(ADAPTERS[m])
+    _load_adapters(adapters, methods)
     if any(m.startswith("e4t") for m in methods):
         encoder = encoder or load_encoder()
     settings = fp.FaceSettings(recognizer="none")
     chosen = [int(i) for i in np.random.default_rng(seed).choice(identities(split), n_identities, replace=False)]
+    reads = words and any(m in ADAPTERS and m not in NO_WORDS for m in methods) \
+        or bool({"words_only", "e4t_k_words"} & set(methods))
+    und = load_face_model() if reads else None
 
+    def read(refs) -> str:  # Face Describe's identity_words of each photo -> Apply Identity's words
+        return merged_words([identity_words(und, r) for r in refs])
+
+    # each maker: reference(s) -> (conditioner or None, words written after the token in the prompt)
     def adapter_make(m):
         def make(refs):
             faces = fp.analyze(refs, settings)
-            return IdentityConditioner(adapters[m], adapters[m].identity(bp, faces.crops), token=TOKEN,
-                                       weight=adapter_weight)
+            ident = adapters[m].identity(bp, faces.crops)
+            if words and m not in NO_WORDS:
+                ident = ident.described(bp, read(refs))
+            return IdentityConditioner(adapters[m], ident, token=TOKEN, weight=adapter_weight), ""
         return make
 
     makers = {m: adapter_make(m) for m in methods if m in ADAPTERS}
-    if "e4t_0" in methods:
-        makers["e4t_0"] = lambda refs: embed_e4t(encoder, bp, refs[0], token=TOKEN, steps=0, seed=seed)
-    if "e4t_k" in methods:
-        makers["e4t_k"] = lambda refs: embed_e4t(encoder, bp, refs[0], token=TOKEN, steps=k, seed=seed)
+    e4t = {"e4t_0": lambda refs: (embed_e4t(encoder, bp, refs[0], token=TOKEN, steps=0, seed=seed), ""),
+           "e4t_k": lambda refs: (embed_e4t(encoder, bp, refs[0], token=TOKEN, steps=k, seed=seed), ""),
+           "e4t_k_words": lambda refs: (embed_e4t(encoder, bp, refs[0], token=TOKEN, steps=DESCRIBED_TUNING_STEPS,
+                                                  seed=seed, caption=tuning_caption(und, refs[0]),
+                                                  words=identity_words(und, refs[0])), ""),
+           "words_only": lambda refs: (None, read(refs))}
+    makers.update({m: f for m, f in e4t.items() if m in methods})
     warm = np.stack([render(int(identities("train")[0]), random_attributes(np.random.default_rng(99)),
                             bp.native_size, view=v) for v in range(N_REFS)])
     for m, make in makers.items():  # warm-up, untimed
@@ -163,9 +201,13 @@ def collect(n_identities: int, images_per_prompt: int, seed: int = 0, bp=None, a
                 texts, conds = [p.replace(TOKEN, "a person") for p, _ in prompts], []
             else:
                 t0 = time.perf_counter()
-                cond = makers[m](refs if m == "adapter_4ref" else refs[:1])
+                cond, said = makers[m](refs if m == "adapter_4ref" else refs[:1])
                 seconds = time.perf_counter() - t0
-                texts, conds = [p for p, _ in prompts], [cond]
+                texts = [with_words(p, said, TOKEN) for p, _ in prompts]
+                if cond is None:
+                    texts, conds = [t.replace(TOKEN, "a person") for t in texts], []
+                else:
+                    conds = [cond]
             imgs = generate_for_prompts(bp, texts, images_per_prompt, seed=seed + 100 * n, steps=eval_steps,
                                         cfg=cfg, conditioners=conds)
             fig = _judge_identity(imgs, _similarities(imgs, refs[0]), threshold, asked, ref_attrs, facts)
@@ -198,7 +240,10 @@ def summarize(records: list[dict]) -> dict:
     for name, (a, b) in {"4ref_beats_1ref": ("adapter_4ref", "adapter_1ref"),
                          "no_mix_worse": ("adapter_1ref", "adapter_no_mix"),
                          "no_idloss_worse": ("adapter_1ref", "adapter_no_idloss"),
-                         "adapter_1ref_minus_e4t_k": ("adapter_1ref", "e4t_k")}.items():
+                         "adapter_1ref_minus_e4t_k": ("adapter_1ref", "e4t_k"),
+                         "words_add": ("adapter_1ref", "adapter_1ref_no_words"),
+                         "adapter_1ref_minus_words_only": ("adapter_1ref", "words_only"),
+                         "adapter_1ref_minus_e4t_k_words": ("adapter_1ref", "e4t_k_words")}.items():
         if a in per_id and b in per_id:
             comps[name] = {key: paired(per_id[a][key], per_id[b][key]) for key in per_id[a]}
             # "worse"/"beats" is read on identity similarity; adherence and leak are shown beside it
@@ -219,9 +264,7 @@ def run(quick: bool = False, n_identities: int | None = None, images_per_prompt:
     per_prompt = images_per_prompt or IMAGES_PER_PROMPT
     methods = tuple(methods or METHODS)
     adapters = dict(adapters or {})
-    for m in methods:
-        if m in ADAPTERS and m not in adapters:
-            adapters[m] = load_adapter(ADAPTERS[m])
+    _load_adapters(adapters, methods)
     records = collect(n_ids, per_prompt, seed, bp, adapters, encoder, methods, k, eval_steps, cfg, split)
     result = summarize(records)
     result["settings"] = settings_of(split, n_ids, per_prompt, k, eval_steps, cfg, adapters)
@@ -234,4 +277,6 @@ def settings_of(split, n_ids, per_prompt, k, eval_steps, cfg, adapters) -> dict:
             "sem_over": "identities",
             "adapters": {m: a.info.get("command", "?") for m, a in adapters.items()},
             "adapter_steps": {m: a.info.get("steps") for m, a in adapters.items()},
-            "face_pipeline": "built-in SynthFace detector, ArcFace alignment (recognizer not used)"}
+            "face_pipeline": "built-in SynthFace detector, ArcFace alignment (recognizer not used)",
+        "words": "adapter methods but adapter_1ref_no_words fold in the identity words the built-in face model "
+                 "reads with confidence >= 0.5 (4 references: read on each, merged trait by trait)"}

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -226,24 +226,46 @@ class Identity:
     base_fingerprint: str
     n_references: int = 1
     combine: str = "average"
+    words: str = ""                                # who the person is in words ("olive skin, oval face, ...")
+    word_vectors: Optional[torch.Tensor] = None    # (m, text_dim): the input embeddings of ", " + words
+
+    def described(self, pipe, words: str) -> "Identity":
+        """This identity with ``words`` folded in (e.g. ``understand.check.identity_words`` of the photo): the
+        identity token then reads exactly as ``"<token>, words"`` (its vectors end with the words' vectors), in
+        every prompt, on the native ComfyUI path and in a saved identity. The base draws what the words name; the
+        adapter carries the rest (an adapter trained with ``identity_p`` > 0 learned exactly that)."""
+        from ..concept.tokens import word_vectors
+
+        words = " ".join(str(words or "").split()).strip(" ,")
+        if not words:
+            return replace(self, words="", word_vectors=None)
+        dp = getattr(pipe, "pipe", pipe)
+        return replace(self, words=words, word_vectors=word_vectors(dp.tokenizer, dp.text_encoder, words))
 
     def save(self, path, overwrite: bool = False) -> Path:
-        """The identity as a small safetensors file (no photo and no face embedding in it)."""
+        """The identity as a small safetensors file (no photo and no face embedding in it; its words if any)."""
         meta = {"format": IDENTITY_FORMAT, "adapter_id": self.adapter_id, "base_fingerprint": self.base_fingerprint,
                 "n_references": str(self.n_references), "combine": self.combine}
-        return save_safetensors(path, {"offsets": self.offsets.float().contiguous(),
-                                       "ctx": self.ctx.float().contiguous()}, meta, overwrite=overwrite)
+        tensors = {"offsets": self.offsets.float().contiguous(), "ctx": self.ctx.float().contiguous()}
+        if self.word_vectors is not None:
+            tensors["word_vectors"] = self.word_vectors.float().contiguous()
+            meta["words"] = self.words
+        return save_safetensors(path, tensors, meta, overwrite=overwrite)
 
     @classmethod
     def load(cls, path) -> "Identity":
         from ..formats import load_safetensors
 
         tensors, meta = load_safetensors(path)
-        if meta.get("format") != IDENTITY_FORMAT or set(tensors) != {"offsets", "ctx"}:
+        if meta.get("format") != IDENTITY_FORMAT or not {"offsets", "ctx"} <= set(tensors) <= {
+                "offsets", "ctx", "word_vectors"}:
             raise ValueError(f"{path} is not a FaceSmith identity file (format {meta.get('format')!r})")
+        vecs = tensors.get("word_vectors")
         return cls(offsets=tensors["offsets"].float(), ctx=tensors["ctx"].float(),
                    adapter_id=meta.get("adapter_id", "?"), base_fingerprint=meta.get("base_fingerprint", "?"),
-                   n_references=int(meta.get("n_references", 1)), combine=meta.get("combine", "average"))
+                   n_references=int(meta.get("n_references", 1)), combine=meta.get("combine", "average"),
+                   words=meta.get("words", "") if vecs is not None else "",
+                   word_vectors=None if vecs is None else vecs.float())
 
 
 # ------------------------------------------------------------------------------------ decoupled attention patch
@@ -378,6 +400,8 @@ class IdentityConditioner:
         if self.mask is not None and self.mask.dim() != 2:
             raise ValueError(f"the identity mask must be one (H, W) mask, got shape {tuple(self.mask.shape)}")
         emb = adapter.class_embedding + self.weight * identity.offsets
+        if identity.word_vectors is not None:  # the token reads "<token>, words"
+            emb = torch.cat([emb, identity.word_vectors.to(emb.dtype)])
         self.concept = Concept(token=token, embedding=emb, base_name=adapter.base_name,
                                base_fingerprint=adapter.base_fingerprint, method="identity_adapter",
                                class_word=adapter.cfg.class_word, metadata={"adapter_id": adapter.adapter_id})

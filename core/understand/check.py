@@ -67,6 +67,30 @@ def identity_words(understander, image, min_confidence: float = 0.5) -> str:
     return describe_identity(sure, mention=list(sure))
 
 
+def merged_words(lines) -> str:
+    """One description from the identity words of several photos of ONE person (one line each, e.g. Face Describe's
+    ``identity_words`` of a batch): each trait the lines name takes its most common value (ties: the first line's
+    order). Lines with words outside the SynthFace identity vocabulary (typed by a user for a real base) are not
+    merged: the first non-empty line is used as it is."""
+    from collections import Counter
+
+    from ..synthface.captions import describe_identity, parse_identity
+
+    lines = [" ".join(str(x).split()).strip(" ,") for x in (lines.splitlines() if isinstance(lines, str) else lines)]
+    lines = [x for x in lines if x]
+    if len(lines) <= 1 or len(set(lines)) == 1:
+        return lines[0] if lines else ""
+    parsed = [parse_identity(x) for x in lines]
+    if any(len(p) != len([w for w in x.split(",") if w.strip()]) for p, x in zip(parsed, lines)):
+        return lines[0]
+    votes: dict[str, Counter] = {}
+    for p in parsed:
+        for t, v in p.items():
+            votes.setdefault(t, Counter())[v] += 1
+    merged = {t: c.most_common(1)[0][0] for t, c in votes.items()}
+    return describe_identity(merged, mention=list(merged))
+
+
 def _word(t: str, v) -> str:
     return answer_word(t, v) if v is not None else "?"
 
