@@ -108,6 +108,16 @@ def identity_from_faces(node: str, model, vae, adapter, faces, combine: str):
     return adapter.identity_from_features(face, patches, combine)
 
 
+def clip_word_vectors(clip, words: str) -> torch.Tensor:
+    """The input embeddings of ``", " + words`` in a ComfyUI CLIP (SD1.5-type: its ``clip_l`` tokenizer and token
+    embedding), the vectors ``concept.tokens.word_vectors`` takes from a diffusers text encoder."""
+    tok = getattr(clip.tokenizer, getattr(clip.tokenizer, "clip", "clip_l"))
+    ids = tok.tokenizer(f", {words}", add_special_tokens=False)["input_ids"]
+    enc = getattr(clip.cond_stage_model, getattr(clip.cond_stage_model, "clip", "clip_l"))
+    weight = enc.transformer.get_input_embeddings().weight
+    return weight[torch.as_tensor(ids, dtype=torch.long, device=weight.device)].detach().float().cpu()
+
+
 class FaceSmithApplyIdentityToModel:
     DISPLAY_NAME = "Apply Identity to Model (FaceSmith)"
     CATEGORY = "FaceSmith/Identity"
@@ -147,7 +157,10 @@ class FaceSmithApplyIdentityToModel:
             "vae": ("VAE", {"tooltip": "The VAE of the model, for an identity made from faces."}),
             "combine": (list(COMBINE_MODES), {"default": "average",
                                               "tooltip": "Several photos: how they are mixed (as Apply Identity)."}),
-            "mask": ("MASK", {"tooltip": "Where the identity acts (white = yes); its first mask."})}}
+            "mask": ("MASK", {"tooltip": "Where the identity acts (white = yes); its first mask."}),
+            "words": ("STRING", {"forceInput": True, "tooltip": (
+                "Who the person is in words (Face Describe's identity_words): the token then reads '<token>, "
+                "words' in CLIPTextEncode. Several lines: each trait takes its most common value.")})}}
 
     @classmethod
     def VALIDATE_INPUTS(cls, start_at=None, end_at=None):
@@ -156,8 +169,9 @@ class FaceSmithApplyIdentityToModel:
         return True
 
     def apply(self, model, clip, adapter, token, weight, start_at, end_at, identity=None, faces=None, vae=None,
-              combine="average", mask=None):
+              combine="average", mask=None, words=None):
         from ..core.identity.adapter import AdapterMismatch, IdentityConditioner
+        from ..core.understand.check import merged_words
 
         node = self.DISPLAY_NAME
         if float(weight) == 0.0:
@@ -166,6 +180,9 @@ class FaceSmithApplyIdentityToModel:
             identity = identity_from_faces(node, model, vae, adapter, faces, combine)
         elif identity is None:
             raise input_error(node, "identity", "is not connected: connect an identity, or faces and vae")
+        if words is not None:
+            said = merged_words(words)
+            identity = identity.with_word_vectors(said, clip_word_vectors(clip, said) if said else None)
         m = None if mask is None else (mask[0] if mask.dim() == 3 else mask)
         try:
             cond = IdentityConditioner(adapter, identity, token=token.strip(), weight=float(weight),

@@ -253,6 +253,15 @@ def test_apply_identity_to_model_computes_what_generate_computes(comfy_native):
     cond = patched_clip.encode_from_tokens(patched_clip.tokenize(prompt)).float()
     plain_cond = clip.encode_from_tokens(clip.tokenize(prompt)).float()
     assert (cond - plain_cond).abs().max() > 1e-2
+    # words (Face Describe's identity_words): ComfyUI's CLIP gives the vectors the diffusers text encoder gives, and
+    # the token reads '<identity>, words'
+    words = "dark skin, round face"
+    _, worded_clip = node.apply(model, clip, adapter, "<identity>", 0.8, 0.0, 1.0, identity=identity, words=words)
+    assert torch.allclose(native_identity.clip_word_vectors(clip, words),
+                          identity.described(pipeline, words).word_vectors, atol=1e-6)
+    worded = worded_clip.encode_from_tokens(worded_clip.tokenize(prompt)).float()
+    written = patched_clip.encode_from_tokens(patched_clip.tokenize(f"a photo of <identity>, {words}, smiling"))
+    assert torch.allclose(worded, written.float(), atol=1e-4), (worded - written.float()).abs().max()
 
 
 def test_apply_instruction_to_model_computes_what_generate_computes(comfy_native):

@@ -80,6 +80,11 @@ def patch_features(dp, crops: torch.Tensor, pool: int, batch: int = 128) -> torc
     return torch.cat(out)
 
 
+def clean_words(words) -> str:
+    """Words as one line without stray spaces or commas at the ends ("" for None)."""
+    return " ".join(str(words or "").split()).strip(" ,")
+
+
 # ---------------------------------------------------------------------------------------------------- adapter
 
 
@@ -236,11 +241,17 @@ class Identity:
         adapter carries the rest (an adapter trained with ``identity_p`` > 0 learned exactly that)."""
         from ..concept.tokens import word_vectors
 
-        words = " ".join(str(words or "").split()).strip(" ,")
+        words = clean_words(words)
         if not words:
             return replace(self, words="", word_vectors=None)
         dp = getattr(pipe, "pipe", pipe)
-        return replace(self, words=words, word_vectors=word_vectors(dp.tokenizer, dp.text_encoder, words))
+        return self.with_word_vectors(words, word_vectors(dp.tokenizer, dp.text_encoder, words))
+
+    def with_word_vectors(self, words: str, vectors: Optional[torch.Tensor]) -> "Identity":
+        """This identity with ``words`` and their input embeddings ``vectors`` (m, text_dim) from any text encoder
+        of the base (the diffusers one in :meth:`described`, ComfyUI's CLIP on the native path)."""
+        return replace(self, words=words if vectors is not None else "",
+                       word_vectors=None if vectors is None else vectors.detach().float().cpu())
 
     def save(self, path, overwrite: bool = False) -> Path:
         """The identity as a small safetensors file (no photo and no face embedding in it; its words if any)."""
