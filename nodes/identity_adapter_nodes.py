@@ -78,6 +78,11 @@ class FaceSmithLoadIdentityAdapter:
             raise input_error(self.DISPLAY_NAME, "adapter", exc) from exc
 
 
+def trained_with_words(adapter) -> bool:
+    """Whether the adapter's training captions named identity traits in words (``--identity-p`` > 0)."""
+    return float((adapter.info.get("hyper_parameters") or {}).get("identity_p") or 0) > 0
+
+
 def checked_faces(node: str, faces, adapter) -> list[str]:
     """The notes an identity made from ``faces`` carries (Face Analysis' own, and a warning, also logged, when a
     real-face detector's faces meet an adapter that knows only SynthFace); empty faces are refused."""
@@ -177,6 +182,10 @@ class FaceSmithApplyIdentity:
                                              "Analysis' or a saved identity from 'Load Identity'")
         if words is not None:
             identity = identity.described(pipeline, merged_words(words))
+        elif not identity.words and trained_with_words(adapter):
+            notes.append("this adapter was trained with words for who the person is: connect Face Describe's "
+                         "identity_words to 'words' (without them it follows prompts less well; see the identity "
+                         "README)")
         m = None
         if mask is not None:
             m = mask[0] if getattr(mask, "dim", lambda: 2)() == 3 else mask

@@ -264,6 +264,15 @@ def test_identity_words_fold_into_the_token(world, tmp_path):
                                          words="dark skin, round face\ndark skin, oval face\nlight skin, round face")
     made = res["result"][1]
     assert made.words == "dark skin, round face" and "words: dark skin, round face" in res["ui"]["text"][0]
+    # an adapter trained with words, used without them: the node says to connect them
+    info = dict(adapter.info)
+    adapter.info = dict(info, hyper_parameters={"identity_p": 0.7})
+    try:
+        text = FaceSmithApplyIdentity().apply(bp, adapter, "<identity>", 1.0, 0.0, 1.0, "average",
+                                              identity=ident)["ui"]["text"][0]
+    finally:
+        adapter.info = info
+    assert "connect Face Describe's identity_words" in text
 
 
 def test_merged_words():
