@@ -18,7 +18,7 @@ def test_identity_bench_keys_pairing_and_shards(facesmith):
     fe = FaceEncoder(RecognizerNet(ARCH["dim"], tuple(ARCH["widths"]), tuple(ARCH["blocks"])), 0.5, {}, None)
     ad = new_adapter(bp, fe)
     adapters = {m: ad for m in bench.ADAPTERS}
-    methods = ("adapter_1ref", "adapter_4ref", "adapter_no_mix", "no_identity")
+    methods = ("adapter_1ref", "adapter_4ref", "adapter_no_mix", "adapter_1ref_no_words", "words_only", "no_identity")
     records = bench.collect(2, 2, bp=bp, adapters=adapters, methods=methods, k=1, eval_steps=2)
     out = bench.summarize(records)
     for m in methods:
@@ -36,6 +36,9 @@ def test_identity_bench_keys_pairing_and_shards(facesmith):
     assert comp["difference"] == 0.0 and comp["over_2_sem"] is False
     assert out["goals"]["no_mix_worse"] is False
     assert "adapter_1ref_verification_ge_0.60" in out["goals"]
+    # the adapter rows read the face model's words, adapter_1ref_no_words does not: what the words add is compared
+    assert "words_add" in out["comparisons"] and "adapter_1ref_minus_words_only" in out["comparisons"]
+    assert out["words_only"]["seconds_per_identity"] > 0  # reading the words is timed
     # a shard computes exactly what the single run computed for its identities
     second = bench.collect(2, 2, bp=bp, adapters=adapters, methods=("adapter_1ref", "no_identity"), k=1,
                            eval_steps=2, shard=(1, 2))
