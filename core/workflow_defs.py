@@ -99,7 +99,9 @@ def _analysis(id_, pos, links):
 
 
 def _apply_identity(id_, pos, links, combine="average"):
-    return N(id_, "FaceSmithApplyIdentity", dict(token="<identity>", weight=1.0, start_at=0.0, end_at=1.0,
+    from .identity.adapter import DEFAULT_WEIGHT
+
+    return N(id_, "FaceSmithApplyIdentity", dict(token="<identity>", weight=DEFAULT_WEIGHT, start_at=0.0, end_at=1.0,
                                                  combine=combine), links, pos)
 
 

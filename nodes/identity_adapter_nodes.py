@@ -114,7 +114,7 @@ class FaceSmithApplyIdentity:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from ..core.identity.adapter import COMBINE_MODES, DEFAULT_TOKEN
+        from ..core.identity.adapter import COMBINE_MODES, DEFAULT_TOKEN, DEFAULT_WEIGHT
 
         return {
             "required": {
@@ -122,8 +122,9 @@ class FaceSmithApplyIdentity:
                 "adapter": (ADAPTER_TYPE, {"tooltip": "From 'Load Identity Adapter (FaceSmith)'."}),
                 "token": ("STRING", {"default": DEFAULT_TOKEN,
                                      "tooltip": "The identity's token in the prompt, like <identity>."}),
-                "weight": ("FLOAT", {"default": 1.0, "min": -2.0, "max": 5.0, "step": 0.05,
-                                     "tooltip": "Strength of the identity (0 = off)."}),
+                "weight": ("FLOAT", {"default": DEFAULT_WEIGHT, "min": -2.0, "max": 5.0, "step": 0.05,
+                                     "tooltip": "Strength of the identity (0 = off; the default was chosen on "
+                                                "validation identities)."}),
                 "start_at": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
                                        "tooltip": "Fraction of the denoising where the identity starts to act."}),
                 "end_at": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,

@@ -135,7 +135,7 @@ class FaceSmithApplyIdentityToModel:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from ..core.identity.adapter import DEFAULT_TOKEN
+        from ..core.identity.adapter import DEFAULT_TOKEN, DEFAULT_WEIGHT
 
         return {"required": {
             "model": ("MODEL", {"tooltip": "A native model of the base the adapter was trained for (Load Checkpoint "
@@ -143,7 +143,7 @@ class FaceSmithApplyIdentityToModel:
             "clip": ("CLIP", {"tooltip": "The text encoder of that model."}),
             "adapter": (ADAPTER_TYPE, {"tooltip": "From 'Load Identity Adapter (FaceSmith)'."}),
             "token": ("STRING", {"default": DEFAULT_TOKEN, "tooltip": "The identity's token in the prompt."}),
-            "weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 5.0, "step": 0.05,
+            "weight": ("FLOAT", {"default": DEFAULT_WEIGHT, "min": 0.0, "max": 5.0, "step": 0.05,
                                  "tooltip": "Strength of the identity (0 = off)."}),
             "start_at": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
                                    "tooltip": "Fraction of the denoising where the identity starts to act."}),

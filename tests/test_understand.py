@@ -293,3 +293,20 @@ def test_bench_overall_visible_leaves_out_only_the_not_visible_types_and_goal_re
     assert g["unified_moe"] == {"overall_visible_ge_0.95": True, "overall_all_types_ge_0.95": False,
                                 "visible_types_below_0.90": []}
     assert g["unified_dense"]["visible_types_below_0.90"] == ["mouth"] and g["moe_ge_dense"] is False
+
+
+def test_shared_image_tokens_equal_per_row_images(u, heldout):
+    """attributes() computes each image's tokens once for all its answer rows (patches=): the same logits as giving
+    every row its own copy of the image."""
+    data, infer, model, q, _ = u
+    tok = q.WordTokenizer.build(16)
+    cfg = model.ModelConfig(vocab_size=tok.size, n_codes=16, code_offset=tok.code_offset, dim=32, layers=1,
+                            expert_hidden=32)
+    net = model.build_model(cfg, 0).eval()
+    x = torch.from_numpy(heldout.images[:2]).float().permute(0, 3, 1, 2) / 127.5 - 1
+    rows = torch.tensor([0, 0, 0, 1, 1, 1])
+    tokens = torch.randint(0, tok.size, (6, net.n_image + 5))
+    with torch.no_grad():
+        per_row, _ = net(tokens, x[rows], torch.arange(6))
+        shared, _ = net(tokens, None, torch.arange(6), patches=net.patch(x)[rows])
+    assert torch.allclose(per_row, shared, atol=1e-5)

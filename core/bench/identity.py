@@ -132,11 +132,11 @@ def goals(out: dict, comps: dict) -> dict:
 def collect(n_identities: int, images_per_prompt: int, seed: int = 0, bp=None, adapters: dict | None = None,
             encoder=None, methods: tuple = METHODS, k: int = E4T_K, eval_steps: int = SAMPLER_STEPS,
             cfg: float = EVAL_CFG, split: str = "heldout", shard: tuple[int, int] = (0, 1),
-            adapter_weight: float = 1.0, words: bool = True) -> list[dict]:
+            adapter_weight: float | None = None, words: bool = True) -> list[dict]:
     """Per-identity figures of every method for identities ``shard[0]::shard[1]`` of the ``n_identities`` drawn.
     Each identity has its own random stream (reference, views, prompts) and seeds, so shards run in parallel and
     :func:`summarize` of their concatenation equals a single run. ``adapter_weight``: the adapters' strength (Apply
-    Identity's weight; chosen on validation identities). ``words``: the adapter methods (but ``NO_WORDS``) fold in
+    Identity's weight; default ``DEFAULT_WEIGHT``, chosen on validation identities). ``words``: the adapter methods (but ``NO_WORDS``) fold in
     the identity words the face model reads on their references."""
     from ..concept.personalize import DESCRIBED_TUNING_STEPS, embed_e4t
     from ..concept.tokens import with_words
@@ -145,6 +145,9 @@ def collect(n_identities: int, images_per_prompt: int, seed: int = 0, bp=None, a
     from ..understand.check import identity_words, merged_words, tuning_caption
     from ..understand.store import load_face_model
 
+    from ..identity.adapter import DEFAULT_WEIGHT
+
+    adapter_weight = DEFAULT_WEIGHT if adapter_weight is None else float(adapter_weight)
     bp = bp or load_builtin_base()
     adapters = dict(adapters or {})
     _load_adapters(adapters, methods)
@@ -271,9 +274,16 @@ def run(quick: bool = False, n_identities: int | None = None, images_per_prompt:
     return result
 
 
+def _default_weight() -> float:
+    from ..identity.adapter import DEFAULT_WEIGHT
+
+    return DEFAULT_WEIGHT
+
+
 def settings_of(split, n_ids, per_prompt, k, eval_steps, cfg, adapters) -> dict:
     return {"split": split, "identities": n_ids, "images_per_prompt": per_prompt, "k": k,
             "references_4ref": N_REFS, "eval_steps": eval_steps, "eval_cfg": cfg, "threshold": _threshold(),
+            "adapter_weight": _default_weight(),
             "sem_over": "identities",
             "adapters": {m: a.info.get("command", "?") for m, a in adapters.items()},
             "adapter_steps": {m: a.info.get("steps") for m, a in adapters.items()},

@@ -198,8 +198,9 @@ class UnifiedUnderstander:
         for i0 in range(0, n, chunk):
             m = min(chunk, n - i0)
             rows = torch.arange(m).repeat_interleave(r)
-            logits, _ = self.model(tokens.repeat(m, 1).to(self.device), x[i0:i0 + m][rows],
-                                   torch.arange(m * r, device=self.device), None, None)
+            pt = self.model.patch(x[i0:i0 + m])  # each image's tokens once, shared by its r rows
+            logits, _ = self.model(tokens.repeat(m, 1).to(self.device), None,
+                                   torch.arange(m * r, device=self.device), None, None, patches=pt[rows])
             lp = self._word_logits(logits.float()).log_softmax(-1).cpu()
             got = lp.gather(2, target.repeat(m, 1)[..., None])[..., 0].masked_fill(~valid.repeat(m, 1), 0.0)
             scores[i0:i0 + m] = got.sum(1).view(m, r).double().numpy()

@@ -230,16 +230,19 @@ class UnifiedFaceModel(nn.Module):
         """Per question type, logits of its answers read linearly from the image tokens."""
         return self.probe(self.patch(images).flatten(1)).split(list(self.cfg.probe_classes), dim=1)
 
-    def forward(self, tokens, images=None, image_at=None, group=None, cond=None, return_patches: bool = False):
+    def forward(self, tokens, images=None, image_at=None, group=None, cond=None, return_patches: bool = False,
+                patches=None):
         """``tokens`` (B, T) ids (image positions hold <pad> and are replaced); ``images`` (B', 3, 64, 64) for the
-        rows ``image_at`` (B',) whose image block starts at position 1. Returns (logits (B, T, V), aux loss)."""
+        rows ``image_at`` (B',) whose image block starts at position 1, or their image tokens ``patches``
+        (B', n_image, dim; ``self.patch`` of the images, computed once when many rows share an image). Returns
+        (logits (B, T, V), aux loss)."""
         b, t = tokens.shape
         x = self.embed(tokens)
         n = self.n_image
         image_mask = torch.zeros(b, t, dtype=torch.bool, device=tokens.device)
         pt = None
-        if images is not None and len(image_at):
-            pt = self.patch(images).to(x.dtype)
+        if (images is not None or patches is not None) and len(image_at):
+            pt = (self.patch(images) if patches is None else patches).to(x.dtype)
             x = x.clone()
             # every token of an image's row also gets a summary of the whole image (a direct path from the picture
             # to the words; the tokens still read details through attention)
