@@ -15,8 +15,9 @@ log = logging.getLogger("facesmith")
 JUDGES_DIR = BUILTIN_MODELS / "facesmith" / "judges"
 ENCODER_DIR = BUILTIN_MODELS / "facesmith"
 IDENTITY_DIR = BUILTIN_MODELS / "facesmith" / "identity"
-ADAPTER_TRAINING = ["--identities", "2400", "--views", "5", "--batch-size", "16", "--lr", "1e-3", "--seed", "0",
-                    "--steps", "600", "--pool-cache", ".cache/train-identity/pool-2400x5.safetensors"]
+ADAPTER_TRAINING = ["--identities", "2400", "--views", "5", "--batch-size", "16",
+                    "--pool-cache", ".cache/train-identity/pool-2400x5.safetensors"]
+ADAPTER_WORDS = ["--identity-p", "0.7"]
 UNDERSTAND_DIR = BUILTIN_MODELS / "facesmith" / "understand"
 INSTRUCT_DIR = BUILTIN_MODELS / "facesmith" / "instruct"
 INSTRUCT_TRAINING = ["--per-task", "2000", "--steps", "800", "--batch-size", "32", "--seed", "0", "--pool-cache",
@@ -103,13 +104,21 @@ def _e4t_steps() -> list[list[str]]:
 
 
 def _adapter_steps() -> list[list[str]]:
-    """The commands that made the shipped adapter and its ablations (see assets/models/facesmith/identity/README.md)."""
+    """The commands that made the shipped adapter and its ablations (see assets/models/facesmith/identity/README.md):
+    600 steps; then 400 more from that file whose captions also name the visible identity traits in words
+    (``--identity-p``); then twice 1,000 more of those with new batches (``--seed 2``, ``--seed 3``, same pool)."""
     out = []
     for name, extra in (("synthface-idadapter", []), ("synthface-idadapter-no-mix", ["--no-mix"]),
                         ("synthface-idadapter-no-idloss", ["--id-weight", "0"])):
-        out.append(["train", "identity-adapter", *ADAPTER_TRAINING, *extra,
-                    "--out", str(IDENTITY_DIR / f"{name}.safetensors"),
-                    "--work-dir", f".cache/train-identity/{name}"])
+        path, work = str(IDENTITY_DIR / f"{name}.safetensors"), f".cache/train-identity/{name}"
+        common = ["train", "identity-adapter", *ADAPTER_TRAINING, *extra, "--out", path]
+        out += [common + ["--lr", "1e-3", "--seed", "0", "--steps", "600", "--work-dir", work],
+                common + ["--lr", "5e-4", "--seed", "0", "--steps", "400", *ADAPTER_WORDS, "--init-from", path,
+                          "--overwrite", "--no-resume", "--work-dir", f"{work}-words"],
+                common + ["--lr", "5e-4", "--seed", "2", "--pool-seed", "0", "--steps", "1000", *ADAPTER_WORDS,
+                          "--init-from", path, "--overwrite", "--no-resume", "--work-dir", f"{work}-words-long"],
+                common + ["--lr", "5e-4", "--seed", "3", "--pool-seed", "0", "--steps", "1000", *ADAPTER_WORDS,
+                          "--init-from", path, "--overwrite", "--no-resume", "--work-dir", f"{work}-words-long2"]]
     return out
 
 
