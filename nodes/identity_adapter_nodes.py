@@ -313,6 +313,11 @@ class FaceSmithTrainIdentityAdapter:
             "name": ("STRING", {"default": "my-idadapter",
                                 "tooltip": "Saved as models/facesmith/identity/NAME.safetensors."}),
             "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace an existing adapter of this name."}),
+        }, "optional": {
+            "identity_words_p": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": (
+                "Probability that a training caption names each visible identity trait in words (the shipped "
+                "adapter's later stages used 0.7): then use the adapter with Face Describe's identity_words "
+                "connected to Apply Identity's words.")}),
         }}
 
     @classmethod
@@ -321,7 +326,7 @@ class FaceSmithTrainIdentityAdapter:
         return True if problem is None else str(input_error(cls.DISPLAY_NAME, "name", problem))
 
     def train(self, pipeline, synthface_identities, synthface_views, steps, batch_size, learning_rate, references,
-              mixed_features, identity_loss_weight, seed, resume, name, overwrite):
+              mixed_features, identity_loss_weight, seed, resume, name, overwrite, identity_words_p=0.0):
         import torch
 
         from ..core.identity.face_encoder import FaceEncoder
@@ -342,6 +347,7 @@ class FaceSmithTrainIdentityAdapter:
         settings = AdapterTrainSettings(steps=int(steps), batch_size=int(batch_size),
                                         learning_rate=float(learning_rate), n_refs=int(references),
                                         mix=bool(mixed_features), id_weight=float(identity_loss_weight),
+                                        identity_p=float(identity_words_p),
                                         seed=trainer_seed(seed),
                                         checkpoint_every=max(10, min(200, int(steps) // 4 or 1)))
         try:
