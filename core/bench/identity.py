@@ -136,8 +136,8 @@ def collect(n_identities: int, images_per_prompt: int, seed: int = 0, bp=None, a
     """Per-identity figures of every method for identities ``shard[0]::shard[1]`` of the ``n_identities`` drawn.
     Each identity has its own random stream (reference, views, prompts) and seeds, so shards run in parallel and
     :func:`summarize` of their concatenation equals a single run. ``adapter_weight``: the adapters' strength (Apply
-    Identity's weight; default ``DEFAULT_WEIGHT``, chosen on validation identities). ``words``: the adapter methods (but ``NO_WORDS``) fold in
-    the identity words the face model reads on their references."""
+    Identity's weight; default ``DEFAULT_WEIGHT``, chosen on validation identities). ``words``: the adapter methods
+    (but ``NO_WORDS``) fold in the identity words the face model reads on their references."""
     from ..concept.personalize import DESCRIBED_TUNING_STEPS, embed_e4t
     from ..concept.tokens import with_words
     from ..identity import face_pipeline as fp
