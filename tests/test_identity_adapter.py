@@ -283,3 +283,28 @@ def test_merged_words():
         "dark skin, round face, green eyes"
     # words outside the SynthFace vocabulary (a real base): the first line, as typed
     assert merged_words("freckles, grey beard\ndark skin") == "freckles, grey beard"
+
+
+def test_train_node_with_identity_words(world, tmp_path, monkeypatch):
+    """Train Identity Adapter (tiny run): identity_words_p reaches the trainer and the saved file, and Apply Identity
+    then asks for words when none are connected."""
+    from facesmith.core.identity.adapter import IdentityAdapter
+    from facesmith.nodes.identity_adapter_nodes import FaceSmithApplyIdentity, FaceSmithTrainIdentityAdapter
+
+    bp, _, refs = world
+    monkeypatch.setenv("FACESMITH_MODELS", str(tmp_path / "models"))
+    out = FaceSmithTrainIdentityAdapter().train(bp, 2, 2, 2, 2, 1e-3, 1, True, 0.5, 0, False, "tiny", False,
+                                                identity_words_p=0.7)
+    adapter, graph, path = out["result"]
+    assert path.startswith(str(tmp_path / "models")) and graph.shape[-1] == 3
+    saved = IdentityAdapter.load(path)
+    assert saved.info["hyper_parameters"]["identity_p"] == 0.7 and saved.info["steps"] == 2
+    text = FaceSmithApplyIdentity().apply(bp, saved, "<identity>", 0.8, 0.0, 1.0, "average",
+                                          faces=_faces(refs[:1]))["ui"]["text"][0]
+    assert "connect Face Describe's identity_words" in text
+
+
+def _faces(refs):
+    from facesmith.core.identity import face_pipeline as fp
+
+    return fp.analyze(refs, fp.FaceSettings(recognizer="none"))
