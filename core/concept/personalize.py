@@ -35,7 +35,7 @@ from .diffusion import (ParamHolder, caption_ids, denoise_loss, frozen, latent_s
 from ..models import native_size
 from .encoder import DomainEncoder, preprocess
 from .lora import fresh_lora, hooked_lora, weight_offset_l2
-from .tokens import DEFAULT_TOKEN, check_token_free, check_token_text, class_embedding, expand_prompt, \
+from .tokens import DEFAULT_TOKEN, check_token_free, check_token_text, class_embedding, clean_words, expand_prompt, \
     swapped_embedding, tokenizer_with, vector_tokens, with_words, word_vectors
 
 log = logging.getLogger("facesmith")
@@ -160,7 +160,7 @@ def embed_e4t(encoder: DomainEncoder, pipe, image, token: str = DEFAULT_TOKEN, s
     captions = [caption] * x.shape[0] if isinstance(caption, str) else list(caption)
     if len(captions) != x.shape[0]:
         raise ValueError(f"{len(captions)} captions for {x.shape[0]} reference images; give one per image")
-    words = " ".join(str(words or "").split()).strip(" ,")
+    words = clean_words(words)
     captions = [with_words(c.format(token=token), words, token) for c in captions]
     _, offset = encoder.predict_model(dp, x)
     offset = offset.mean(0)

@@ -200,6 +200,11 @@ def class_embedding(tokenizer, text_encoder, class_word: str = CLASS_WORD, n_vec
     return row.unsqueeze(0).repeat(int(n_vectors), 1).clone()
 
 
+def clean_words(words) -> str:
+    """Words as one line, without stray spaces or commas at the ends ("" for None)."""
+    return " ".join(str(words or "").split()).strip(" ,")
+
+
 def with_words(text: str, words: str, token: str) -> str:
     """``text`` with ``words`` (who the person is, e.g. ``"olive skin, oval face"``) right after the first ``token``:
     ``"a photo of <tok>, olive skin, oval face, smiling"``; unchanged when ``words`` is empty."""

@@ -83,11 +83,6 @@ def patch_features(dp, crops: torch.Tensor, pool: int, batch: int = 128) -> torc
     return torch.cat(out)
 
 
-def clean_words(words) -> str:
-    """Words as one line without stray spaces or commas at the ends ("" for None)."""
-    return " ".join(str(words or "").split()).strip(" ,")
-
-
 # ---------------------------------------------------------------------------------------------------- adapter
 
 
@@ -242,7 +237,7 @@ class Identity:
         identity token then reads exactly as ``"<token>, words"`` (its vectors end with the words' vectors), in
         every prompt, on the native ComfyUI path and in a saved identity. The base draws what the words name; the
         adapter carries the rest (an adapter trained with ``identity_p`` > 0 learned exactly that)."""
-        from ..concept.tokens import word_vectors
+        from ..concept.tokens import clean_words, word_vectors
 
         words = clean_words(words)
         if not words:

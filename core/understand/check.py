@@ -74,9 +74,10 @@ def merged_words(lines) -> str:
     merged: the first non-empty line is used as it is."""
     from collections import Counter
 
+    from ..concept.tokens import clean_words
     from ..synthface.captions import describe_identity, parse_identity
 
-    lines = [" ".join(str(x).split()).strip(" ,") for x in (lines.splitlines() if isinstance(lines, str) else lines)]
+    lines = [clean_words(x) for x in (lines.splitlines() if isinstance(lines, str) else lines)]
     lines = [x for x in lines if x]
     if len(lines) <= 1 or len(set(lines)) == 1:
         return lines[0] if lines else ""
