@@ -78,6 +78,11 @@ class FaceSmithLoadIdentityAdapter:
             raise input_error(self.DISPLAY_NAME, "adapter", exc) from exc
 
 
+# AdapterTrainSettings field -> Train Identity Adapter input (its check() messages start with the field's name)
+_INPUT_OF_SETTING = (("identity_p", "identity_words_p"), ("id_weight", "identity_loss_weight"),
+                     ("n_refs", "references"), ("batch_size", "batch_size"), ("steps", "steps"))
+
+
 def trained_with_words(adapter) -> bool:
     """Whether the adapter's training captions named identity traits in words (``--identity-p`` > 0)."""
     return float((adapter.info.get("hyper_parameters") or {}).get("identity_p") or 0) > 0
@@ -352,8 +357,10 @@ class FaceSmithTrainIdentityAdapter:
                                         checkpoint_every=max(10, min(200, int(steps) // 4 or 1)))
         try:
             settings.check()
-        except ValueError as exc:
-            raise input_error(node, "steps", exc) from exc
+        except ValueError as exc:  # name the node input the bad setting came from
+            text = str(exc)
+            name = next((inp for key, inp in _INPUT_OF_SETTING if text.startswith(key)), "steps")
+            raise input_error(node, name, exc) from exc
         face_encoder = FaceEncoder.load()
         size = pipeline.native_size
         imgs, ids, attrs = synthface_images(int(synthface_identities), int(synthface_views), trainer_seed(seed),

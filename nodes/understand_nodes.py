@@ -153,11 +153,11 @@ class FaceSmithFaceDescribe:
         }, "optional": {"face_model": _FACE_MODEL_INPUT}}
 
     def describe(self, images, max_new_tokens, keep_model_loaded, face_model=None):
+        from ..core.understand.check import identity_words
+
         node = self.DISPLAY_NAME
         arr = _images(node, images)
         und = _model(node, face_model, keep_model_loaded)
-        from ..core.understand.check import identity_words
-
         captions = [a.text_marked for a in und.describe(arr, int(max_new_tokens))]
         words = [identity_words(und, a) for a in arr]
         _release(und, keep_model_loaded)

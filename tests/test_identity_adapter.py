@@ -293,8 +293,13 @@ def test_train_node_with_identity_words(world, tmp_path, monkeypatch):
 
     bp, _, refs = world
     monkeypatch.setenv("FACESMITH_MODELS", str(tmp_path / "models"))
-    out = FaceSmithTrainIdentityAdapter().train(bp, 2, 2, 2, 2, 1e-3, 1, True, 0.5, 0, False, "tiny", False,
-                                                identity_words_p=0.7)
+    train = FaceSmithTrainIdentityAdapter().train
+    # a bad setting names the node input it came from, before any work
+    with pytest.raises(ValueError, match=r"Train Identity Adapter \(FaceSmith\).*'identity_words_p'"):
+        train(bp, 2, 2, 2, 2, 1e-3, 1, True, 0.5, 0, False, "tiny", False, identity_words_p=1.5)
+    with pytest.raises(ValueError, match="'identity_loss_weight'"):
+        train(bp, 2, 2, 2, 2, 1e-3, 1, True, -1.0, 0, False, "tiny", False)
+    out = train(bp, 2, 2, 2, 2, 1e-3, 1, True, 0.5, 0, False, "tiny", False, identity_words_p=0.7)
     adapter, graph, path = out["result"]
     assert path.startswith(str(tmp_path / "models")) and graph.shape[-1] == 3
     saved = IdentityAdapter.load(path)
