@@ -202,7 +202,7 @@ def understand_describe_photo() -> list[N]:
     return [
         N(1, "FaceSmithSynthFace", dict(REFERENCE), {}, (40, 80), title="Photo (held-out identity 18; use Load Image)"),
         _load_face_model(2, (40, 420)),
-        N(3, "FaceSmithFaceDescribe", dict(max_new_tokens=90, keep_model_loaded=True),
+        N(3, "FaceSmithFaceDescribe", dict(max_new_tokens=90, keep_model_loaded=True, read_identity_words=False),
           {"images": (1, 0), "face_model": (2, 0)}, (420, 80)),
         N(4, "FaceSmithFaceVQA", dict(question="What colour is the hair?", max_new_tokens=8, seed=0,
                                       keep_model_loaded=True), {"images": (1, 0), "face_model": (2, 0)}, (420, 300)),
@@ -321,7 +321,7 @@ def instruct_edit_check() -> list[N]:
         N(3, "FaceSmithSynthFace", dict(REFERENCE), {}, (40, 460),
           title="Photo (held-out identity 18; use Load Image)"),
         _load_face_model(4, (40, 900)),
-        N(5, "FaceSmithFaceDescribe", dict(max_new_tokens=90, keep_model_loaded=True),
+        N(5, "FaceSmithFaceDescribe", dict(max_new_tokens=90, keep_model_loaded=True, read_identity_words=False),
           {"images": (3, 0), "face_model": (4, 0)}, (420, 80)),
         _instruction(6, (420, 460), text, [3]),
         _instruct(7, (820, 80), _instruct_links(6)),

@@ -134,7 +134,8 @@ class FaceSmithFaceDescribe:
     DESCRIPTION = ("Writes a fine-grained caption of each face (identity traits and attributes), shown on the node. "
                    "A caption the model is unsure of (mean word probability below 0.5) is marked low-confidence. "
                    "identity_words: who each person is in words (the identity traits read with confidence >= 0.5), "
-                   "for Apply Identity's words input.")
+                   "for Apply Identity's words input (read_identity_words off: not read, empty lines; saves 11 "
+                   "answers per image with a VLM folder).")
     RETURN_TYPES = ("STRING", "STRING")
     RETURN_NAMES = ("caption", "identity_words")
     OUTPUT_TOOLTIPS = ("One caption per image, one per line.",
@@ -150,16 +151,22 @@ class FaceSmithFaceDescribe:
             "images": ("IMAGE", {"tooltip": "Face images (a batch gives one caption each); any size, centre-cropped."}),
             "max_new_tokens": ("INT", {"default": 90, "min": 1, "max": 512, "tooltip": "Longest caption in tokens."}),
             "keep_model_loaded": _KEEP,
-        }, "optional": {"face_model": _FACE_MODEL_INPUT}}
+        }, "optional": {
+            "face_model": _FACE_MODEL_INPUT,
+            "read_identity_words": ("BOOLEAN", {"default": True, "tooltip": (
+                "Read the identity_words output (one more reading of each image: 0.1 s with the built-in model, "
+                "11 generated answers with a VLM folder). Off when nothing uses that output: it is then empty "
+                "lines.")}),
+        }}
 
-    def describe(self, images, max_new_tokens, keep_model_loaded, face_model=None):
+    def describe(self, images, max_new_tokens, keep_model_loaded, face_model=None, read_identity_words=True):
         from ..core.understand.check import identity_words
 
         node = self.DISPLAY_NAME
         arr = _images(node, images)
         und = _model(node, face_model, keep_model_loaded)
         captions = [a.text_marked for a in und.describe(arr, int(max_new_tokens))]
-        words = [identity_words(und, a) for a in arr]
+        words = [identity_words(und, a) if read_identity_words else "" for a in arr]
         _release(und, keep_model_loaded)
         text = "\n".join(captions)
         return {"ui": {"text": captions}, "result": (text, "\n".join(words))}

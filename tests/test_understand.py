@@ -178,6 +178,13 @@ def test_nodes_answer_per_image_and_check_attributes_against_a_prompt(u, heldout
         parts = [w for w in line.split(",") if w.strip()]
         named = parse_identity(line)
         assert len(named) == len(parts) and not set(named) & set(q.NOT_VISIBLE)
+    # switched off: the same captions, the words not read (empty lines, one per image)
+    calls = []
+    orig = und.attributes
+    und.attributes = lambda *a, **k: calls.append(1) or orig(*a, **k)
+    off = FaceSmithFaceDescribe().describe(images[:2], 5, True, face_model=und, read_identity_words=False)
+    assert off["ui"]["text"] == cap["ui"]["text"] and off["result"][1] == "\n" and not calls
+    del und.attributes
     attrs = FaceSmithFaceAttributes().read(images[:2], True, face_model=und)
     text, table = attrs["result"]
     seen = json.loads(text)
