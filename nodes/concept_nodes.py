@@ -414,11 +414,12 @@ class FaceSmithEmbedConcept:
             raise input_error(node, "method", f"must be e4t or textual_inversion, got {method!r}")
         kw = {}
         if face_model is not None:
-            from ..core.understand.check import identity_words, tuning_caption
+            from ..core.understand.check import caption_and_words, tuning_caption
 
-            kw["caption"] = tuning_caption(face_model, image)
             if method == "e4t":
-                kw["words"] = identity_words(face_model, image)
+                kw["caption"], kw["words"] = caption_and_words(face_model, image)
+            else:
+                kw["caption"] = tuning_caption(face_model, image)
             log.info("%s: tuning caption %r, identity words %r", node, kw["caption"], kw.get("words", ""))
         try:
             with interruptible(), grad_enabled():

@@ -209,7 +209,7 @@ def test_tuning_caption_names_what_the_shipped_model_reads(u):
 
     from facesmith.core.synthface.captions import parse_caption
     from facesmith.core.synthface.render import render
-    from facesmith.core.understand.check import tuning_caption
+    from facesmith.core.understand.check import caption_and_words, identity_words, tuning_caption
 
     _, infer, _, _, _ = u
     path = Path(__file__).resolve().parents[1] / SHIPPED
@@ -218,10 +218,13 @@ def test_tuning_caption_names_what_the_shipped_model_reads(u):
     und = infer.load_understander(path)
     attrs = {"hair": "red", "expression": "smiling", "glasses": True, "hat": False, "beard": False,
              "background": "blue"}
-    text = tuning_caption(und, render(4001, attrs, 64, view=2))
+    image = render(4001, attrs, 64, view=2)
+    text = tuning_caption(und, image)
     assert text.startswith("a photo of {token}") and text.format(token="<x>").startswith("a photo of <x>")
     named = parse_caption(text)
     assert len(named) >= 4 and all(named[k] == attrs[k] for k in named), (text, named)
+    # Embed Concept reads the photo once for both the caption and the identity words: the same two texts
+    assert caption_and_words(und, image) == (text, identity_words(und, image))
 
 
 def test_identity_words_describe_who_the_shipped_model_sees(u):

@@ -47,12 +47,9 @@ def tuning_caption(understander, image, subject: str = "{token}", min_confidence
     background) the face model reads with at least ``min_confidence``: ``"a photo of {token}, with red hair,
     wearing glasses, ..."``. Tuning a concept on it leaves those to the words, so the concept token learns the
     person rather than this photo's hair, glasses or hat (measured in the E4T README)."""
-    from ..synthface.captions import caption
-    from ..synthface.render import ATTRIBUTES, random_attributes
+    from ..synthface.render import ATTRIBUTES
 
-    sure = confident_values(understander, image, list(ATTRIBUTES), min_confidence)
-    filler = random_attributes(np.random.default_rng(0))  # values for what was not read; never named
-    return caption({**filler, **sure}, subject=subject, mention=list(sure))
+    return _caption_of(confident_values(understander, image, list(ATTRIBUTES), min_confidence), subject)
 
 
 def identity_words(understander, image, min_confidence: float = 0.5) -> str:
@@ -60,10 +57,37 @@ def identity_words(understander, image, min_confidence: float = 0.5) -> str:
     each identity trait the face model reads with at least ``min_confidence``, except those not visible at the
     world's resolution (``NOT_VISIBLE``). Put after the concept token in a prompt, the base draws what the words
     say and the token carries the rest."""
-    from ..synthface.captions import describe_identity
+    return _words_of(confident_values(understander, image, _visible_traits(), min_confidence))
+
+
+def caption_and_words(understander, image, subject: str = "{token}", min_confidence: float = 0.5) -> tuple[str, str]:
+    """``(tuning_caption, identity_words)`` of ONE photo from a single reading of it (what a concept made with a
+    face model needs: Embed Concept)."""
+    from ..synthface.render import ATTRIBUTES
+
+    attrs, traits = list(ATTRIBUTES), _visible_traits()
+    sure = confident_values(understander, image, attrs + traits, min_confidence)
+    return (_caption_of({t: sure[t] for t in attrs if t in sure}, subject),
+            _words_of({t: sure[t] for t in traits if t in sure}))
+
+
+def _visible_traits() -> list[str]:
     from .questions import NOT_VISIBLE, TRAIT_TYPES
 
-    sure = confident_values(understander, image, [t for t in TRAIT_TYPES if t not in NOT_VISIBLE], min_confidence)
+    return [t for t in TRAIT_TYPES if t not in NOT_VISIBLE]
+
+
+def _caption_of(sure: dict, subject: str) -> str:
+    from ..synthface.captions import caption
+    from ..synthface.render import random_attributes
+
+    filler = random_attributes(np.random.default_rng(0))  # values for what was not read; never named
+    return caption({**filler, **sure}, subject=subject, mention=list(sure))
+
+
+def _words_of(sure: dict) -> str:
+    from ..synthface.captions import describe_identity
+
     return describe_identity(sure, mention=list(sure))
 
 
