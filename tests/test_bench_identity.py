@@ -29,6 +29,9 @@ def test_identity_bench_keys_pairing_and_shards(facesmith):
         assert row["n_identities"] == 2 and row["n_images"] == 2 * 4 * 2
         assert math.isfinite(row["identity_similarity_sem"])
         assert 0 <= row["diversity"] <= 1
+        # likeness to the person: against N_GALLERY renders that no method is given
+        assert -1 <= row["identity_similarity_gallery"] <= 1 and 0 <= row["verification_rate_gallery"] <= 1
+        assert math.isfinite(row["identity_similarity_gallery_sem"])
     assert out["no_identity"]["seconds_per_identity"] == 0.0
     assert out["adapter_1ref"]["seconds_per_identity"] > 0
     # same adapter under two names, same identities and seeds: the paired difference is exactly zero
@@ -36,6 +39,9 @@ def test_identity_bench_keys_pairing_and_shards(facesmith):
     assert comp["difference"] == 0.0 and comp["over_2_sem"] is False
     assert out["goals"]["no_mix_worse"] is False
     assert "adapter_1ref_verification_ge_0.60" in out["goals"]
+    # 4 references against 1 is judged on the unseen renders; the reference-photo comparison is kept beside it
+    assert "identity_similarity_gallery" in out["comparisons"]["4ref_beats_1ref"]
+    assert {"4ref_beats_1ref", "4ref_beats_1ref_on_the_reference_photo"} <= set(out["goals"])
     # the adapter rows read the face model's words, adapter_1ref_no_words does not: what the words add is compared
     assert "words_add" in out["comparisons"] and "adapter_1ref_minus_words_only" in out["comparisons"]
     assert out["words_only"]["seconds_per_identity"] > 0  # reading the words is timed
@@ -44,4 +50,5 @@ def test_identity_bench_keys_pairing_and_shards(facesmith):
                            eval_steps=2, shard=(1, 2))
     assert [r["index"] for r in second] == [1]
     for m in ("adapter_1ref", "no_identity"):
-        assert second[0]["methods"][m]["sims"] == records[1]["methods"][m]["sims"]
+        for key in ("sims", "gallery_sims"):
+            assert second[0]["methods"][m][key] == records[1]["methods"][m][key]
