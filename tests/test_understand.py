@@ -305,6 +305,26 @@ def test_bench_overall_visible_leaves_out_only_the_not_visible_types_and_goal_re
     assert g["unified_dense"]["visible_types_below_0.90"] == ["mouth"] and g["moe_ge_dense"] is False
 
 
+def test_bench_moe_minus_dense_is_paired_over_identities(u):
+    """``paired_difference``: per image the share right of model a minus model b, averaged per identity, then mean and
+    s.e. over identities (visible types, and all types)."""
+    from types import SimpleNamespace
+
+    from facesmith.core.bench.understand import paired_difference
+    from facesmith.core.understand.questions import NOT_VISIBLE, TYPES
+
+    pool = SimpleNamespace(identity=np.array([0, 0, 1, 1]))
+    a = np.ones((len(TYPES), 4))
+    b = np.ones((len(TYPES), 4))
+    b[TYPES.index("mouth"), :2] = 0           # identity 0: b misses mouth on both its renders
+    b[TYPES.index(NOT_VISIBLE[0]), 2:] = 0    # identity 1: b misses only a type left out of overall_visible
+    d = paired_difference(pool, a, b)
+    n_vis = len(TYPES) - len(NOT_VISIBLE)
+    assert d["overall_visible"] == round((1 / n_vis + 0) / 2, 4)
+    assert d["vqa_accuracy"] == round(1 / len(TYPES), 4) and d["vqa_accuracy_sem"] == 0.0
+    assert d["overall_visible_sem"] > 0
+
+
 def test_shared_image_tokens_equal_per_row_images(u, heldout):
     """attributes() computes each image's tokens once for all its answer rows (patches=): the same logits as giving
     every row its own copy of the image."""

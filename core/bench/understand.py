@@ -63,7 +63,19 @@ def vqa_scores(und, pool) -> dict:
         right_all.append(right)
     m, s, mv, sv = _overall(pool, right_all, TYPES)
     return {"vqa_accuracy": m, "vqa_accuracy_sem": s, "overall_visible": mv, "overall_visible_sem": sv,
-            "per_type": per_type, "per_type_sem": per_type_sem}
+            "per_type": per_type, "per_type_sem": per_type_sem, "_right": np.asarray(right_all, dtype=float)}
+
+
+def paired_difference(pool, right_a: np.ndarray, right_b: np.ndarray) -> dict:
+    """Model a minus model b on the same renders ((types, images) right/wrong arrays, TYPES order): per image the
+    share answered right, per identity the mean, then mean and s.e. over identities; over the visible types and over
+    all of them."""
+    keep = [i for i, t in enumerate(TYPES) if t not in NOT_VISIBLE]
+    out = {}
+    for key, rows in (("overall_visible", keep), ("vqa_accuracy", list(range(len(TYPES))))):
+        m, s = identity_mean_sem(_per_identity(pool.identity, right_a[rows].mean(0) - right_b[rows].mean(0)))
+        out[key], out[f"{key}_sem"] = round(m, 4), round(s, 4)
+    return out
 
 
 def majority_scores(train_pool, pool) -> dict:
@@ -214,6 +226,9 @@ def run(quick: bool = False) -> dict:
     metrics["vlm_lora"] = row
     photo_answers["vlm_lora"] = answers_on_photos(und, photos)
     metrics["majority"] = majority_scores(train_pool, pool)
+    rights = {name: row.pop("_right") for name, row in metrics.items() if isinstance(row, dict) and "_right" in row}
+    if "unified_moe" in rights and "unified_dense" in rights:  # paired: the same renders and questions
+        metrics["moe_minus_dense"] = paired_difference(pool, rights["unified_moe"], rights["unified_dense"])
     metrics["goal"] = goal(metrics)
     metrics["real_photos"] = {"note": "scikit-image astronaut (face crop) and 4 LFW faces (25x25 grayscale); no "
                                       "labels, so no accuracy claim: what each backend answers, with its confidence "
