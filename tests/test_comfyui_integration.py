@@ -751,11 +751,13 @@ def _generate_graph(object_info: dict, prompt: str, seed: int, extra: dict, conc
 IDENTITY_PROMPT = "a photo of {}, smiling"
 
 
-def test_identity_made_from_a_photo_on_native_models_scores_like_generate(comfy, object_info):
+@pytest.mark.parametrize("words", [False, True], ids=["face", "face+words"])
+def test_identity_made_from_a_photo_on_native_models_scores_like_generate(comfy, object_info, words):
     """The identity adapter with no second model copy: Load Checkpoint (FaceSmith) -> Face Analysis of the
     reference -> Apply Identity to Model (faces + the native VAE) -> CLIPTextEncode with the token -> KSampler ->
     VAEDecode, judged against the reference; likeness within noise of Apply Identity + Generate (FaceSmith) and
-    above the same native graph without the identity."""
+    above the same native graph without the identity. ``words``: as the shipped identity workflows run it, with
+    Face Describe's identity_words (Load Face Model) into both Apply nodes' ``words``."""
     seed = 4321
     text = IDENTITY_PROMPT.format("<identity>")
     native = _native_graph(object_info, text, seed)
@@ -767,6 +769,15 @@ def test_identity_made_from_a_photo_on_native_models_scores_like_generate(comfy,
     native["13"] = {"class_type": "FaceSmithApplyIdentityToModel", "inputs": _defaults(
         object_info, "FaceSmithApplyIdentityToModel", model=["1", 0], clip=["1", 1], vae=["1", 2],
         adapter=["11", 0], faces=["12", 0])}
+    described = {}
+    if words:
+        described = {
+            "14": {"class_type": "FaceSmithLoadFaceModel", "inputs": _defaults(object_info, "FaceSmithLoadFaceModel")},
+            "15": {"class_type": "FaceSmithFaceDescribe", "inputs": _defaults(
+                object_info, "FaceSmithFaceDescribe", images=["8", 0], face_model=["14", 0])},
+        }
+        native.update(described)
+        native["13"]["inputs"]["words"] = ["15", 1]
     for node, key in (("3", "clip"), ("4", "clip"), ("6", "model")):
         native[node]["inputs"][key] = ["13", 1 if key == "clip" else 0]
     n_sims, n_adh, _ = _judged(comfy, native, "9")
@@ -774,14 +785,17 @@ def test_identity_made_from_a_photo_on_native_models_scores_like_generate(comfy,
     floor["9"]["inputs"]["prompt"] = IDENTITY_PROMPT.format("a person")
     floor_sims, _, _ = _judged(comfy, floor, "9")
     extra = {
-        "11": native["11"], "12": native["12"],
+        "11": native["11"], "12": native["12"], **described,
         "13": {"class_type": "FaceSmithApplyIdentity", "inputs": _defaults(
             object_info, "FaceSmithApplyIdentity", pipeline=["1", 0], adapter=["11", 0], faces=["12", 0])},
     }
+    if words:
+        extra["13"]["inputs"]["words"] = ["15", 1]
     generate = _generate_graph(object_info, text, seed, extra, ["13", 0])
     generate["9"]["inputs"]["prompt"] = IDENTITY_PROMPT.format("a person")
     g_sims, g_adh, _ = _judged(comfy, generate, "9")
-    _native_matches_facesmith("identity from a photo", (n_sims, n_adh), (g_sims, g_adh), floor_sims)
+    _native_matches_facesmith("identity from a photo" + (" with words" if words else ""), (n_sims, n_adh),
+                              (g_sims, g_adh), floor_sims)
 
 
 EDIT_TEXT = "make <image1> smiling"

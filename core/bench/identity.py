@@ -182,11 +182,14 @@ def collect(n_identities: int, images_per_prompt: int, seed: int = 0, bp=None, a
         return make
 
     makers = {m: adapter_make(m) for m in methods if m in ADAPTERS}
+    def e4t_described(refs):  # Embed Concept with a face model: one reading gives caption and words
+        caption, said = caption_and_words(und, refs[0])
+        return embed_e4t(encoder, bp, refs[0], token=TOKEN, steps=DESCRIBED_TUNING_STEPS, seed=seed, caption=caption,
+                         words=said), ""
+
     e4t = {"e4t_0": lambda refs: (embed_e4t(encoder, bp, refs[0], token=TOKEN, steps=0, seed=seed), ""),
            "e4t_k": lambda refs: (embed_e4t(encoder, bp, refs[0], token=TOKEN, steps=k, seed=seed), ""),
-           "e4t_k_words": lambda refs: (embed_e4t(encoder, bp, refs[0], token=TOKEN, steps=DESCRIBED_TUNING_STEPS,
-                                                  seed=seed, **dict(zip(("caption", "words"),
-                                                                        caption_and_words(und, refs[0])))), ""),
+           "e4t_k_words": e4t_described,
            "words_only": lambda refs: (None, read(refs))}
     makers.update({m: f for m, f in e4t.items() if m in methods})
     warm = np.stack([render(int(identities("train")[0]), random_attributes(np.random.default_rng(99)),
