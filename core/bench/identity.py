@@ -151,6 +151,7 @@ def collect(n_identities: int, images_per_prompt: int, seed: int = 0, bp=None, a
     from ..concept.tokens import with_words
     from ..identity import face_pipeline as fp
     from ..identity.adapter import IdentityConditioner
+    from ..judges.metrics import embed
     from ..understand.check import caption_and_words, identity_words, merged_words
     from ..understand.store import load_face_model
 
@@ -212,6 +213,7 @@ def collect(n_identities: int, images_per_prompt: int, seed: int = 0, bp=None, a
         # drawn after everything above, so the reference-based figures are those of runs before the gallery existed
         gallery = [render(ident, random_attributes(rng), bp.native_size, view=int(rng.integers(1 << 30)))
                    for _ in range(N_GALLERY)]
+        gallery_emb = embed(np.stack(gallery))  # the judge's embeddings, once per identity
         rec: dict = {"index": n, "identity": ident, "methods": {}}
         for m in methods:
             seconds = None
@@ -230,7 +232,7 @@ def collect(n_identities: int, images_per_prompt: int, seed: int = 0, bp=None, a
                                         cfg=cfg, conditioners=conds)
             fig = _judge_identity(imgs, _similarities(imgs, refs[0]), threshold, asked, ref_attrs, facts)
             fig = {k_: (v.tolist() if isinstance(v, np.ndarray) else v) for k_, v in fig.items()}
-            gal = np.stack([_similarities(imgs, g[None]) for g in gallery])  # (N_GALLERY, images)
+            gal = (gallery_emb @ embed(imgs).T).numpy().astype(np.float64)  # (N_GALLERY, images)
             fig.update(diversity=diversity(imgs, images_per_prompt), seconds=seconds,
                        gallery_sims=gal.mean(0).tolist(), gallery_verified=(gal > threshold).mean(0).tolist())
             rec["methods"][m] = fig
