@@ -95,7 +95,7 @@ def run(quick: bool = False) -> dict:
     from . import identity_world as iw
 
     judges = remeasure_judges(n_images=300 if quick else 1500, n_pairs=300 if quick else 2000)
-    n_prompts, k = (24, 2) if quick else (None, 4)
+    n_prompts, k = (24, 1) if quick else (None, 4)  # quick: the CI smoke run, one image per prompt
     bp = load_builtin_base()
     base = prompt_adherence(bp, n_prompts, k)
     rand = prompt_adherence(random_base(), n_prompts, k)
