@@ -63,44 +63,50 @@ class InstructPool:
         return len(self.instruction)
 
 
-def render_samples(n_per_task: int, seed: int, size: int, split: str = "train", tasks=TASKS) -> tuple[list, list]:
-    """(uint8 images, samples) for ``n_per_task`` samples of each task over the split's identities."""
+def render_samples(n_per_task: int, seed: int, size: int, split: str = "train", tasks=TASKS,
+                   workers: int = 1) -> tuple[np.ndarray, list]:
+    """(uint8 images (M, size, size, 3), samples) for ``n_per_task`` samples of each task over the split's
+    identities. The samples are drawn first and their images rendered afterwards in ``workers`` processes (0 = one
+    per CPU core); the pool does not depend on ``workers``."""
+    from ..core.synthface.dataset import render_many
     from ..core.synthface.edits import instruct_sample
     from ..core.synthface.splits import identities
 
     ids = identities(split)
-    images, samples = [], []
+    jobs, samples = [], []
+
+    def draw(identity, attrs, size, view=None) -> int:  # records the render job; its index stands for the image
+        jobs.append((identity, attrs, view))
+        return len(jobs) - 1
+
     for task in tasks:
         rng = np.random.default_rng([seed, 17, TASKS.index(task)])  # a task draws the same samples in any subset
         for _ in range(n_per_task):
-            s = instruct_sample(task, rng, ids, size)
-            idx = []
-            for im in s["images"]:
-                idx.append(len(images))
-                images.append(im)
-            src = idx[0] if s["source"] is not None else -1  # the source is image1 of an edit
-            images.append(s["target"])
+            s = instruct_sample(task, rng, ids, size, draw=draw)
+            idx = list(s["images"])
             samples.append({"task": TASKS.index(task), "images": idx + [-1] * (MAX_TRAIN_IMAGES - len(idx)),
-                            "source": src, "target": len(images) - 1, "instruction": s["instruction"]})
-    return images, samples
+                            "source": idx[0] if s["source"] is not None else -1,  # an edit's source is image1
+                            "target": s["target"], "instruction": s["instruction"]})
+    return render_many(jobs, size, workers), samples
 
 
 @torch.no_grad()
-def build_pool(pipe, face_encoder, images: list, samples: list, grid: int = 8, batch: int = 128,
+def build_pool(pipe, face_encoder, images, samples: list, grid: int = 8, batch: int = 128,
                progress: Optional[Progress] = None, source_name: str = "") -> InstructPool:
     from ..core.concept.encoder import preprocess
     from ..core.identity.adapter import synthface_crops
 
     dp = getattr(pipe, "pipe", pipe)
     size = native_size(dp)
-    arr = np.stack(images)
+    dev = next(dp.vae.parameters()).device
+    arr = np.asarray(images)
     faces, toks, stats = [], [], []
     for i in range(0, len(arr), batch):
-        x = preprocess(arr[i:i + batch], size)
+        x = preprocess(arr[i:i + batch], size).to(dev)
         t, _ = vae_tokens(dp, x, grid)
         d = dp.vae.encode(x).latent_dist
-        toks.append(t.half())
-        stats.append(torch.cat([d.mean, d.std], 1).float())
+        toks.append(t.half().cpu())
+        stats.append(torch.cat([d.mean, d.std], 1).float().cpu())
         faces.append(face_encoder.embed_aligned(synthface_crops(x)))
         report(progress, min(len(arr), i + batch), len(arr))
     return InstructPool(face=torch.cat(faces), tokens=torch.cat(toks), stats=torch.cat(stats),

@@ -53,10 +53,14 @@ def add_arguments(p) -> None:
     p.add_argument("--work-dir", default=None, help="checkpoints (default .cache/train-instruct/<out>)")
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints in --work-dir")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--device", default="auto", help="auto/cpu/cuda (under accelerate launch: each process's GPU)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes rendering the pool (0 = one per CPU core; the pool does not depend on it)")
 
 
 def main(args) -> int:
     import torch
+    from accelerate import PartialState
 
     from ..core.formats import atomic_path, atomic_write_text, check_new_file
     from ..core.identity.face_encoder import FaceEncoder
@@ -77,8 +81,13 @@ def main(args) -> int:
                                      lora_rank=args.lora_rank, seed=args.seed,
                                      checkpoint_every=args.checkpoint_every, seconds=args.seconds)
     settings.check()
-    base = load_pipeline(args.base, device="cpu", dtype="fp32")
+    state = PartialState(cpu=not torch.cuda.is_available())  # as the loop: CPU processes use gloo
+    device = args.device
+    if state.num_processes > 1 or (device == "auto" and state.device.type != "cpu"):
+        device = str(state.device)
+    base = load_pipeline(args.base, device=device, dtype="fp32")
     face_encoder = FaceEncoder.load(args.face_encoder)
+    face_encoder.net.to(next(base.pipe.unet.parameters()).device)  # frozen; it encodes the pool
     size = base.native_size
     source = f"synthface train instruct per_task={args.per_task} seed={args.seed} grid={settings.grid}"
     cache = Path(args.pool_cache) if args.pool_cache else None
@@ -88,7 +97,7 @@ def main(args) -> int:
             raise SystemExit(f"--pool-cache {cache} holds another pool ({pool.source_name!r}); this command wants "
                              f"{source!r}: use another cache file")
     else:
-        images, samples = render_samples(args.per_task, args.seed, size)
+        images, samples = render_samples(args.per_task, args.seed, size, workers=args.workers)
         pool = build_pool(base, face_encoder, images, samples, grid=settings.grid,
                           progress=tqdm_progress("encode pool"), source_name=source)
         del images

@@ -114,7 +114,7 @@ def warp(x: torch.Tensor, matrices, size: int, padding: str = "zeros") -> torch.
     src = pts @ inv.transpose(1, 2)  # (N, size*size, 2)
     gx = src[..., 0] * (2.0 / max(w - 1, 1)) - 1.0
     gy = src[..., 1] * (2.0 / max(h - 1, 1)) - 1.0
-    grid = torch.stack([gx, gy], -1).reshape(-1, size, size, 2).to(x.dtype)
+    grid = torch.stack([gx, gy], -1).reshape(-1, size, size, 2).to(x.device, x.dtype)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=True)
 
 

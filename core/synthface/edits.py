@@ -32,13 +32,17 @@ def _changed(rng: np.random.Generator, attrs: dict, names) -> tuple[str, object]
 
 
 def instruct_sample(task: str, rng: np.random.Generator, ids, size: int = 64, mention_p: float = 0.8,
-                    identity: int | None = None) -> dict:
+                    identity: int | None = None, draw=render) -> dict:
     """One sample of ``task`` for ``identity`` (or a person drawn from ``ids``); the other person of a subject edit
     is drawn from ``ids``.
 
     Returns ``{"task", "images": [image1, image2?], "source": image or None, "instruction", "target", "labels"}``
     (uint8 images). ``labels``: ``identity``, ``reference_identity``, ``source_attributes``, ``target_attributes``,
     ``edited`` (the changed attribute, None for subject generation), ``asked`` (what the target must show).
+
+    ``draw(identity, attributes, size, view=...)`` makes each image (default: renders it now). A trainer passes one
+    that only records the render job, so that all of a pool's images render later in parallel (the draws of ``rng``
+    are the same either way).
     """
     if task not in TASKS:
         raise ValueError(f"unknown instruction task {task!r}; one of {TASKS}")
@@ -50,10 +54,10 @@ def instruct_sample(task: str, rng: np.random.Generator, ids, size: int = 64, me
     if task == "subject_generation":
         ref_attrs, tgt_attrs = random_attributes(rng), random_attributes(rng)
         mention = [n for n in ATTRIBUTES if rng.random() < mention_p]
-        ref = render(a, ref_attrs, size, view=_view(rng))
+        ref = draw(a, ref_attrs, size, view=_view(rng))
         return {"task": task, "images": [ref], "source": None,
                 "instruction": caption(tgt_attrs, subject="<image1>", mention=mention),
-                "target": render(a, tgt_attrs, size, view=_view(rng)),
+                "target": draw(a, tgt_attrs, size, view=_view(rng)),
                 "labels": {"identity": a, "reference_identity": a, "source_attributes": ref_attrs,
                            "target_attributes": tgt_attrs, "edited": None,
                            "asked": {n: tgt_attrs[n] for n in mention}}}
@@ -64,17 +68,17 @@ def instruct_sample(task: str, rng: np.random.Generator, ids, size: int = 64, me
             name, new = _changed(rng, src_attrs, TRANSFERABLE)
             if new is not False:
                 break
-        ref = render(b, dict(random_attributes(rng), **{name: new}), size, view=_view(rng))
+        ref = draw(b, dict(random_attributes(rng), **{name: new}), size, view=_view(rng))
         instruction = f"give <image1> the {TRANSFERABLE[name]} of <image2>"
     else:
         name, new = _changed(rng, src_attrs, EDITABLE)
         instruction = f"make <image1> {phrase(name, new)}" if name != "expression" else f"make <image1> {new}"
         ref = None
     tgt_attrs = check_attributes(dict(src_attrs, **{name: new}))
-    source = render(a, src_attrs, size, view=view)
+    source = draw(a, src_attrs, size, view=view)
     images = [source] + ([ref] if ref is not None else [])
     return {"task": task, "images": images, "source": source, "instruction": instruction,
-            "target": render(a, tgt_attrs, size, view=view),
+            "target": draw(a, tgt_attrs, size, view=view),
             "labels": {"identity": a, "reference_identity": b if ref is not None else None,
                        "source_attributes": src_attrs, "target_attributes": tgt_attrs, "edited": name,
                        "asked": {name: new}}}
