@@ -20,8 +20,8 @@ ADAPTER_TRAINING = ["--identities", "2400", "--views", "5", "--batch-size", "16"
 ADAPTER_WORDS = ["--identity-p", "0.7"]
 UNDERSTAND_DIR = BUILTIN_MODELS / "facesmith" / "understand"
 INSTRUCT_DIR = BUILTIN_MODELS / "facesmith" / "instruct"
-INSTRUCT_TRAINING = ["--per-task", "2000", "--steps", "800", "--batch-size", "32", "--seed", "0", "--pool-cache",
-                     ".cache/train-instruct/pool-2000.safetensors"]
+INSTRUCT_TRAINING = ["--per-task", "10000", "--batch-size", "128", "--seed", "0", "--workers", "0", "--pool-cache",
+                     ".cache/train-instruct/pool-10000.safetensors"]
 
 
 @dataclass
@@ -60,13 +60,17 @@ def assets() -> list[Asset]:
 
 
 def _instruct_steps() -> list[list[str]]:
-    """The commands that made the shipped instruction models (see assets/models/facesmith/instruct/README.md)."""
+    """The commands that made the shipped instruction models (see assets/models/facesmith/instruct/README.md): one
+    H200, four trainings at once, each given 270 seconds (``--seconds 270``), which the trainer turned into the step
+    counts below."""
     out = []
-    for name, tasks in (("synthface-instruct", None), ("synthface-instruct-instruction-edit", "instruction_edit"),
-                        ("synthface-instruct-subject-edit", "subject_edit"),
-                        ("synthface-instruct-subject-generation", "subject_generation")):
-        out.append(["train", "instruct", *INSTRUCT_TRAINING, *(["--tasks", tasks] if tasks else []),
-                    "--out", str(INSTRUCT_DIR / f"{name}.safetensors"), "--work-dir", f".cache/train-instruct/{name}"])
+    for name, tasks, steps in (("synthface-instruct", None, 2015),
+                               ("synthface-instruct-instruction-edit", "instruction_edit", 2017),
+                               ("synthface-instruct-subject-edit", "subject_edit", 1984),
+                               ("synthface-instruct-subject-generation", "subject_generation", 1927)):
+        out.append(["train", "instruct", *INSTRUCT_TRAINING, "--steps", str(steps),
+                    *(["--tasks", tasks] if tasks else []), "--out", str(INSTRUCT_DIR / f"{name}.safetensors"),
+                    "--work-dir", f".cache/train-instruct/{name}"])
     return out
 
 

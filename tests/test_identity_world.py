@@ -94,9 +94,16 @@ def test_base_batches_depend_only_on_the_step(facesmith):
 
 
 @pytest.mark.slow  # builds a base model end to end (timed probes + two training stages)
-def test_time_budget_resolves_to_a_recorded_step_count(facesmith, tmp_path):
+def test_time_budget_resolves_to_a_recorded_step_count(facesmith, tmp_path, monkeypatch):
+    from functools import partial
+
+    from facesmith.core.training.loop import fit_steps
+    from facesmith.trainers import base_model
     from facesmith.trainers.base_model import BaseSettings, build_base
     from facesmith.trainers.e4t_cli import resolved_argv
+
+    # the timing probe itself, with 3 timed steps instead of 40 (the full-size base makes each step slow on CI)
+    monkeypatch.setattr(base_model, "fit_steps", partial(fit_steps, probe_steps=3, warmup=1))
 
     s = BaseSettings(pool=64, vae_steps=1000, vae_seconds=0.5, unet_steps=1000, unet_seconds=0.5, vae_batch=2,
                      unet_batch=2, workers=1)

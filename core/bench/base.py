@@ -53,12 +53,13 @@ def generate_for_prompts(bp, prompts: list[str], images_per_prompt: int, seed: i
     return torch.cat(out)
 
 
-def prompt_adherence(bp, n_prompts: int | None, images_per_prompt: int, seed: int = 0) -> dict:
+def prompt_adherence(bp, n_prompts: int | None, images_per_prompt: int, seed: int = 0,
+                     steps: int = EVAL_STEPS) -> dict:
     """Attribute adherence of ``bp`` on held-out prompts: {"mean", "per_attribute", "n", "chance"}."""
     from ..judges.metrics import attribute_adherence
 
     pairs = heldout_prompts(n_prompts, seed)
-    images = generate_for_prompts(bp, [p for p, _ in pairs], images_per_prompt, seed)
+    images = generate_for_prompts(bp, [p for p, _ in pairs], images_per_prompt, seed, steps=steps)
     asked = [a for _, a in pairs for _ in range(images_per_prompt)]
     res = attribute_adherence(images, asked)
     res["chance"] = chance_adherence(asked)
@@ -98,7 +99,8 @@ def run(quick: bool = False) -> dict:
     n_prompts, k = (24, 1) if quick else (None, 4)  # quick: the CI smoke run, one image per prompt
     bp = load_builtin_base()
     base = prompt_adherence(bp, n_prompts, k)
-    rand = prompt_adherence(random_base(), n_prompts, k)
+    # the random-weight control draws no prompt at any step count: the quick (CI) run gives it 5 sampler steps
+    rand = prompt_adherence(random_base(), n_prompts, k, steps=5 if quick else EVAL_STEPS)
     vae = iw.vae_roundtrip(bp.pipe.vae, 48 if quick else 500)
     route = iw.text_route(bp, 8 if quick else 64, images_per_prompt=1 if quick else 2)
     rich = iw.identity_richness(100 if quick else 1000)
@@ -121,7 +123,8 @@ def run(quick: bool = False) -> dict:
         "base_attribute_adherence_per_attribute": base["per_attribute"],
         "random_base_attribute_adherence_per_attribute": rand["per_attribute"],
         "n_generated_images": base["n"],
-        "sampler": {"scheduler": "dpmpp_2m", "steps": EVAL_STEPS, "cfg": EVAL_CFG},
+        "sampler": {"scheduler": "dpmpp_2m", "steps": EVAL_STEPS, "cfg": EVAL_CFG,
+                    "random_base_steps": 5 if quick else EVAL_STEPS},
         "goals": goals(base, vae, route, rich, judges),
     }
 

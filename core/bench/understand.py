@@ -52,7 +52,8 @@ def _overall(pool, right_all: list, types: list[str]) -> tuple[float, float, flo
     return round(m, 4), round(s, 4), round(mv, 4), round(sv, 4)
 
 
-def vqa_scores(und, pool) -> dict:
+def vqa_scores(und, pool) -> tuple[dict, np.ndarray]:
+    """(the metrics row, the (types, images) right/wrong array in TYPES order for paired comparisons)."""
     per_type, per_type_sem, right_all = {}, {}, []
     for t in TYPES:
         truth_words = [answer_word(t, truth(t, pool.attributes(i), pool.facts(i))) for i in range(len(pool))]
@@ -63,7 +64,7 @@ def vqa_scores(und, pool) -> dict:
         right_all.append(right)
     m, s, mv, sv = _overall(pool, right_all, TYPES)
     return {"vqa_accuracy": m, "vqa_accuracy_sem": s, "overall_visible": mv, "overall_visible_sem": sv,
-            "per_type": per_type, "per_type_sem": per_type_sem, "_right": np.asarray(right_all, dtype=float)}
+            "per_type": per_type, "per_type_sem": per_type_sem}, np.asarray(right_all, dtype=float)
 
 
 def paired_difference(pool, right_a: np.ndarray, right_b: np.ndarray) -> dict:
@@ -201,7 +202,7 @@ def run(quick: bool = False) -> dict:
     base_json = paths.BUILTIN_MODELS_DIR / "diffusers" / "synthface-base" / "bench_base.json"
     base_adherence = json.loads(base_json.read_text())["metrics"].get("base_attribute_adherence") \
         if base_json.is_file() else None
-    photo_answers = {}
+    photo_answers, rights = {}, {}
     for name, rel in MODELS.items():
         path = paths.find("facesmith", rel)
         if path is None:
@@ -209,7 +210,7 @@ def run(quick: bool = False) -> dict:
                              "generation_adherence": None, "reason": f"{rel} not found (train it first)"}
             continue
         und = load_understander(path)
-        row = vqa_scores(und, pool)
+        row, rights[name] = vqa_scores(und, pool)
         row["caption_recall"], row["caption_recall_sem"], row["caption_examples"] = caption_recall(und, pool, n_cap)
         row.update(generation_adherence(und, n_gen))
         row["base_text_to_image_adherence"] = base_adherence
@@ -219,14 +220,13 @@ def run(quick: bool = False) -> dict:
         metrics[name] = row
         photo_answers[name] = answers_on_photos(und, photos)
     und, vlm_info = vlm_row()
-    row = vqa_scores(und, pool)
+    row, _ = vqa_scores(und, pool)
     row.update(caption_recall=None, caption_recall_reason="the LoRA was tuned on question/answer pairs only; the "
                "tiny random base writes no captions", generation_adherence=None,
                generation_adherence_reason="the VLM backend reads images; it does not draw", training=vlm_info)
     metrics["vlm_lora"] = row
     photo_answers["vlm_lora"] = answers_on_photos(und, photos)
     metrics["majority"] = majority_scores(train_pool, pool)
-    rights = {name: row.pop("_right") for name, row in metrics.items() if isinstance(row, dict) and "_right" in row}
     if "unified_moe" in rights and "unified_dense" in rights:  # paired: the same renders and questions
         metrics["moe_minus_dense"] = paired_difference(pool, rights["unified_moe"], rights["unified_dense"])
     metrics["goal"] = goal(metrics)
