@@ -130,3 +130,32 @@ def test_training_objective_learns_and_drops_conditions(world):
     assert np.mean(h[-8:]) < np.mean(h[:8])
     assert trained.lora and trained.source_weight.abs().max() > 0  # both parts trained
     assert not hasattr(bp.pipe.unet, "peft_config")  # the base is plain again
+
+
+def test_training_continues_an_earlier_model_and_renders_the_pool_in_parallel(world, tmp_path):
+    """--init-from starts from the earlier file's weights (0 more steps give them back); a pool's images are the
+    same rendered in one process or several."""
+    import torch
+
+    from facesmith.trainers.instruct import InstructTrainSettings, build_pool, render_samples, train_instruct
+
+    bp, model, _ = world
+    one, s1 = render_samples(52, seed=3, size=64, tasks=("subject_edit", "instruction_edit"), workers=1)
+    two, s2 = render_samples(52, seed=3, size=64, tasks=("subject_edit", "instruction_edit"), workers=2)
+    assert len(one) >= 256 and np.array_equal(one, two) and s1 == s2  # 256+ jobs: really two processes
+    pool = build_pool(bp, model.face_encoder, one[:40], [s for s in s1 if max(s["images"] + [s["target"]]) < 40],
+                      grid=model.cfg.grid)
+    settings = InstructTrainSettings(steps=3, batch_size=4, lora_rank=2, warmup_steps=0, log_every=1000)
+    first, _ = train_instruct(bp, model.face_encoder, pool, settings)
+    first.save(tmp_path / "first.safetensors")
+    again, _ = train_instruct(bp, model.face_encoder, pool,
+                              InstructTrainSettings(steps=0, batch_size=4, lora_rank=2,
+                                                    init_from=str(tmp_path / "first.safetensors")))
+    assert again.info["continues"]["steps"] == 3
+    assert all(torch.equal(a, b) for a, b in zip(again.net.state_dict().values(), first.net.state_dict().values()))
+    assert torch.equal(again.source_weight, first.source_weight)
+    assert all(torch.equal(again.lora[p][0], first.lora[p][0]) and torch.equal(again.lora[p][1], first.lora[p][1])
+               for p in first.lora)
+    with pytest.raises(ValueError, match="configuration"):  # another shape is refused, naming both
+        train_instruct(bp, model.face_encoder, pool, InstructTrainSettings(
+            steps=0, batch_size=4, lora_rank=4, init_from=str(tmp_path / "first.safetensors")))

@@ -233,6 +233,7 @@ class InstructTrainSettings:
     warmup_steps: int = 50
     lr_schedule: str = "cosine"
     seconds: float = 0.0
+    init_from: Optional[str] = None  # an earlier instruction model file to continue (fresh schedule, same shape)
 
     def check(self) -> None:
         check_whole_numbers(self, ("steps", "batch_size", "n_tokens", "grid", "lora_rank"))
@@ -255,6 +256,8 @@ def train_instruct(pipe, face_encoder, pool: InstructPool, settings: InstructTra
                       lora_rank=settings.lora_rank, lora_alpha=float(settings.lora_rank))
     targets = lora_targets(dp.unet)
     rank, alpha = model.cfg.lora_rank, model.cfg.lora_alpha
+    earlier = start_from(model, face_encoder, settings.init_from) if settings.init_from else None
+    lora_init = earlier.lora if earlier is not None else None
 
     def objective(m: InstructModel, mods):
         return InstructObjective(dp, m, pool, mods, ParamHolder(m.source_weight), settings.tasks,
@@ -262,7 +265,7 @@ def train_instruct(pipe, face_encoder, pool: InstructPool, settings: InstructTra
 
     with frozen(dp.unet, dp.text_encoder, dp.vae, face_encoder.net):
         if settings.seconds > 0:
-            with trainable_lora(dp.unet, rank, alpha, targets=targets) as probe_mods:
+            with trainable_lora(dp.unet, rank, alpha, init=lora_init, targets=targets) as probe_mods:
                 probe = new_model(pipe, face_encoder, seed=settings.seed, n_tokens=settings.n_tokens,
                                   grid=settings.grid, lora_rank=rank, lora_alpha=alpha)
                 steps = fit_steps(lambda: objective(probe, probe_mods), loop_config(settings), settings.seconds)
@@ -271,7 +274,7 @@ def train_instruct(pipe, face_encoder, pool: InstructPool, settings: InstructTra
         recipe = recipe_of_settings(settings)
         recipe.update(base_fingerprint=model.base_fingerprint, face_encoder=face_encoder.fingerprint,
                       pool_rows=len(pool), pool_source=pool.source_name)
-        with trainable_lora(dp.unet, rank, alpha, targets=targets) as mods:
+        with trainable_lora(dp.unet, rank, alpha, init=lora_init, targets=targets) as mods:
             obj = objective(model, mods)
             result = train(obj, loop_config(settings, work_dir, resume, recipe), progress)
             model.lora = mods.weights()
@@ -283,4 +286,23 @@ def train_instruct(pipe, face_encoder, pool: InstructPool, settings: InstructTra
                   "pool_rows": len(pool), "pool_source": pool.source_name, "resumed_from": result.resumed_from,
                   "final_loss": float(np.mean(tail)) if tail else None, "seconds": round(time.time() - t0, 1),
                   "face_encoder": face_encoder.fingerprint}
+    if earlier is not None:
+        model.info["continues"] = {"file": str(settings.init_from), "steps": earlier.info.get("steps"),
+                                   "command": earlier.info.get("command")}
     return model, result
+
+
+def start_from(model: InstructModel, face_encoder, path: str) -> InstructModel:
+    """Copy an earlier instruction model's trained weights (fusion network, source channels) into ``model`` and
+    return it (its LoRA starts the new run); refused unless it has this run's shape, base and face encoder."""
+    earlier = InstructModel.load(path)
+    if earlier.cfg != model.cfg:
+        raise ValueError(f"init_from {path}: its configuration {earlier.cfg} is not this run's {model.cfg}")
+    if earlier.base_fingerprint != model.base_fingerprint:
+        raise ValueError(f"init_from {path}: it was trained for base {earlier.base_name!r} "
+                         f"({earlier.base_fingerprint}), not {model.base_name!r} ({model.base_fingerprint})")
+    if earlier.face_encoder.fingerprint != face_encoder.fingerprint:
+        raise ValueError(f"init_from {path}: it was trained with another face encoder")
+    model.net.load_state_dict(earlier.net.state_dict())
+    model.source_weight = earlier.source_weight.detach().float().clone()
+    return earlier

@@ -39,6 +39,9 @@ def add_arguments(p) -> None:
     p.add_argument("--out", required=True,
                    help=f"output name (<models>/facesmith/{SUBDIR}/NAME.safetensors), or a path ending .safetensors")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--init-from", default=None,
+                   help="continue this earlier instruction model (a name under models/facesmith/instruct/ or a path) "
+                        "with a fresh schedule; its shape, base and face encoder must match")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--seconds", type=float, default=0.0,
                    help="if > 0: --steps becomes the number of steps that fit this many seconds here")
@@ -79,8 +82,11 @@ def main(args) -> int:
     settings = InstructTrainSettings(tasks=tasks, steps=args.steps, batch_size=args.batch_size,
                                      learning_rate=args.lr, drop_p=args.drop_p, n_tokens=args.n_tokens,
                                      lora_rank=args.lora_rank, seed=args.seed,
-                                     checkpoint_every=args.checkpoint_every, seconds=args.seconds)
+                                     checkpoint_every=args.checkpoint_every, seconds=args.seconds,
+                                     init_from=str(output_path(args.init_from, SUBDIR)) if args.init_from else None)
     settings.check()
+    if settings.init_from and not Path(settings.init_from).is_file():
+        raise SystemExit(f"--init-from {args.init_from}: no instruction model at {settings.init_from}")
     state = PartialState(cpu=not torch.cuda.is_available())  # as the loop: CPU processes use gloo
     device = args.device
     if state.num_processes > 1 or (device == "auto" and state.device.type != "cpu"):
