@@ -40,7 +40,7 @@ from ..core.synthface.render import TRAIT_NAMES, identity_traits
 from ..core.understand.questions import NOT_VISIBLE
 from ..core.training.loop import TrainResult, fit_steps, train
 from .e4t import identity_groups
-from .settings import check_whole_numbers, loop_config, recipe_of_settings
+from .settings import check_continuation, check_whole_numbers, loop_config, recipe_of_settings
 
 log = logging.getLogger("facesmith.train")
 
@@ -287,14 +287,7 @@ def start_from(adapter: IdentityAdapter, path: str) -> None:
     """Start ``adapter`` from the weights of an earlier adapter file (continued training with a fresh schedule);
     it must have the same shape, base and face encoder."""
     earlier = IdentityAdapter.load(path)
-    if earlier.cfg != adapter.cfg:
-        raise ValueError(f"init_from {path}: its adapter {earlier.cfg} is not this run's {adapter.cfg}")
-    if earlier.base_fingerprint != adapter.base_fingerprint:
-        raise ValueError(f"init_from {path}: it was trained for base {earlier.base_name!r} "
-                         f"({earlier.base_fingerprint}), this run's base is {adapter.base_name!r} "
-                         f"({adapter.base_fingerprint})")
-    if earlier.face_encoder.fingerprint != adapter.face_encoder.fingerprint:
-        raise ValueError(f"init_from {path}: it was trained with another face encoder")
+    check_continuation(earlier, adapter, path, "adapter")
     adapter.net.load_state_dict(earlier.net.state_dict())
 
 

@@ -35,7 +35,7 @@ from ..core.models import native_size
 from ..core.progress import Progress, report
 from ..core.training.loop import TrainResult, fit_steps, train
 from ..core.vae_tokens import vae_tokens
-from .settings import check_whole_numbers, loop_config, plain_settings, recipe_of_settings
+from .settings import check_continuation, check_whole_numbers, loop_config, plain_settings, recipe_of_settings
 
 log = logging.getLogger("facesmith.train")
 
@@ -256,7 +256,7 @@ def train_instruct(pipe, face_encoder, pool: InstructPool, settings: InstructTra
                       lora_rank=settings.lora_rank, lora_alpha=float(settings.lora_rank))
     targets = lora_targets(dp.unet)
     rank, alpha = model.cfg.lora_rank, model.cfg.lora_alpha
-    earlier = start_from(model, face_encoder, settings.init_from) if settings.init_from else None
+    earlier = start_from(model, settings.init_from) if settings.init_from else None
     lora_init = earlier.lora if earlier is not None else None
 
     def objective(m: InstructModel, mods):
@@ -292,17 +292,11 @@ def train_instruct(pipe, face_encoder, pool: InstructPool, settings: InstructTra
     return model, result
 
 
-def start_from(model: InstructModel, face_encoder, path: str) -> InstructModel:
+def start_from(model: InstructModel, path: str) -> InstructModel:
     """Copy an earlier instruction model's trained weights (fusion network, source channels) into ``model`` and
     return it (its LoRA starts the new run); refused unless it has this run's shape, base and face encoder."""
     earlier = InstructModel.load(path)
-    if earlier.cfg != model.cfg:
-        raise ValueError(f"init_from {path}: its configuration {earlier.cfg} is not this run's {model.cfg}")
-    if earlier.base_fingerprint != model.base_fingerprint:
-        raise ValueError(f"init_from {path}: it was trained for base {earlier.base_name!r} "
-                         f"({earlier.base_fingerprint}), not {model.base_name!r} ({model.base_fingerprint})")
-    if earlier.face_encoder.fingerprint != face_encoder.fingerprint:
-        raise ValueError(f"init_from {path}: it was trained with another face encoder")
+    check_continuation(earlier, model, path)
     model.net.load_state_dict(earlier.net.state_dict())
     model.source_weight = earlier.source_weight.detach().float().clone()
     return earlier

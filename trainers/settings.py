@@ -36,3 +36,16 @@ def loop_config(settings, work_dir=None, resume: bool = True, recipe: dict | Non
                        checkpoint_every=settings.checkpoint_every, log_every=settings.log_every,
                        warmup_steps=settings.warmup_steps, lr_schedule=settings.lr_schedule, work_dir=work_dir,
                        resume=resume, recipe=recipe or {})
+
+
+def check_continuation(earlier, model, path, what: str = "configuration") -> None:
+    """``--init-from``: the earlier file's model can start this run's ``model`` only with the same configuration
+    (``.cfg``), base and face encoder; otherwise a ValueError naming both sides."""
+    if earlier.cfg != model.cfg:
+        raise ValueError(f"init_from {path}: its {what} {earlier.cfg} is not this run's {model.cfg}")
+    if earlier.base_fingerprint != model.base_fingerprint:
+        raise ValueError(f"init_from {path}: it was trained for base {earlier.base_name!r} "
+                         f"({earlier.base_fingerprint}), this run's base is {model.base_name!r} "
+                         f"({model.base_fingerprint})")
+    if earlier.face_encoder.fingerprint != model.face_encoder.fingerprint:
+        raise ValueError(f"init_from {path}: it was trained with another face encoder")

@@ -71,12 +71,8 @@ def paired_difference(pool, right_a: np.ndarray, right_b: np.ndarray) -> dict:
     """Model a minus model b on the same renders ((types, images) right/wrong arrays, TYPES order): per image the
     share answered right, per identity the mean, then mean and s.e. over identities; over the visible types and over
     all of them."""
-    keep = [i for i, t in enumerate(TYPES) if t not in NOT_VISIBLE]
-    out = {}
-    for key, rows in (("overall_visible", keep), ("vqa_accuracy", list(range(len(TYPES))))):
-        m, s = identity_mean_sem(_per_identity(pool.identity, right_a[rows].mean(0) - right_b[rows].mean(0)))
-        out[key], out[f"{key}_sem"] = round(m, 4), round(s, 4)
-    return out
+    m, s, mv, sv = _overall(pool, right_a - right_b, TYPES)  # _overall is linear in the right/wrong array
+    return {"overall_visible": mv, "overall_visible_sem": sv, "vqa_accuracy": m, "vqa_accuracy_sem": s}
 
 
 def majority_scores(train_pool, pool) -> dict:
