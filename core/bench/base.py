@@ -100,7 +100,8 @@ def run(quick: bool = False) -> dict:
     bp = load_builtin_base()
     base = prompt_adherence(bp, n_prompts, k)
     # the random-weight control draws no prompt at any step count: the quick (CI) run gives it 5 sampler steps
-    rand = prompt_adherence(random_base(), n_prompts, k, steps=5 if quick else EVAL_STEPS)
+    rand_steps = 5 if quick else EVAL_STEPS
+    rand = prompt_adherence(random_base(), n_prompts, k, steps=rand_steps)
     vae = iw.vae_roundtrip(bp.pipe.vae, 48 if quick else 500)
     route = iw.text_route(bp, 8 if quick else 64, images_per_prompt=1 if quick else 2)
     rich = iw.identity_richness(100 if quick else 1000)
@@ -124,7 +125,7 @@ def run(quick: bool = False) -> dict:
         "random_base_attribute_adherence_per_attribute": rand["per_attribute"],
         "n_generated_images": base["n"],
         "sampler": {"scheduler": "dpmpp_2m", "steps": EVAL_STEPS, "cfg": EVAL_CFG,
-                    "random_base_steps": 5 if quick else EVAL_STEPS},
+                    "random_base_steps": rand_steps},
         "goals": goals(base, vae, route, rich, judges),
     }
 
