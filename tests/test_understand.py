@@ -340,3 +340,24 @@ def test_shared_image_tokens_equal_per_row_images(u, heldout):
         per_row, _ = net(tokens, x[rows], torch.arange(6))
         shared, _ = net(tokens, None, torch.arange(6), patches=net.patch(x)[rows])
     assert torch.allclose(per_row, shared, atol=1e-5)
+
+
+def test_time_budget_becomes_a_recorded_step_count_and_batches_follow_the_model(u, tmp_path):
+    """``seconds`` (``--seconds``): the step count is timed here and recorded as a plain count (the file's steps and
+    loss history agree); a batch moves whole to the model's device (how the loop's GPU placement reaches it)."""
+    from facesmith.trainers.understand import FaceVQAObjective, train_unified
+
+    data, infer, model, q, weights = u
+    settings = dict(pool_identities=10, per_identity=2, lr=3e-3, dim=32, layers=1, expert_hidden=32, batch_vqa=4,
+                    batch_caption=1, batch_draw=1, n_codes=8, token_experts=2, seq_experts=2, turns=1, warmup=2)
+    out = tmp_path / "t.safetensors"
+    info = train_unified(out, "dense", seed=0, work_dir=None, cache_dir=str(tmp_path), seconds=1.0, **settings)
+    rec = json.loads(out.with_suffix(".json").read_text())
+    assert info["steps"] >= 1 and rec["settings"]["steps"] == info["steps"] == len(rec["loss_history"])
+    obj = FaceVQAObjective(infer.load_understander(out).model, data.build_pool("train", 10, 2, cache_dir=str(tmp_path)),
+                           q.WordTokenizer.build(8), 4, 1, 1, 1)
+    for part in obj.make_batch(0):
+        moved = part.to("meta")
+        assert all(getattr(moved, f).device.type == "meta" for f in ("tokens", "targets", "group", "cond", "image_at"))
+        assert moved.images is None or moved.images.device.type == "meta"
+        assert part.tokens.device.type == "cpu"  # the original stays where it was

@@ -138,15 +138,15 @@ class CachedCaptionIds:
         return ids
 
     def __call__(self, captions: list[str]) -> torch.Tensor:
-        out = torch.full((len(captions), self.max_length), self.pad, dtype=torch.long)
         comma = self._piece(",")
-        for row, text in enumerate(captions):
+        rows = []
+        for text in captions:
             ids = []
             for k, piece in enumerate(text.split(", ") if text else []):
                 ids += (comma if k else []) + self._piece(piece)
             ids = [self.bos] + ids[: self.max_length - 2] + [self.eos]
-            out[row, : len(ids)] = torch.tensor(ids)
-        return out
+            rows.append(ids + [self.pad] * (self.max_length - len(ids)))
+        return torch.tensor(rows, dtype=torch.long).reshape(len(captions), self.max_length)
 
 
 class TextToImageObjective:
@@ -166,6 +166,7 @@ class TextToImageObjective:
         self.seed = seed
         self.scaling = float(scheduler_scaling(latents) if scaling is None else scaling)
         self.caption_ids = CachedCaptionIds(tokenizer)
+        self._facts: dict[int, dict] = {}  # identity -> its traits' facts (rendering them is the slow part)
 
     def modules(self):
         return {"unet": self.unet, "text_encoder": self.text_encoder}
@@ -179,7 +180,10 @@ class TextToImageObjective:
         mention = random_mention(rng, self.mention_p)
         if rng.random() < self.anonymous_p:
             return caption(self.attrs[row], mention=mention)
-        facts = identity_traits(int(self.identity[row])).facts()
+        who = int(self.identity[row])
+        facts = self._facts.get(who)
+        if facts is None:
+            facts = self._facts[who] = identity_traits(who).facts()
         return caption(self.attrs[row], mention=mention, identity=facts,
                        identity_mention=random_mention(rng, self.identity_p, TRAIT_NAMES))
 

@@ -58,7 +58,9 @@ class FaceVQAObjective:
     def loss(self, parts, step):
         """Token-weighted cross-entropy over all sub-batches + the experts' load-balance term."""
         total, count, aux, right, probe = 0.0, 0, 0.0, 0, 0.0
+        device = self.model.codebook.device  # the loop placed the model (a GPU when there is one)
         for batch in parts:
+            batch = batch.to(device)
             logits, a, patches = self.model(batch.tokens, batch.images, batch.image_at, batch.group, batch.cond,
                                              return_patches=True)
             if batch.labels is not None and self.model.probe is not None:
@@ -82,16 +84,18 @@ DEFAULTS = {"pool_identities": 4000, "per_identity": 3, "steps": 700, "lr": 2e-3
 
 
 def train_unified(out_path, arch: str = "moe", seed: int = 0, work_dir: str | None = None, cache_dir: str | None = None,
-                  progress=None, resume: bool = True, overwrite: bool = False, command: str = "", **settings) -> dict:
-    """Render (or read the cached) TRAIN pool, fit the generation codebook, train the unified model with the one
-    loop and write ``out_path`` (safetensors + ``.json`` beside it with the recipe and the loss history, and a
-    ``.loss.png``)."""
+                  progress=None, resume: bool = True, overwrite: bool = False, command: str = "", workers: int = 0,
+                  seconds: float = 0.0, checkpoint_every: int = 100, **settings) -> dict:
+    """Render (or read the cached) TRAIN pool (``workers`` render processes, 0 = one per core), fit the generation
+    codebook, train the unified model with the one loop (on a GPU when the machine has one) and write ``out_path``
+    (safetensors + ``.json`` beside it with the recipe and the loss history, and a ``.loss.png``). ``seconds`` > 0:
+    the step count is what fits that many seconds here (timed on a throwaway copy, then recorded as a plain count)."""
     import json
     import time
     from pathlib import Path
 
     from ..core.formats import atomic_write_text, check_new_file
-    from ..core.training.loop import TrainConfig, loss_graph, train
+    from ..core.training.loop import TrainConfig, fit_steps, loss_graph, train
     from ..core.understand.data import build_pool, kmeans_codebook
     from ..core.understand.model import ModelConfig, build_model
     from ..core.understand.weights import save_unified
@@ -102,7 +106,8 @@ def train_unified(out_path, arch: str = "moe", seed: int = 0, work_dir: str | No
     out_path = Path(out_path)
     check_new_file(out_path, overwrite)
     t0 = time.time()
-    pool = build_pool("train", s["pool_identities"], s["per_identity"], seed=seed, cache_dir=cache_dir)
+    pool = build_pool("train", s["pool_identities"], s["per_identity"], seed=seed, cache_dir=cache_dir,
+                      workers=workers)
     t_pool = time.time() - t0
     tok = WordTokenizer.build(s["n_codes"])
     cfg = ModelConfig(vocab_size=tok.size, n_codes=s["n_codes"], code_offset=tok.code_offset, dim=s["dim"],
@@ -123,13 +128,24 @@ def train_unified(out_path, arch: str = "moe", seed: int = 0, work_dir: str | No
         model.codebook.copy_(torch.from_numpy(kmeans_codebook(pool.images, s["n_codes"], cfg.grid, seed)))
     objective = FaceVQAObjective(model, pool, tok, s["batch_vqa"], s["batch_caption"], s["batch_draw"], s["turns"],
                                  seed, s["types"])
+    def loop_config(steps: int) -> TrainConfig:
+        return TrainConfig(steps=steps, learning_rate=s["lr"], seed=seed, warmup_steps=s["warmup"],
+                           lr_schedule="cosine", weight_decay=0.01, work_dir=work_dir, resume=resume,
+                           checkpoint_every=checkpoint_every, log_every=25, recipe={"arch": arch, **s})
+
+    if seconds > 0:
+        import copy
+
+        probe = copy.deepcopy(model)
+        s["steps"] = fit_steps(lambda: FaceVQAObjective(probe, pool, tok, s["batch_vqa"], s["batch_caption"],
+                                                        s["batch_draw"], s["turns"], seed, s["types"]),
+                               loop_config(s["steps"]), seconds)
+        del probe
     recipe = {"arch": arch, **s}
-    config = TrainConfig(steps=s["steps"], learning_rate=s["lr"], seed=seed, warmup_steps=s["warmup"], lr_schedule="cosine",
-                         weight_decay=0.01, work_dir=work_dir, resume=resume, checkpoint_every=100, log_every=25,
-                         recipe=recipe)
+    config = loop_config(s["steps"])
     t1 = time.time()
     result = train(objective, config, progress)
-    model.eval()
+    model.cpu().eval()
     counts = model.parameter_counts()
     info = {"arch": arch, "seed": seed, "steps": result.steps_done, "command": command, "settings": recipe,
             "parameters": counts, "trained_on": f"SynthFace TRAIN identities ({len(set(pool.identity.tolist()))} "

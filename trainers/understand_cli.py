@@ -39,6 +39,13 @@ def add_arguments(p) -> None:
     p.add_argument("--init-from", default=None,
                    help="unified: continue from this model file (same architecture; its weights and codebook) with "
                         "a fresh schedule of --steps")
+    for task, default in (("vqa", 48), ("caption", 8), ("draw", 8)):
+        p.add_argument(f"--batch-{task}", type=int, default=None,
+                       help=f"unified: {task} sequences per step (default {default})")
+    p.add_argument("--seconds", type=float, default=0.0,
+                   help="unified: if > 0, --steps becomes the number of steps that fit this many seconds here")
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--workers", type=int, default=0, help="render processes for the pool (0: one per core)")
     p.add_argument("--rank", type=int, default=8, help="vlm: LoRA rank")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
 
@@ -78,6 +85,9 @@ def main(args) -> int:
                              progress=tqdm_progress(f"face-vqa {args.arch}"), resume=not args.no_resume,
                              overwrite=args.overwrite, command=command, steps=args.steps, lr=args.lr,
                              pool_identities=args.pool_identities, per_identity=args.per_identity,
-                             stem=args.stem, stem_width=args.stem_width, init_from=args.init_from)
+                             stem=args.stem, stem_width=args.stem_width, init_from=args.init_from,
+                             batch_vqa=args.batch_vqa, batch_caption=args.batch_caption,
+                             batch_draw=args.batch_draw, workers=args.workers, seconds=args.seconds,
+                             checkpoint_every=args.checkpoint_every)
     print(f"saved {out} ({info['steps']} steps)")
     return 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +104,11 @@ class Batch:
     images: torch.Tensor | None = None  # (B', 3, 64, 64) for rows image_at
     image_at: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
     labels: torch.Tensor | None = None  # (B', len(TYPES)) answer index per question type, for the image probe
+
+    def to(self, device) -> "Batch":
+        """The same batch with every tensor on ``device``."""
+        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)
+                                if torch.is_tensor(getattr(self, f.name))})
 
 
 class SequenceBuilder:
