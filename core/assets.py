@@ -77,7 +77,8 @@ def _instruct_steps() -> list[list[str]]:
 def _understand_steps(arch: str) -> list[list[str]]:
     """The commands that made the shipped understanding models (see assets/models/facesmith/understand/README.md):
     1,200 steps, then 400 more from that file with a fresh schedule at half the learning rate, then three times 800
-    more at a quarter (seeds 2, 3, 4: each a new pool of renders of the same train identities)."""
+    more at a quarter (seeds 2, 3, 4: each a new pool of renders of the same train identities), then 1,334 more at
+    four times the batch (seed 5; run on an H200, slow on a CPU)."""
     out = str(UNDERSTAND_DIR / f"synthface-unified-{arch}.safetensors")
     common = ["train", "face-vqa", "--arch", arch, "--stem", "residual", "--stem-width", "48", "--pool-identities",
               "8000", "--cache-dir", ".cache/train-face-vqa", "--out", out, "--overwrite", "--no-resume"]
@@ -85,7 +86,9 @@ def _understand_steps(arch: str) -> list[list[str]]:
             common + ["--seed", "1", "--steps", "400", "--lr", "1e-3", "--init-from", out, "--work-dir",
                       f".cache/train-face-vqa/{arch}-more"],
             *[common + ["--seed", str(stage - 1), "--steps", "800", "--lr", "5e-4", "--init-from", out, "--work-dir",
-                        f".cache/train-face-vqa/{arch}-stage{stage}"] for stage in (3, 4, 5)]]
+                        f".cache/train-face-vqa/{arch}-stage{stage}"] for stage in (3, 4, 5)],
+            common + ["--seed", "5", "--steps", "1334", "--lr", "5e-4", "--batch-vqa", "192", "--batch-caption", "32",
+                      "--batch-draw", "32", "--init-from", out, "--work-dir", f".cache/train-face-vqa/{arch}-stage6"]]
 
 
 def _base_steps() -> list[list[str]]:

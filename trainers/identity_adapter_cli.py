@@ -60,6 +60,7 @@ def add_arguments(p) -> None:
     p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--work-dir", default=None, help="checkpoints (default .cache/train-identity/<out>)")
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints in --work-dir")
+    p.add_argument("--device", default="auto", help="auto/cpu/cuda (under accelerate launch: each process's GPU)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
 
 
@@ -74,6 +75,7 @@ def main(args) -> int:
     from ..core.training.loop import loss_graph
     from .e4t import synthface_images
     from .e4t_cli import output_path, resolved_argv
+    from .settings import training_device
     from .identity_adapter import (AdapterTrainSettings, FacePool, encode_renders, face_embeddings, load_renders,
                                    save_renders, train_identity_adapter)
 
@@ -85,8 +87,9 @@ def main(args) -> int:
     init_from = output_path(args.init_from, "identity") if args.init_from else None
     if init_from is not None and not init_from.is_file():
         raise SystemExit(f"--init-from {args.init_from}: no adapter file at {init_from}")
-    base = load_pipeline(args.base, device="cpu", dtype="fp32")
+    base = load_pipeline(args.base, device=training_device(args.device), dtype="fp32")
     face_encoder = FaceEncoder.load(args.face_encoder)
+    face_encoder.net.to(next(base.pipe.unet.parameters()).device)  # frozen; the identity loss runs through it
     size = native_size(base.pipe)
     pool_seed = args.seed if args.pool_seed is None else args.pool_seed
     source = f"synthface train identities={args.identities} views={args.views} seed={pool_seed}"

@@ -63,14 +63,13 @@ def add_arguments(p) -> None:
 
 def main(args) -> int:
     import torch
-    from accelerate import PartialState
-
     from ..core.formats import atomic_path, atomic_write_text, check_new_file
     from ..core.identity.face_encoder import FaceEncoder
     from ..core.models import load_pipeline
     from ..core.progress import tqdm_progress
     from ..core.training.loop import loss_graph
     from .e4t_cli import output_path, resolved_argv
+    from .settings import training_device
     from .instruct import InstructTrainSettings, build_pool, load_pool, render_samples, save_pool, train_instruct
 
     if args.threads:
@@ -87,11 +86,7 @@ def main(args) -> int:
     settings.check()
     if settings.init_from and not Path(settings.init_from).is_file():
         raise SystemExit(f"--init-from {args.init_from}: no instruction model at {settings.init_from}")
-    state = PartialState(cpu=not torch.cuda.is_available())  # as the loop: CPU processes use gloo
-    device = args.device
-    if state.num_processes > 1 or (device == "auto" and state.device.type != "cpu"):
-        device = str(state.device)
-    base = load_pipeline(args.base, device=device, dtype="fp32")
+    base = load_pipeline(args.base, device=training_device(args.device), dtype="fp32")
     face_encoder = FaceEncoder.load(args.face_encoder)
     face_encoder.net.to(next(base.pipe.unet.parameters()).device)  # frozen; it encodes the pool
     size = base.native_size

@@ -49,3 +49,16 @@ def check_continuation(earlier, model, path, what: str = "configuration") -> Non
                          f"({model.base_fingerprint})")
     if earlier.face_encoder.fingerprint != model.face_encoder.fingerprint:
         raise ValueError(f"init_from {path}: it was trained with another face encoder")
+
+
+def training_device(device: str = "auto") -> str:
+    """Where a trainer loads its frozen base: ``device`` as asked, but each process's own GPU under ``accelerate
+    launch`` with several processes, and the GPU for ``auto`` when there is one (where the one loop will put the
+    trainable modules)."""
+    import torch
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())  # as the loop: CPU processes use gloo
+    if state.num_processes > 1 or (device == "auto" and state.device.type != "cpu"):
+        return str(state.device)
+    return device
