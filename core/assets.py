@@ -62,7 +62,8 @@ def assets() -> list[Asset]:
 def _instruct_steps() -> list[list[str]]:
     """The commands that made the shipped instruction models (see assets/models/facesmith/instruct/README.md): one
     H200, four trainings at once, each given 270 seconds (``--seconds 270``), which the trainer turned into the step
-    counts below."""
+    counts below; then the joint model continued on the same pool at twice the batch and half the learning rate (1,661
+    steps from ``--seconds 240``, another H200 job)."""
     out = []
     for name, tasks, steps in (("synthface-instruct", None, 2015),
                                ("synthface-instruct-instruction-edit", "instruction_edit", 2017),
@@ -71,6 +72,11 @@ def _instruct_steps() -> list[list[str]]:
         out.append(["train", "instruct", *INSTRUCT_TRAINING, "--steps", str(steps),
                     *(["--tasks", tasks] if tasks else []), "--out", str(INSTRUCT_DIR / f"{name}.safetensors"),
                     "--work-dir", f".cache/train-instruct/{name}"])
+    joint = str(INSTRUCT_DIR / "synthface-instruct.safetensors")
+    doubled = [("256" if prev == "--batch-size" else a) for prev, a in zip(["", *INSTRUCT_TRAINING], INSTRUCT_TRAINING)]
+    out.insert(1, ["train", "instruct", *doubled, "--steps", "1661", "--lr", "5e-4",
+                   "--init-from", joint, "--out", joint, "--overwrite", "--work-dir",
+                   ".cache/train-instruct/synthface-instruct-more"])
     return out
 
 
