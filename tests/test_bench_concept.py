@@ -40,8 +40,10 @@ def small_run(models):
     from facesmith.core.bench import concept
 
     bp, encoder = models
+    # the rows the tests read (the described rows, tuned longer with the face model, only cost time here)
     return concept.run(quick=True, n_identities=2, images_per_prompt=1, k=2, ti_steps=4, oracle_steps=4, n_views=3,
-                       eval_steps=4, measure_overhead=True, overhead_repeats=1, bp=bp, encoder=encoder)
+                       eval_steps=4, measure_overhead=True, overhead_repeats=1, bp=bp, encoder=encoder,
+                       methods=METHODS + ("no_concept", "words"))
 
 
 @needs_models
