@@ -97,13 +97,14 @@ def run(quick: bool = False) -> dict:
 
     judges = remeasure_judges(n_images=300 if quick else 1500, n_pairs=300 if quick else 2000)
     n_prompts, k = (24, 1) if quick else (None, 4)  # quick: the CI smoke run, one image per prompt
+    # quick: half the sampler steps for the trained base; the random-weight control draws no prompt at any step
+    # count, so the quick run gives it 5 (both recorded under "sampler")
+    steps, rand_steps = (10, 5) if quick else (EVAL_STEPS, EVAL_STEPS)
     bp = load_builtin_base()
-    base = prompt_adherence(bp, n_prompts, k)
-    # the random-weight control draws no prompt at any step count: the quick (CI) run gives it 5 sampler steps
-    rand_steps = 5 if quick else EVAL_STEPS
+    base = prompt_adherence(bp, n_prompts, k, steps=steps)
     rand = prompt_adherence(random_base(), n_prompts, k, steps=rand_steps)
     vae = iw.vae_roundtrip(bp.pipe.vae, 48 if quick else 500)
-    route = iw.text_route(bp, 8 if quick else 64, images_per_prompt=1 if quick else 2)
+    route = iw.text_route(bp, 8 if quick else 64, images_per_prompt=1 if quick else 2, steps=steps)
     rich = iw.identity_richness(100 if quick else 1000)
     return {
         "judge_identity_verification_accuracy": judges["verification_accuracy"],
@@ -124,7 +125,7 @@ def run(quick: bool = False) -> dict:
         "base_attribute_adherence_per_attribute": base["per_attribute"],
         "random_base_attribute_adherence_per_attribute": rand["per_attribute"],
         "n_generated_images": base["n"],
-        "sampler": {"scheduler": "dpmpp_2m", "steps": EVAL_STEPS, "cfg": EVAL_CFG,
+        "sampler": {"scheduler": "dpmpp_2m", "steps": steps, "cfg": EVAL_CFG,
                     "random_base_steps": rand_steps},
         "goals": goals(base, vae, route, rich, judges),
     }

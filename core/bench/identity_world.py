@@ -61,11 +61,11 @@ def vae_roundtrip(vae, n_identities: int, seed: int = 11) -> dict:
             "n_identities": len(ids)}
 
 
-def text_route(bp, n_identities: int, images_per_prompt: int = 2, seed: int = 12) -> dict:
+def text_route(bp, n_identities: int, images_per_prompt: int = 2, seed: int = 12, steps: int | None = None) -> dict:
     """Per held-out identity i (paired with another held-out identity j): images described as i and as j, both
-    scored against a real render of i."""
+    scored against a real render of i (``steps`` sampler steps; default the benchmark's)."""
     from ..judges.metrics import embed, recognizer
-    from .base import generate_for_prompts
+    from .base import EVAL_STEPS, generate_for_prompts
 
     rng = np.random.default_rng(seed)
     ids = _heldout_sample(n_identities, seed)
@@ -77,7 +77,7 @@ def text_route(bp, n_identities: int, images_per_prompt: int = 2, seed: int = 12
         prompts += [caption(a, identity=identity_traits(i).facts(), mention=mention),
                     caption(a, identity=identity_traits(j).facts(), mention=mention)]
         refs.append(render(i, a, 64, view=None))
-    images = generate_for_prompts(bp, prompts, images_per_prompt, seed)
+    images = generate_for_prompts(bp, prompts, images_per_prompt, seed, steps=steps or EVAL_STEPS)
     e = embed(images).view(len(ids), 2, images_per_prompt, -1)
     r = embed(np.stack(refs))
     sims = torch.einsum("nkpd,nd->nkp", e, r).numpy()  # (identity, own/other, image)
