@@ -84,12 +84,13 @@ DEFAULTS = {"pool_identities": 4000, "per_identity": 3, "steps": 700, "lr": 2e-3
 
 
 def train_unified(out_path, arch: str = "moe", seed: int = 0, work_dir: str | None = None, cache_dir: str | None = None,
-                  progress=None, resume: bool = True, overwrite: bool = False, command: str = "", workers: int = 0,
+                  progress=None, resume: bool = True, overwrite: bool = False, command="", workers: int = 0,
                   seconds: float = 0.0, checkpoint_every: int = 100, **settings) -> dict:
     """Render (or read the cached) TRAIN pool (``workers`` render processes, 0 = one per core), fit the generation
     codebook, train the unified model with the one loop (on a GPU when the machine has one) and write ``out_path``
     (safetensors + ``.json`` beside it with the recipe and the loss history, and a ``.loss.png``). ``seconds`` > 0:
-    the step count is what fits that many seconds here (timed on a throwaway copy, then recorded as a plain count)."""
+    the step count is what fits that many seconds here (timed on a throwaway copy, then recorded as a plain count).
+    ``command``: the command line to record, or a function of the step count that gives it."""
     import json
     import time
     from pathlib import Path
@@ -147,6 +148,8 @@ def train_unified(out_path, arch: str = "moe", seed: int = 0, work_dir: str | No
     result = train(objective, config, progress)
     model.cpu().eval()
     counts = model.parameter_counts()
+    if callable(command):
+        command = command(result.steps_done)
     info = {"arch": arch, "seed": seed, "steps": result.steps_done, "command": command, "settings": recipe,
             "parameters": counts, "trained_on": f"SynthFace TRAIN identities ({len(set(pool.identity.tolist()))} "
             f"identities x {s['per_identity']} renders)", "train_seconds": round(time.time() - t1, 1),

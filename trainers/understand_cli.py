@@ -39,9 +39,8 @@ def add_arguments(p) -> None:
     p.add_argument("--init-from", default=None,
                    help="unified: continue from this model file (same architecture; its weights and codebook) with "
                         "a fresh schedule of --steps")
-    for task, default in (("vqa", 48), ("caption", 8), ("draw", 8)):
-        p.add_argument(f"--batch-{task}", type=int, default=None,
-                       help=f"unified: {task} sequences per step (default {default})")
+    for task in ("vqa", "caption", "draw"):
+        p.add_argument(f"--batch-{task}", type=int, default=None, help=f"unified: {task} sequences per step")
     p.add_argument("--seconds", type=float, default=0.0,
                    help="unified: if > 0, --steps becomes the number of steps that fit this many seconds here")
     p.add_argument("--checkpoint-every", type=int, default=100)
@@ -68,7 +67,11 @@ def main(args) -> int:
         torch.set_num_threads(args.threads)
     out = output_path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    command = "facesmith " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    from .e4t_cli import resolved_argv
+
+    def command(steps: int) -> str:  # a time budget is recorded as the step count it resolved to
+        return "facesmith " + " ".join(shlex.quote(a) for a in resolved_argv(sys.argv[1:], steps))
+
     work = args.work_dir or str(Path(".cache") / f"face-vqa-{out.stem}")
     if args.backend == "vlm":
         from .understand_vlm import train_vlm_lora
@@ -77,7 +80,7 @@ def main(args) -> int:
             raise ValueError("--backend vlm needs --vlm FOLDER (a local transformers vision-language model)")
         info = train_vlm_lora(args.vlm, out, seed=args.seed, steps=args.steps or 200, lr=args.lr or 1e-3,
                               rank=args.rank, work_dir=work, resume=not args.no_resume, overwrite=args.overwrite,
-                              progress=tqdm_progress("face-vqa lora"), command=command)
+                              progress=tqdm_progress("face-vqa lora"), command=command(args.steps or 200))
     else:
         from .understand import train_unified
 
