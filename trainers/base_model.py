@@ -166,7 +166,6 @@ class TextToImageObjective:
         self.seed = seed
         self.scaling = float(scheduler_scaling(latents) if scaling is None else scaling)
         self.caption_ids = CachedCaptionIds(tokenizer)
-        self._facts: dict[int, dict] = {}  # identity -> its traits' facts (rendering them is the slow part)
 
     def modules(self):
         return {"unet": self.unet, "text_encoder": self.text_encoder}
@@ -180,10 +179,7 @@ class TextToImageObjective:
         mention = random_mention(rng, self.mention_p)
         if rng.random() < self.anonymous_p:
             return caption(self.attrs[row], mention=mention)
-        who = int(self.identity[row])
-        facts = self._facts.get(who)
-        if facts is None:
-            facts = self._facts[who] = identity_traits(who).facts()
+        facts = identity_traits(int(self.identity[row])).facts()  # identity_traits is cached
         return caption(self.attrs[row], mention=mention, identity=facts,
                        identity_mention=random_mention(rng, self.identity_p, TRAIT_NAMES))
 

@@ -143,7 +143,6 @@ class IdentityAdapterObjective:
         self.id_weight, self.id_t_max, self.emb_reg = float(id_weight), int(id_t_max), float(emb_reg)
         self.uncond_p, self.mention_p, self.seed = float(uncond_p), float(mention_p), int(seed)
         self.identity_p = float(identity_p)
-        self._facts: dict[int, dict] = {}
         n_id = adapter.cfg.n_id
         self.tok, self.start = tokenizer_with(dp.tokenizer, vector_tokens(TRAIN_TOKEN, n_id))
         self.token_text = " ".join(vector_tokens(TRAIN_TOKEN, n_id))
@@ -187,10 +186,8 @@ class IdentityAdapterObjective:
 
         facts, said = None, None
         if self.identity_p > 0:
-            ident = int(self.pool.identity[row])
-            if ident not in self._facts:
-                self._facts[ident] = identity_traits(ident).facts()
-            facts, said = self._facts[ident], random_mention(rng, self.identity_p, VISIBLE_TRAITS)
+            facts = identity_traits(int(self.pool.identity[row])).facts()  # identity_traits is cached
+            said = random_mention(rng, self.identity_p, VISIBLE_TRAITS)
         return caption(self.pool.attrs[row], subject=self.token_text, mention=random_mention(rng, self.mention_p),
                        identity=facts, identity_mention=said)
 
