@@ -129,6 +129,6 @@ def test_readme_documents_every_identity_phrase(facesmith):
 
     from facesmith.core.synthface.captions import TRAIT_PHRASES
 
-    readme = (Path(facesmith.__file__).parent / "README.md").read_text()
+    readme = (Path(facesmith.__path__[0]) / "README.md").read_text()
     missing = [p for d in TRAIT_PHRASES.values() for p in d.values() if f"`{p}`" not in readme]
     assert not missing, f"README's identity vocabulary lacks {missing}"
