@@ -163,12 +163,6 @@ def _run_one(wf: Path, out_dir: Path, classes=None) -> tuple[dict, list[dict]]:
     return ran, judge_rows(wf.stem, result, out_dir)
 
 
-def _worker_init() -> None:
-    import torch
-
-    torch.set_num_threads(1)  # one core per worker: two workers on two cores, not four threads fighting
-
-
 def default_workers(n_workflows: int) -> int:
     """One worker process per CPU core, at most 2: each runs torch on one thread (the built-in models are too small
     to gain from more), and a third process would only share the same cores."""
@@ -195,14 +189,11 @@ def run_demo(out_dir: Path, workflows: list[Path] | None = None, build_missing: 
         classes = _node_classes()
         done = [_run_one(wf, out_dir, classes) for wf in wfs]
     else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+        from .devices import in_spawned_processes
 
         order = sorted(range(len(wfs)), key=lambda i: wfs[i].stem not in FIRST)
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_worker_init) as pool:
-            futures = {i: pool.submit(_run_one, wfs[i], out_dir) for i in order}
-            done = [futures[i].result() for i in range(len(wfs))]
+        by_index = dict(zip(order, in_spawned_processes([(_run_one, (wfs[i], out_dir), {}) for i in order], workers)))
+        done = [by_index[i] for i in range(len(wfs))]
     ran = [r for r, _ in done]
     rows = [row for _, rs in done for row in rs]
     adh = [r["adherence"] for r in rows if r["adherence"] is not None]

@@ -42,12 +42,29 @@ def machine() -> dict:
     return info
 
 
-def run_benchmark(name: str, quick: bool = False) -> dict:
+SHARDED = ("identity", "instruct")  # benchmarks whose identities run in parallel processes (--workers)
+
+
+def collect_in_shards(collect, workers: int, **kwargs) -> list[dict]:
+    """A benchmark's per-identity records, ``collect(**kwargs)``, computed as ``workers`` shards
+    (``shard=(i, workers)``) in as many processes that each load the shipped models themselves. The records equal
+    one process's: every identity has its own random stream and seeds."""
+    if workers <= 1:
+        return collect(**kwargs)
+    from ..devices import in_spawned_processes
+
+    parts = in_spawned_processes([(collect, (), dict(kwargs, shard=(i, workers))) for i in range(workers)], workers)
+    return sorted((r for part in parts for r in part), key=lambda r: r["index"])
+
+
+def run_benchmark(name: str, quick: bool = False, workers: int = 1) -> dict:
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
+    if workers > 1 and name not in SHARDED:
+        raise ValueError(f"--workers: bench {name} runs in one process; --workers applies to {', '.join(SHARDED)}")
     module = import_module(f".{name}", __package__)
     t0 = time.time()
-    metrics = module.run(quick=quick)
+    metrics = module.run(quick=quick, **({"workers": workers} if workers > 1 else {}))
     return {"benchmark": name, "quick": quick, "seconds": round(time.time() - t0, 2), "machine": machine(),
             "metrics": metrics}
 
@@ -57,6 +74,9 @@ def add_arguments(p) -> None:
     p.add_argument("--json", dest="json_out", help="write the result JSON here (refuses to overwrite without --force)")
     p.add_argument("--force", action="store_true", help="overwrite an existing --json file")
     p.add_argument("--quick", action="store_true", help="fewer samples (CI smoke run); figures are noisier")
+    p.add_argument("--workers", type=int, default=1,
+                   help=f"processes for the identities of {' and '.join(SHARDED)} (one torch thread each; each loads "
+                        "the models; the figures are those of one process)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: timings stay comparable on a busy machine; 0 = torch default)")
 
@@ -66,7 +86,7 @@ def main(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    result = run_benchmark(args.name, quick=args.quick)
+    result = run_benchmark(args.name, quick=args.quick, workers=args.workers)
     text = json.dumps(result, indent=2)
     if args.json_out:
         atomic_write_text(args.json_out, text + "\n", overwrite=args.force)

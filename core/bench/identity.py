@@ -287,15 +287,22 @@ def summarize(records: list[dict]) -> dict:
 
 def run(quick: bool = False, n_identities: int | None = None, images_per_prompt: int | None = None,
         seed: int = 0, bp=None, adapters: dict | None = None, encoder=None, methods: tuple | None = None,
-        k: int = E4T_K, eval_steps: int = SAMPLER_STEPS, cfg: float = EVAL_CFG, split: str = "heldout") -> dict:
+        k: int = E4T_K, eval_steps: int = SAMPLER_STEPS, cfg: float = EVAL_CFG, split: str = "heldout",
+        workers: int = 1) -> dict:
     """The metrics dict described in the module doc. ``adapters``: method -> IdentityAdapter (default: the files in
-    ``ADAPTERS``)."""
+    ``ADAPTERS``). ``workers`` > 1: the identities in that many processes, each with the shipped models."""
+    from .harness import collect_in_shards
+
     n_ids = n_identities or (QUICK_IDENTITIES if quick else FULL_IDENTITIES)
     per_prompt = images_per_prompt or IMAGES_PER_PROMPT
     methods = tuple(methods or METHODS)
+    if workers > 1 and (bp is not None or adapters or encoder is not None):
+        raise ValueError("workers > 1 runs each process on the shipped models; do not pass bp, adapters or encoder")
     adapters = dict(adapters or {})
     _load_adapters(adapters, methods)
-    records = collect(n_ids, per_prompt, seed, bp, adapters, encoder, methods, k, eval_steps, cfg, split)
+    records = collect_in_shards(collect, workers, n_identities=n_ids, images_per_prompt=per_prompt, seed=seed,
+                                bp=bp, adapters=adapters if workers <= 1 else None, encoder=encoder,
+                                methods=methods, k=k, eval_steps=eval_steps, cfg=cfg, split=split)
     result = summarize(records)
     result["settings"] = settings_of(split, n_ids, per_prompt, k, eval_steps, cfg, adapters)
     return result

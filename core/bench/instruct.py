@@ -263,9 +263,16 @@ def settings_of(n_ids: int, per_sample: int, steps: int, models: dict) -> dict:
 
 
 def run(quick: bool = False, n_identities: int | None = None, seed: int = 0, bp=None, models: dict | None = None,
-        steps: int = SAMPLER_STEPS) -> dict:
+        steps: int = SAMPLER_STEPS, workers: int = 1) -> dict:
+    """``workers`` > 1: the identities in that many processes, each with the shipped models."""
+    from .harness import collect_in_shards
+
+    if workers > 1 and (bp is not None or models is not None):
+        raise ValueError("workers > 1 runs each process on the shipped models; do not pass bp or models")
     n_ids = n_identities or (QUICK_IDENTITIES if quick else FULL_IDENTITIES)
-    models = models or load_models()
-    result = summarize(collect(n_ids, IMAGES_PER_SAMPLE, seed, bp, models, steps))
+    models = models or load_models()  # for the settings; the worker processes load their own
+    records = collect_in_shards(collect, workers, n_identities=n_ids, images_per_sample=IMAGES_PER_SAMPLE,
+                                seed=seed, bp=bp, models=models if workers <= 1 else None, steps=steps)
+    result = summarize(records)
     result["settings"] = settings_of(n_ids, IMAGES_PER_SAMPLE, steps, models)
     return result
