@@ -102,17 +102,15 @@ def main(args) -> int:
     from ..core.progress import tqdm_progress
     from .e4t import DomainTrainSettings, build_pool, folder_images, synthface_images, train_domain_encoder
     from ..core.training.loop import loss_graph
+    from .settings import training_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
     out = output_path(args.out)
     for f in (out, out.with_suffix(".loss.png"), out.with_suffix(".json")):
         check_new_file(f, args.overwrite)  # fail before any work
-    state = PartialState(cpu=not torch.cuda.is_available())  # as the loop: CPU processes use gloo
-    device = args.device
-    if state.num_processes > 1 or (device == "auto" and state.device.type != "cpu"):
-        device = str(state.device)
-    base = load_pipeline(args.base, device=device, dtype="fp32")
+    base = load_pipeline(args.base, device=training_device(args.device), dtype="fp32")
+    state = PartialState()  # as training_device set it up: this process's place under accelerate launch
     dp = base.pipe
     settings = DomainTrainSettings(
         steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, rank=args.rank,
