@@ -189,7 +189,7 @@ def run_demo(out_dir: Path, workflows: list[Path] | None = None, build_missing: 
         classes = _node_classes()
         done = [_run_one(wf, out_dir, classes) for wf in wfs]
     else:
-        from .devices import in_spawned_processes
+        from .workers import in_spawned_processes
 
         order = sorted(range(len(wfs)), key=lambda i: wfs[i].stem not in FIRST)
         by_index = dict(zip(order, in_spawned_processes([(_run_one, (wfs[i], out_dir), {}) for i in order], workers)))

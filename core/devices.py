@@ -77,21 +77,3 @@ def pick_dtype(dtype: str | torch.dtype = "auto", device: str | torch.device = "
 def dtype_name(dtype: torch.dtype) -> str:
     """``torch.float16`` -> ``"fp16"`` (for logs, metadata and fingerprints)."""
     return _DTYPE_NAMES.get(dtype, str(dtype).replace("torch.", ""))
-
-
-def one_thread_worker() -> None:
-    """Initializer of a worker process that runs torch on one core (two workers on two cores, not four threads
-    fighting)."""
-    torch.set_num_threads(1)
-
-
-def in_spawned_processes(jobs: list, workers: int) -> list:
-    """``[fn(*args, **kwargs) for fn, args, kwargs in jobs]`` in ``workers`` spawned processes that each run torch on
-    one core; results in the jobs' order. ``fn`` must be importable (a module-level function)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=one_thread_worker) as pool:
-        futures = [pool.submit(fn, *args, **kwargs) for fn, args, kwargs in jobs]
-        return [f.result() for f in futures]

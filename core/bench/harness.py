@@ -51,7 +51,7 @@ def collect_in_shards(collect, workers: int, **kwargs) -> list[dict]:
     one process's: every identity has its own random stream and seeds."""
     if workers <= 1:
         return collect(**kwargs)
-    from ..devices import in_spawned_processes
+    from ..workers import in_spawned_processes
 
     parts = in_spawned_processes([(collect, (), dict(kwargs, shard=(i, workers))) for i in range(workers)], workers)
     return sorted((r for part in parts for r in part), key=lambda r: r["index"])
