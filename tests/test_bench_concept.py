@@ -99,6 +99,30 @@ def test_goals_follow_from_the_figures(small_run):
 
 @needs_models
 @pytest.mark.slow
+def test_shards_give_the_figures_of_one_run(models):
+    """``bench concept --workers N``: every worker draws the whole plan and keeps its shard, so shards together give
+    a single run's per-identity figures (run here in one process; the spawning is tested in test_bench_workers)."""
+    from facesmith.core.bench import concept
+
+    bp, encoder = models
+    kwargs = dict(n_identities=3, images_per_prompt=1, k=1, eval_steps=2, bp=bp, encoder=encoder,
+                  methods=("e4t_k", "no_concept"))
+    one = concept.collect(**kwargs)
+    parts = concept.collect(**kwargs, shard=(1, 2)) + concept.collect(**kwargs, shard=(0, 2))
+    assert [r["index"] for r in parts] == [1, 0, 2]
+
+    def figures(records):
+        return [(r["index"], r["identity"], {m: {k: np.asarray(v).tolist() for k, v in f.items() if k != "seconds"}
+                                             for m, f in r["methods"].items()})
+                for r in sorted(records, key=lambda r: r["index"])]
+
+    assert figures(parts) == figures(one)
+    assert concept.summarize(parts)["e4t_k"]["identity_similarity"] == \
+        concept.summarize(one)["e4t_k"]["identity_similarity"]
+
+
+@needs_models
+@pytest.mark.slow
 def test_oracle_tunes_every_vector_on_every_view(models):
     from facesmith.core.bench import concept
     from facesmith.core.concept.diffusion import latent_stats

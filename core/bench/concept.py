@@ -269,35 +269,40 @@ def goals(out: dict) -> dict:
     return {k: bool(v) for k, v in g.items()}
 
 
-def run(quick: bool = False, n_identities: int | None = None, images_per_prompt: int | None = None,
-        k: int = E4T_K, ti_steps: int = TI_STEPS, seed: int = 0, bp=None, encoder=None, split: str = "heldout",
-        e4t_lr: float = DEFAULT_TUNING_LR, cfg: float = EVAL_CFG, methods: tuple | None = None,
-        e4t_batch: int = DEFAULT_TUNING_BATCH, oracle_steps: int | None = None, n_views: int = ORACLE_VIEWS,
-        oracle_lr: float = ORACLE_LR, oracle_batch: int = ORACLE_BATCH, eval_steps: int = EVAL_STEPS,
-        measure_overhead: bool = True, overhead_repeats: int | None = None, k_described: int = E4T_K_DESCRIBED,
-        oracle_words: bool = ORACLE_WORDS) -> dict:
-    """The metrics dict described in the module doc. ``quick``: QUICK_IDENTITIES identities x 4 prompts x 2 images
-    and ORACLE_QUICK_STEPS oracle steps; full: FULL_IDENTITIES x 4 x 4 and ORACLE_STEPS.
-    ``split="val"`` is for choosing settings (k, lr, cfg) without looking at the held-out identities; fewer
-    ``eval_steps`` (sampler steps per generated image) and ``overhead_repeats`` (default 5 quick, 15 full) only
-    for tests."""
+def plan(n_identities: int, seed: int = 0, split: str = "heldout") -> list[dict]:
+    """What every identity of a run is given, drawn in order from one stream (``seed``): the identity, its
+    reference's attributes and view, and the change prompts. Cheap (nothing is rendered), so each worker process
+    draws the whole plan and keeps its shard: a sharded run has the figures of a single one."""
+    rng = np.random.default_rng(seed)
+    chosen = [int(i) for i in rng.choice(identities(split), n_identities, replace=False)]
+    out = []
+    for n, ident in enumerate(chosen):
+        ref_attrs = random_attributes(rng)
+        view = int(rng.integers(1 << 30))
+        out.append({"index": n, "identity": ident, "ref_attrs": ref_attrs, "view": view,
+                    "prompts": change_prompts(ref_attrs, rng)})
+    return out
+
+
+def collect(n_identities: int, images_per_prompt: int, k: int = E4T_K, ti_steps: int = TI_STEPS, seed: int = 0,
+            bp=None, encoder=None, split: str = "heldout", e4t_lr: float = DEFAULT_TUNING_LR, cfg: float = EVAL_CFG,
+            methods: tuple | None = None, e4t_batch: int = DEFAULT_TUNING_BATCH, oracle_steps: int = ORACLE_STEPS,
+            n_views: int = ORACLE_VIEWS, oracle_lr: float = ORACLE_LR, oracle_batch: int = ORACLE_BATCH,
+            eval_steps: int = EVAL_STEPS, k_described: int = E4T_K_DESCRIBED, oracle_words: bool = ORACLE_WORDS,
+            shard: tuple[int, int] = (0, 1)) -> list[dict]:
+    """Per-identity figures of every method (``{"index", "identity", "methods": {m: figures}}``) for identities
+    ``shard[0]::shard[1]`` of :func:`plan`; :func:`summarize` turns them into method rows."""
     from ..concept.encoder import untrained
     from ..concept.personalize import embed_e4t
     from ..concept.textual_inversion import embed_textual_inversion
     from ..synthface.captions import describe_identity
     from ..understand.check import identity_words, tuning_caption
 
-    n_ids = n_identities or (QUICK_IDENTITIES if quick else FULL_IDENTITIES)
-    per_prompt = images_per_prompt or (2 if quick else 4)
-    o_steps = int(oracle_steps if oracle_steps is not None else (ORACLE_QUICK_STEPS if quick else ORACLE_STEPS))
     bp = bp or load_builtin_base()
     encoder = encoder or load_encoder()
     control = untrained(bp, n_vectors=encoder.cfg.n_vectors, rank=encoder.lora_rank, seed=seed + 1)
     control.encoder.load_state_dict({k_: v for k_, v in encoder.encoder.state_dict().items()
                                      if k_.startswith("feat_")}, strict=False)  # same feature scaling, random head
-    rng = np.random.default_rng(seed)
-    held = identities(split)
-    chosen = [int(i) for i in rng.choice(held, n_ids, replace=False)]
 
     # each maker takes (reference, extra): extra["views"] (the oracle's views and captions), extra["words"] (the
     # words the row puts after the token, "" for none)
@@ -328,7 +333,7 @@ def run(quick: bool = False, n_identities: int | None = None, images_per_prompt:
             caption=tuning_caption(_understander(), ref), words=extra["words"]),
         "no_concept": None,
         "words": None,
-        "oracle": lambda ref, extra: embed_e4t(encoder, bp, extra["views"][0], token=TOKEN, steps=o_steps,
+        "oracle": lambda ref, extra: embed_e4t(encoder, bp, extra["views"][0], token=TOKEN, steps=oracle_steps,
                                                lr=oracle_lr, caption=extra["views"][1], seed=seed,
                                                batch_size=oracle_batch),
     }
@@ -342,43 +347,88 @@ def run(quick: bool = False, n_identities: int | None = None, images_per_prompt:
     if set(READ_WORDS) & set(methods):
         identity_words(_understander(), warm)  # loads the face model outside the timed part
     threshold = _threshold()
-    acc = {m: {"identities": [], "seconds": [], "bytes": []} for m in methods}
-    example = None
-    for n, ident in enumerate(chosen):
-        ref_attrs = random_attributes(rng)
-        ref = render(ident, ref_attrs, bp.native_size, view=int(rng.integers(1 << 30)))
-        prompts = change_prompts(ref_attrs, rng)
-        asked = [a for _, a in prompts for _ in range(per_prompt)]
+    records = []
+    for item in plan(n_identities, seed, split)[shard[0]::shard[1]]:
+        n, ident, ref_attrs, prompts = item["index"], item["identity"], item["ref_attrs"], item["prompts"]
+        ref = render(ident, ref_attrs, bp.native_size, view=item["view"])
+        asked = [a for _, a in prompts for _ in range(images_per_prompt)]
         facts = identity_traits(ident).facts()
         views = oracle_views(ident, ref, ref_attrs, bp.native_size, n_views, seed, words=oracle_words) \
             if "oracle" in methods else None
+        rec: dict = {"index": n, "identity": ident, "methods": {}}
         for m, make in methods.items():
             t0 = time.perf_counter()
             words = (describe_identity(facts) if m == "words" or (m == "oracle" and oracle_words)
                      else identity_words(_understander(), ref) if m in READ_WORDS else "")
+            seconds = bytes_ = None
             if make is None:
                 texts = [with_words(p, words, TOKEN).replace(TOKEN, "a person") for p, _ in prompts]
                 conds = []
             else:
                 concept = make(ref, {"views": views, "words": words})
-                acc[m]["seconds"].append(time.perf_counter() - t0)
-                acc[m]["bytes"].append(_bytes(concept))
+                seconds, bytes_ = time.perf_counter() - t0, _bytes(concept)
                 texts = [p if m in READ_WORDS else with_words(p, words, TOKEN) for p, _ in prompts]
                 conds = [concept]
-                if m in ("e4t_k", "e4t_0") and (example is None or m == "e4t_k"):
-                    example = concept
-            imgs = generate_for_prompts(bp, texts, per_prompt, seed=seed + 100 * n, steps=eval_steps, cfg=cfg,
-                                        conditioners=conds)
-            acc[m]["identities"].append(_judge_identity(imgs, _similarities(imgs, ref), threshold, asked,
-                                                        ref_attrs, facts))
-        log.info("concept bench: identity %d/%d done", n + 1, n_ids)
+            imgs = generate_for_prompts(bp, texts, images_per_prompt, seed=seed + 100 * n, steps=eval_steps,
+                                        cfg=cfg, conditioners=conds)
+            fig = _judge_identity(imgs, _similarities(imgs, ref), threshold, asked, ref_attrs, facts)
+            rec["methods"][m] = dict(fig, seconds=seconds, bytes=bytes_)
+        records.append(rec)
+        log.info("concept bench: identity %d/%d done", n + 1, n_identities)
+    return records
 
-    out: dict = {m: _row(a["identities"], a["seconds"], a["bytes"]) for m, a in acc.items()}
+
+def summarize(records: list[dict]) -> dict:
+    """Method rows (means over identities, s.e. over identities) and each row's ``share_of_oracle``."""
+    records = sorted(records, key=lambda r: r["index"])
+    methods = list(records[0]["methods"]) if records else []
+    out: dict = {}
+    for m in methods:
+        per = [r["methods"][m] for r in records]
+        out[m] = _row(per, [p["seconds"] for p in per if p["seconds"] is not None],
+                      [p["bytes"] for p in per if p["bytes"] is not None])
     if "oracle" in out:
         o = out["oracle"]["identity_similarity"]
         for row in out.values():
             row["share_of_oracle"] = float(row["identity_similarity"] / o) if o > 0 else None
-    if measure_overhead and example is not None:
+    return out
+
+
+def run(quick: bool = False, n_identities: int | None = None, images_per_prompt: int | None = None,
+        k: int = E4T_K, ti_steps: int = TI_STEPS, seed: int = 0, bp=None, encoder=None, split: str = "heldout",
+        e4t_lr: float = DEFAULT_TUNING_LR, cfg: float = EVAL_CFG, methods: tuple | None = None,
+        e4t_batch: int = DEFAULT_TUNING_BATCH, oracle_steps: int | None = None, n_views: int = ORACLE_VIEWS,
+        oracle_lr: float = ORACLE_LR, oracle_batch: int = ORACLE_BATCH, eval_steps: int = EVAL_STEPS,
+        measure_overhead: bool = True, overhead_repeats: int | None = None, k_described: int = E4T_K_DESCRIBED,
+        oracle_words: bool = ORACLE_WORDS, workers: int = 1) -> dict:
+    """The metrics dict described in the module doc. ``quick``: QUICK_IDENTITIES identities x 4 prompts x 2 images
+    and ORACLE_QUICK_STEPS oracle steps; full: FULL_IDENTITIES x 4 x 4 and ORACLE_STEPS.
+    ``split="val"`` is for choosing settings (k, lr, cfg) without looking at the held-out identities; fewer
+    ``eval_steps`` (sampler steps per generated image) and ``overhead_repeats`` (default 5 quick, 15 full) only
+    for tests. ``workers`` > 1: the identities in that many processes, each with the shipped models (the figures
+    are a single process's; the overhead is timed afterwards, in this process)."""
+    from .harness import collect_in_shards
+
+    n_ids = n_identities or (QUICK_IDENTITIES if quick else FULL_IDENTITIES)
+    per_prompt = images_per_prompt or (2 if quick else 4)
+    o_steps = int(oracle_steps if oracle_steps is not None else (ORACLE_QUICK_STEPS if quick else ORACLE_STEPS))
+    if workers > 1 and (bp is not None or encoder is not None):
+        raise ValueError("workers > 1 runs each process on the shipped models; do not pass bp or encoder")
+    records = collect_in_shards(
+        collect, workers, n_identities=n_ids, images_per_prompt=per_prompt, k=k, ti_steps=ti_steps, seed=seed,
+        bp=bp, encoder=encoder, split=split, e4t_lr=e4t_lr, cfg=cfg, methods=methods, e4t_batch=e4t_batch,
+        oracle_steps=o_steps, n_views=n_views, oracle_lr=oracle_lr, oracle_batch=oracle_batch,
+        eval_steps=eval_steps, k_described=k_described, oracle_words=oracle_words)
+    out = summarize(records)
+    encoder = encoder or load_encoder()
+    if measure_overhead and {"e4t_0", "e4t_k"} & set(out):
+        from ..concept.personalize import embed_e4t
+
+        bp = bp or load_builtin_base()
+        first = plan(1, seed, split)[0]
+        ref = render(first["identity"], first["ref_attrs"], bp.native_size, view=first["view"])
+        example = embed_e4t(encoder, bp, ref, token=TOKEN, steps=k if "e4t_k" in out else 0, lr=e4t_lr,
+                            seed=seed, batch_size=e4t_batch)
         repeats = overhead_repeats or (5 if quick else 15)
         out.update(overhead(bp, example, "a photo of <fs-person>, smiling", repeats=repeats, steps=eval_steps))
     out["settings"] = {"split": split, "identities": n_ids, "images_per_prompt": per_prompt, "k": k,
@@ -386,7 +436,7 @@ def run(quick: bool = False, n_identities: int | None = None, images_per_prompt:
                        "e4t_batch": e4t_batch,
                        "ti_steps": ti_steps, "e4t_lr": e4t_lr, "ti_lr": TI_LR, "eval_steps": eval_steps,
                        "oracle_steps": o_steps, "oracle_views": n_views, "oracle_lr": oracle_lr,
-                       "oracle_batch": oracle_batch, "oracle_words": oracle_words, "threshold": threshold,
+                       "oracle_batch": oracle_batch, "oracle_words": oracle_words, "threshold": _threshold(),
                        "sem_over": "identities",
                        "eval_cfg": cfg, "encoder": encoder.info.get("command", ENCODER_NAME),
                        "encoder_steps": encoder.info.get("steps")}

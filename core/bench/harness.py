@@ -42,7 +42,7 @@ def machine() -> dict:
     return info
 
 
-SHARDED = ("identity", "instruct")  # benchmarks whose identities run in parallel processes (--workers)
+SHARDED = ("concept", "identity", "instruct")  # benchmarks whose identities run in parallel processes (--workers)
 
 
 def collect_in_shards(collect, workers: int, **kwargs) -> list[dict]:
@@ -75,7 +75,7 @@ def add_arguments(p) -> None:
     p.add_argument("--force", action="store_true", help="overwrite an existing --json file")
     p.add_argument("--quick", action="store_true", help="fewer samples (CI smoke run); figures are noisier")
     p.add_argument("--workers", type=int, default=1,
-                   help=f"processes for the identities of {' and '.join(SHARDED)} (one torch thread each; each loads "
+                   help=f"processes for the identities of {', '.join(SHARDED)} (one torch thread each; each loads "
                         "the models; the figures are those of one process)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: timings stay comparable on a busy machine; 0 = torch default)")
