@@ -209,6 +209,14 @@ def find_config_folder(checkpoint: Path, arch: str, config: str | os.PathLike | 
 _FINGERPRINT_SAMPLE = 4096
 
 
+def vae_fingerprint(pipe) -> str:
+    """16 hex digits over ALL of the VAE's weights: what a cache of encoded images (a training pool's latents and
+    patch features) depends on. A base whose UNet or text encoder changed keeps it; another VAE does not."""
+    from .formats import weights_digest
+
+    return weights_digest("vae", getattr(pipe, "pipe", pipe).vae.state_dict())
+
+
 def compute_fingerprint(pipe, arch: str) -> str:
     """16 hex chars identifying the model (see ``BasePipeline``); reads a few small slices of weights."""
     h = hashlib.sha256()

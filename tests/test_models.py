@@ -109,6 +109,20 @@ def test_fingerprint_is_dtype_and_device_independent_but_model_specific(sd15, mo
     assert models.compute_fingerprint(fresh, "sd15") != sd15.fingerprint
 
 
+def test_vae_fingerprint_keys_pool_caches_to_the_vae_only(sd15):
+    """Training pools cache VAE encodings (``--pool-cache``): a base whose UNet changed keeps them, another VAE
+    does not."""
+    fresh = tiny_models.build_tiny_sd15(seed=0)
+    before = models.vae_fingerprint(fresh)
+    assert before == models.vae_fingerprint(sd15) and len(before) == 16
+    with torch.no_grad():
+        fresh.unet.conv_in.weight.add_(0.01)
+    assert models.vae_fingerprint(fresh) == before
+    with torch.no_grad():
+        fresh.vae.encoder.conv_in.weight.add_(0.01)
+    assert models.vae_fingerprint(fresh) != before
+
+
 def test_fp16_variant_folder_and_lora_guard(tmp_path, sd15, models_dir):
     models_dir["sd15"].save_pretrained(tmp_path / "variant", safe_serialization=True, variant="fp16")
     assert (tmp_path / "variant" / "unet" / "diffusion_pytorch_model.fp16.safetensors").is_file()

@@ -67,7 +67,7 @@ def add_arguments(p) -> None:
 def main(args) -> int:
     import torch
 
-    from ..core.models import native_size
+    from ..core.models import native_size, vae_fingerprint
     from ..core.formats import atomic_path, atomic_write_text, check_new_file
     from ..core.identity.face_encoder import FaceEncoder
     from ..core.models import load_pipeline
@@ -92,7 +92,9 @@ def main(args) -> int:
     face_encoder.net.to(next(base.pipe.unet.parameters()).device)  # frozen; the identity loss runs through it
     size = native_size(base.pipe)
     pool_seed = args.seed if args.pool_seed is None else args.pool_seed
-    source = f"synthface train identities={args.identities} views={args.views} seed={pool_seed}"
+    # the cache holds VAE encodings: another VAE (a different base) must not reuse it
+    source = (f"synthface train identities={args.identities} views={args.views} seed={pool_seed} "
+              f"vae={vae_fingerprint(base.pipe)}")
     cache = Path(args.pool_cache) if args.pool_cache else None
     if cache is not None and cache.is_file():
         images, ids, attrs, patches, stats, cached_source = load_renders(cache)

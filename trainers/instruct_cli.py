@@ -65,7 +65,7 @@ def main(args) -> int:
     import torch
     from ..core.formats import atomic_path, atomic_write_text, check_new_file
     from ..core.identity.face_encoder import FaceEncoder
-    from ..core.models import load_pipeline
+    from ..core.models import load_pipeline, vae_fingerprint
     from ..core.progress import tqdm_progress
     from ..core.training.loop import loss_graph
     from .e4t_cli import output_path, resolved_argv
@@ -90,7 +90,9 @@ def main(args) -> int:
     face_encoder = FaceEncoder.load(args.face_encoder)
     face_encoder.net.to(next(base.pipe.unet.parameters()).device)  # frozen; it encodes the pool
     size = base.native_size
-    source = f"synthface train instruct per_task={args.per_task} seed={args.seed} grid={settings.grid}"
+    # the cache holds VAE tokens and face-encoder embeddings: another VAE or face encoder must not reuse it
+    source = (f"synthface train instruct per_task={args.per_task} seed={args.seed} grid={settings.grid} "
+              f"vae={vae_fingerprint(base.pipe)} face_encoder={face_encoder.fingerprint}")
     cache = Path(args.pool_cache) if args.pool_cache else None
     if cache is not None and cache.is_file():
         pool = load_pool(cache)
