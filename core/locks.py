@@ -14,6 +14,7 @@ import errno
 import json
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -77,11 +78,31 @@ def _is_stale(owner: dict) -> bool:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | os.PathLike, what: str = "this job") -> Iterator[Path]:
+def folder_lock(folder: str | os.PathLike, what: str = "this job", wait: float = 0.0) -> Iterator[Path]:
     """Hold ``folder``'s lock for the block (the folder is created). Raises :class:`FolderLocked` if another live
-    process holds it; a stale lock (its process is gone) is taken over. Not re-entrant within one process."""
+    process holds it (after waiting up to ``wait`` seconds for it to be released); a stale lock (its process is
+    gone) is taken over. Not re-entrant within one process."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            path, token = _acquire(folder, what)
+            break
+        except FolderLocked:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
+    try:
+        yield path
+    finally:
+        owner = lock_owner(folder)
+        if owner and owner.get("token") == token:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+def _acquire(folder: Path, what: str) -> tuple[Path, str]:
     path = folder / LOCK_NAME
     token = os.urandom(8).hex()
     record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "what": what, "token": token})
@@ -100,17 +121,9 @@ def folder_lock(folder: str | os.PathLike, what: str = "this job") -> Iterator[P
             os.write(fd, record.encode("utf-8"))
         finally:
             os.close(fd)
-        break
-    else:
-        owner = lock_owner(folder) or {}
-        raise FolderLocked(path, owner.get("pid"), owner.get("host"), what, owner.get("what"))
-    try:
-        yield path
-    finally:
-        owner = lock_owner(folder)
-        if owner and owner.get("token") == token:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+        return path, token
+    owner = lock_owner(folder) or {}
+    raise FolderLocked(path, owner.get("pid"), owner.get("host"), what, owner.get("what"))
 
 
 def _remove_if_same(path: Path, owner: dict) -> None:

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from PIL import Image
@@ -180,6 +181,32 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
                                                       "what": "training"}))
     with locks.folder_lock(folder, "training"):
         assert locks.lock_owner(folder)["pid"] == os.getpid()
+
+
+def test_a_waiting_lock_starts_when_the_holder_releases(tmp_path):
+    """Trainings started together on one --pool-cache: the second waits while the first builds it."""
+    from facesmith.core import locks
+    from facesmith.trainers.settings import shared_pool_cache
+
+    folder = tmp_path / "pools"
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import sys, time; from facesmith.core import locks\n"
+                               "with locks.folder_lock(sys.argv[1], 'building a pool'):\n"
+                               "    print('held', flush=True); time.sleep(1.5)\n", str(folder)],
+                              stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(locks.FolderLocked, match="building a pool"):
+            with locks.folder_lock(folder, "no wait"):
+                pass
+        t0 = time.monotonic()
+        with shared_pool_cache(folder / "pool.safetensors"):  # waits for the holder, then holds the folder
+            assert time.monotonic() - t0 > 0.5  # the holder kept it 1.5 s after saying so
+            assert locks.lock_owner(folder)["pid"] == os.getpid()
+    finally:
+        holder.kill()
+    assert locks.lock_owner(folder) is None
 
 
 def test_export_and_training_take_the_folder_lock(tmp_path):

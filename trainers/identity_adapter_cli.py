@@ -75,7 +75,7 @@ def main(args) -> int:
     from ..core.training.loop import loss_graph
     from .e4t import synthface_images
     from .e4t_cli import output_path, resolved_argv
-    from .settings import training_device
+    from .settings import shared_pool_cache, training_device
     from .identity_adapter import (AdapterTrainSettings, FacePool, encode_renders, face_embeddings, load_renders,
                                    save_renders, train_identity_adapter)
 
@@ -96,16 +96,17 @@ def main(args) -> int:
     source = (f"synthface train identities={args.identities} views={args.views} seed={pool_seed} "
               f"vae={vae_fingerprint(base.pipe)}")
     cache = Path(args.pool_cache) if args.pool_cache else None
-    if cache is not None and cache.is_file():
-        images, ids, attrs, patches, stats, cached_source = load_renders(cache)
-        if cached_source != source:
-            raise SystemExit(f"--pool-cache {cache} holds another pool ({cached_source!r}); this command wants "
-                             f"{source!r}: use another cache file")
-    else:
-        images, ids, attrs = synthface_images(args.identities, args.views, pool_seed, size, args.workers)
-        patches, stats = encode_renders(base, images, progress=tqdm_progress("encode pool"))
-        if cache is not None:
-            save_renders(cache, images, ids, attrs, patches, stats, source)
+    with shared_pool_cache(cache):
+        if cache is not None and cache.is_file():
+            images, ids, attrs, patches, stats, cached_source = load_renders(cache)
+            if cached_source != source:
+                raise SystemExit(f"--pool-cache {cache} holds another pool ({cached_source!r}); this command wants "
+                                 f"{source!r}: use another cache file")
+        else:
+            images, ids, attrs = synthface_images(args.identities, args.views, pool_seed, size, args.workers)
+            patches, stats = encode_renders(base, images, progress=tqdm_progress("encode pool"))
+            if cache is not None:
+                save_renders(cache, images, ids, attrs, patches, stats, source)
     pool = FacePool(face=face_embeddings(face_encoder, images, size), patches=patches, stats=stats,
                     identity=ids, attrs=attrs, source=source)
     del images

@@ -69,7 +69,7 @@ def main(args) -> int:
     from ..core.progress import tqdm_progress
     from ..core.training.loop import loss_graph
     from .e4t_cli import output_path, resolved_argv
-    from .settings import training_device
+    from .settings import shared_pool_cache, training_device
     from .instruct import InstructTrainSettings, build_pool, load_pool, render_samples, save_pool, train_instruct
 
     if args.threads:
@@ -94,18 +94,19 @@ def main(args) -> int:
     source = (f"synthface train instruct per_task={args.per_task} seed={args.seed} grid={settings.grid} "
               f"vae={vae_fingerprint(base.pipe)} face_encoder={face_encoder.fingerprint}")
     cache = Path(args.pool_cache) if args.pool_cache else None
-    if cache is not None and cache.is_file():
-        pool = load_pool(cache)
-        if pool.source_name != source:
-            raise SystemExit(f"--pool-cache {cache} holds another pool ({pool.source_name!r}); this command wants "
-                             f"{source!r}: use another cache file")
-    else:
-        images, samples = render_samples(args.per_task, args.seed, size, workers=args.workers)
-        pool = build_pool(base, face_encoder, images, samples, grid=settings.grid,
-                          progress=tqdm_progress("encode pool"), source_name=source)
-        del images
-        if cache is not None:
-            save_pool(cache, pool)
+    with shared_pool_cache(cache):
+        if cache is not None and cache.is_file():
+            pool = load_pool(cache)
+            if pool.source_name != source:
+                raise SystemExit(f"--pool-cache {cache} holds another pool ({pool.source_name!r}); this command wants "
+                                 f"{source!r}: use another cache file")
+        else:
+            images, samples = render_samples(args.per_task, args.seed, size, workers=args.workers)
+            pool = build_pool(base, face_encoder, images, samples, grid=settings.grid,
+                              progress=tqdm_progress("encode pool"), source_name=source)
+            del images
+            if cache is not None:
+                save_pool(cache, pool)
     work_dir = args.work_dir or str(Path(".cache") / "train-instruct" / out.stem)
     model, result = train_instruct(base, face_encoder, pool, settings, work_dir=work_dir, resume=not args.no_resume,
                                    progress=tqdm_progress("train instruction model"))

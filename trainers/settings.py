@@ -62,3 +62,19 @@ def training_device(device: str = "auto") -> str:
     if state.num_processes > 1 or (device == "auto" and state.device.type != "cpu"):
         return str(state.device)
     return device
+
+
+def shared_pool_cache(cache):
+    """The block that loads or builds a ``--pool-cache`` file, held by one process at a time: trainings started
+    together on one cache (``facesmith assets --build --jobs N``) wait while the first one builds it, then load it.
+    ``cache`` None: no lock."""
+    import contextlib
+
+    from ..core.locks import folder_lock
+
+    if cache is None:
+        return contextlib.nullcontext()
+    return folder_lock(cache.parent, f"building the training pool {cache.name}", wait=POOL_WAIT_SECONDS)
+
+
+POOL_WAIT_SECONDS = 6 * 3600  # a CPU pool takes minutes to hours; a crashed builder's lock is stale at once
