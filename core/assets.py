@@ -20,6 +20,7 @@ ADAPTER_TRAINING = ["--identities", "2400", "--views", "5", "--batch-size", "16"
 ADAPTER_WORDS = ["--identity-p", "0.7"]
 UNDERSTAND_DIR = BUILTIN_MODELS / "facesmith" / "understand"
 INSTRUCT_DIR = BUILTIN_MODELS / "facesmith" / "instruct"
+LOG_DIR = Path(".cache") / "assets-build"
 INSTRUCT_TRAINING = ["--per-task", "10000", "--batch-size", "128", "--seed", "0", "--workers", "0", "--pool-cache",
                      ".cache/train-instruct/pool-10000.safetensors"]
 
@@ -30,6 +31,7 @@ class Asset:
     what: str
     marker: Path            # the file whose presence means "built"
     build_steps: list[list[str]]   # `facesmith ...` commands (argument lists) that rebuild it, in order
+    needs: tuple[str, ...] = ()    # assets its commands read (built first)
 
     @property
     def present(self) -> bool:
@@ -37,6 +39,7 @@ class Asset:
 
 
 def assets() -> list[Asset]:
+    on_base = ("base", "face-encoder")  # trained on the base, with the face encoder's features or loss
     return [
         Asset("base", "tiny SynthFace text-to-image base model (diffusers folder)", BASE_DIR / "model_index.json",
               _base_steps()),
@@ -44,39 +47,42 @@ def assets() -> list[Asset]:
               JUDGES_DIR / "attributes.safetensors", [["train", "judges", "--out", str(JUDGES_DIR)]]),
         Asset("domain-encoder", "E4T domain encoder + domain LoRA for synthface-base",
               ENCODER_DIR / "e4t" / "synthface-e4t.safetensors",
-              _e4t_steps()),
+              _e4t_steps(), ("base",)),
         Asset("face-encoder", "the identity adapter's own face recognizer (not the judge)",
               IDENTITY_DIR / "face-encoder.safetensors",
               [["train", "face-encoder", "--seed", "11", "--out", str(IDENTITY_DIR / "face-encoder.safetensors")]]),
-        Asset("identity-adapter", "identity adapter (IDAdapter) for synthface-base, and its two ablations",
-              IDENTITY_DIR / "synthface-idadapter.safetensors", _adapter_steps()),
+        *[Asset(f"identity-adapter{suffix}", f"identity adapter (IDAdapter) for synthface-base{what}",
+                IDENTITY_DIR / f"synthface-idadapter{suffix}.safetensors", _adapter_steps(suffix, extra), on_base)
+          for suffix, extra, what in (("", [], ""), ("-no-mix", ["--no-mix"], ", ablation without mixed features"),
+                                      ("-no-idloss", ["--id-weight", "0"], ", ablation without the identity loss"))],
         Asset("understand-moe", "unified face understanding model, grouped mixture of experts",
               UNDERSTAND_DIR / "synthface-unified-moe.safetensors", _understand_steps("moe")),
         Asset("understand-dense", "unified face understanding model, dense baseline (equal active parameters)",
               UNDERSTAND_DIR / "synthface-unified-dense.safetensors", _understand_steps("dense")),
-        Asset("instruct", "instruction model (MIGE) for synthface-base: joint, and the three single-task models",
-              INSTRUCT_DIR / "synthface-instruct.safetensors", _instruct_steps()),
+        *[Asset(name.replace("synthface-", ""), f"instruction model (MIGE) for synthface-base{what}",
+                INSTRUCT_DIR / f"{name}.safetensors", _instruct_steps(name, tasks, steps), on_base)
+          for name, tasks, steps, what in (
+              ("synthface-instruct", None, 2015, ", joint (all three tasks)"),
+              ("synthface-instruct-instruction-edit", "instruction_edit", 2017, ", single-task: instruction edit"),
+              ("synthface-instruct-subject-edit", "subject_edit", 1984, ", single-task: subject edit"),
+              ("synthface-instruct-subject-generation", "subject_generation", 1927,
+               ", single-task: subject generation"))],
     ]
 
 
-def _instruct_steps() -> list[list[str]]:
-    """The commands that made the shipped instruction models (see assets/models/facesmith/instruct/README.md): one
-    H200, four trainings at once, each given 270 seconds (``--seconds 270``), which the trainer turned into the step
-    counts below; then the joint model continued on the same pool at twice the batch and half the learning rate (1,661
-    steps from ``--seconds 240``, another H200 job)."""
-    out = []
-    for name, tasks, steps in (("synthface-instruct", None, 2015),
-                               ("synthface-instruct-instruction-edit", "instruction_edit", 2017),
-                               ("synthface-instruct-subject-edit", "subject_edit", 1984),
-                               ("synthface-instruct-subject-generation", "subject_generation", 1927)):
-        out.append(["train", "instruct", *INSTRUCT_TRAINING, "--steps", str(steps),
-                    *(["--tasks", tasks] if tasks else []), "--out", str(INSTRUCT_DIR / f"{name}.safetensors"),
-                    "--work-dir", f".cache/train-instruct/{name}"])
-    joint = str(INSTRUCT_DIR / "synthface-instruct.safetensors")
-    doubled = [("256" if prev == "--batch-size" else a) for prev, a in zip(["", *INSTRUCT_TRAINING], INSTRUCT_TRAINING)]
-    out.insert(1, ["train", "instruct", *doubled, "--steps", "1661", "--lr", "5e-4",
-                   "--init-from", joint, "--out", joint, "--overwrite", "--work-dir",
-                   ".cache/train-instruct/synthface-instruct-more"])
+def _instruct_steps(name: str, tasks: str | None, steps: int) -> list[list[str]]:
+    """The commands that made one shipped instruction model (see assets/models/facesmith/instruct/README.md): one
+    H200, the four trainings at once, each given 270 seconds (``--seconds 270``), which the trainer turned into the
+    step counts recorded here; then the joint model continued on the same pool at twice the batch and half the
+    learning rate (1,661 steps from ``--seconds 240``, another H200 job). The four share one ``--pool-cache``."""
+    out = [["train", "instruct", *INSTRUCT_TRAINING, "--steps", str(steps), *(["--tasks", tasks] if tasks else []),
+            "--out", str(INSTRUCT_DIR / f"{name}.safetensors"), "--work-dir", f".cache/train-instruct/{name}"]]
+    if tasks is None:  # the joint model's continuation
+        joint = str(INSTRUCT_DIR / f"{name}.safetensors")
+        doubled = [("256" if prev == "--batch-size" else a)
+                   for prev, a in zip(["", *INSTRUCT_TRAINING], INSTRUCT_TRAINING)]
+        out.append(["train", "instruct", *doubled, "--steps", "1661", "--lr", "5e-4", "--init-from", joint, "--out",
+                    joint, "--overwrite", "--work-dir", ".cache/train-instruct/synthface-instruct-more"])
     return out
 
 
@@ -116,52 +122,97 @@ def _e4t_steps() -> list[list[str]]:
              "--work-dir", ".cache/train-e4t/synthface-e4t"]]
 
 
-def _adapter_steps() -> list[list[str]]:
-    """The commands that made the shipped adapter and its ablations (see assets/models/facesmith/identity/README.md):
-    600 steps; then 400 more from that file whose captions also name the visible identity traits in words
-    (``--identity-p``); then twice 1,000 more of those with new batches (``--seed 2``, ``--seed 3``, same pool)."""
-    out = []
-    for name, extra in (("synthface-idadapter", []), ("synthface-idadapter-no-mix", ["--no-mix"]),
-                        ("synthface-idadapter-no-idloss", ["--id-weight", "0"])):
-        path, work = str(IDENTITY_DIR / f"{name}.safetensors"), f".cache/train-identity/{name}"
-        common = ["train", "identity-adapter", *ADAPTER_TRAINING, *extra, "--out", path]
-        out += [common + ["--lr", "1e-3", "--seed", "0", "--steps", "600", "--work-dir", work],
-                common + ["--lr", "5e-4", "--seed", "0", "--steps", "400", *ADAPTER_WORDS, "--init-from", path,
-                          "--overwrite", "--no-resume", "--work-dir", f"{work}-words"],
-                common + ["--lr", "5e-4", "--seed", "2", "--pool-seed", "0", "--steps", "1000", *ADAPTER_WORDS,
-                          "--init-from", path, "--overwrite", "--no-resume", "--work-dir", f"{work}-words-long"],
-                common + ["--lr", "5e-4", "--seed", "3", "--pool-seed", "0", "--steps", "1000", *ADAPTER_WORDS,
-                          "--init-from", path, "--overwrite", "--no-resume", "--work-dir", f"{work}-words-long2"]]
-    return out
+def _adapter_steps(suffix: str, extra: list[str]) -> list[list[str]]:
+    """The commands that made the shipped adapter (``suffix`` "") or one of its ablations (see
+    assets/models/facesmith/identity/README.md): 600 steps; then 400 more from that file whose captions also name the
+    visible identity traits in words (``--identity-p``); then twice 1,000 more of those with new batches
+    (``--seed 2``, ``--seed 3``, same pool). The three share one ``--pool-cache``."""
+    name = f"synthface-idadapter{suffix}"
+    path, work = str(IDENTITY_DIR / f"{name}.safetensors"), f".cache/train-identity/{name}"
+    common = ["train", "identity-adapter", *ADAPTER_TRAINING, *extra, "--out", path]
+    return [common + ["--lr", "1e-3", "--seed", "0", "--steps", "600", "--work-dir", work],
+            common + ["--lr", "5e-4", "--seed", "0", "--steps", "400", *ADAPTER_WORDS, "--init-from", path,
+                      "--overwrite", "--no-resume", "--work-dir", f"{work}-words"],
+            common + ["--lr", "5e-4", "--seed", "2", "--pool-seed", "0", "--steps", "1000", *ADAPTER_WORDS,
+                      "--init-from", path, "--overwrite", "--no-resume", "--work-dir", f"{work}-words-long"],
+            common + ["--lr", "5e-4", "--seed", "3", "--pool-seed", "0", "--steps", "1000", *ADAPTER_WORDS,
+                      "--init-from", path, "--overwrite", "--no-resume", "--work-dir", f"{work}-words-long2"]]
 
 
 def missing() -> list[Asset]:
     return [a for a in assets() if not a.present]
 
 
-def build(asset: Asset) -> None:
-    """Rebuild one asset with the same command that made the shipped files (slow on CPU: minutes)."""
+def build(asset: Asset, log_file: Path | None = None) -> None:
+    """Rebuild one asset with the same commands that made the shipped files (slow on CPU: minutes to hours).
+    ``log_file``: the commands' output goes there instead of this terminal."""
     for args in asset.build_steps:
         cmd = [sys.executable, "-m", "facesmith.core.cli", *args]
         log.info("building %s: %s", asset.name, " ".join(cmd))
-        subprocess.run(cmd, check=True)
+        if log_file is None:
+            subprocess.run(cmd, check=True)
+            continue
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_file, "a", encoding="utf-8") as out:
+            out.write(f"$ facesmith {' '.join(args)}\n")
+            out.flush()
+            done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT)
+        if done.returncode:
+            raise RuntimeError(f"building {asset.name} failed (exit {done.returncode}): facesmith {' '.join(args)}; "
+                               f"its output is in {log_file}")
 
 
-def ensure_all(build_missing: bool = True) -> list[Asset]:
-    """Return the assets that are still missing after building the missing ones (in dependency order)."""
-    for a in assets():
-        if not a.present and build_missing:
-            build(a)
+def build_in_order(todo: list[Asset], jobs: int = 1, run=None) -> None:
+    """Build ``todo``, each asset after those it ``needs`` (an asset not in ``todo`` counts as there), up to ``jobs``
+    at once (each in its own processes: trainings share a GPU, or take a CPU core each). The first failure stops
+    new starts; the builds already running finish, then it is raised."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    jobs = max(1, int(jobs))
+    if run is None:
+        def run(a: Asset) -> None:
+            build(a, None if jobs == 1 else LOG_DIR / f"{a.name}.log")
+    names = {a.name for a in todo}
+    pending, done, running = list(todo), set(), {}
+    with ThreadPoolExecutor(jobs) as pool:
+        while pending or running:
+            for a in list(pending):
+                if len(running) < jobs and all(n in done or n not in names for n in a.needs):
+                    pending.remove(a)
+                    if jobs > 1:
+                        log.info("building %s (output: %s)", a.name, LOG_DIR / f"{a.name}.log")
+                    running[pool.submit(run, a)] = a
+            if not running:
+                raise RuntimeError("assets that need each other: " + ", ".join(a.name for a in pending))
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for f in finished:
+                a = running.pop(f)
+                if f.exception() is not None:
+                    pending.clear()
+                    wait(running)
+                    raise f.exception()
+                done.add(a.name)
+
+
+def ensure_all(build_missing: bool = True, jobs: int = 1) -> list[Asset]:
+    """Return the assets that are still missing after building the missing ones (after what they need; ``jobs``
+    at once)."""
+    if build_missing:
+        build_in_order(missing(), jobs)
     return missing()
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--build", action="store_true", help="train every missing asset (minutes on a CPU)")
+    p.add_argument("--build", action="store_true", help="train every missing asset (minutes to hours on a CPU)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="with --build: this many assets at once, each after those it needs (their output goes to "
+                        f"{LOG_DIR}/NAME.log); to retrain models on a new base, remove their files and use --jobs 8 "
+                        "on a GPU machine")
 
 
 def main(args) -> int:
     if args.build:
-        ensure_all(True)
+        ensure_all(True, jobs=args.jobs)
     width = max(len(a.name) for a in assets())
     for a in assets():
         state = "present" if a.present else "MISSING"
@@ -170,4 +221,3 @@ def main(args) -> int:
             for args in a.build_steps:
                 print(f"{'':<{width}}  rebuild: facesmith {' '.join(args)}")
     return 0 if not missing() else 1
-
