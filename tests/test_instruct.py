@@ -159,3 +159,33 @@ def test_training_continues_an_earlier_model_and_renders_the_pool_in_parallel(wo
     with pytest.raises(ValueError, match="configuration"):  # another shape is refused, naming both
         train_instruct(bp, model.face_encoder, pool, InstructTrainSettings(
             steps=0, batch_size=4, lora_rank=4, init_from=str(tmp_path / "first.safetensors")))
+
+
+def test_identity_loss_compares_the_decoded_estimate_with_the_target_face(world):
+    """``--id-weight``: the face encoder's view of the decoded clean estimate against the target render's face,
+    on conditioned rows with small timesteps only; it reaches the fusion network; off by default."""
+    from facesmith.core.concept.diffusion import ParamHolder, frozen
+    from facesmith.core.concept.lora import trainable_lora
+    from facesmith.trainers.instruct import InstructObjective, build_pool, lora_targets, render_samples
+
+    bp, model, _ = world
+    images, samples = render_samples(4, seed=1, size=64)
+    pool = build_pool(bp, model.face_encoder, images, samples, grid=model.cfg.grid)
+    dp = bp.pipe
+    with frozen(dp.unet, dp.text_encoder, dp.vae, model.face_encoder.net), \
+            trainable_lora(dp.unet, 2, 2.0, targets=lora_targets(dp.unet)) as mods:
+        def objective(w, t_max=1000):
+            return InstructObjective(dp, model, pool, mods, ParamHolder(model.source_weight), batch_size=6,
+                                     drop_p=0.0, id_weight=w, id_t_max=t_max)
+
+        off = objective(0.0)
+        loss0, logs0 = off.loss(off.make_batch(0), 0)
+        assert "id" not in logs0
+        on = objective(1.0)
+        loss1, logs1 = on.loss(on.make_batch(0), 0)  # same batch and noise: the loss adds the identity term
+        assert 0.0 < logs1["id"] <= 2.0 and float(loss1) == pytest.approx(float(loss0) + logs1["id"], rel=1e-4)
+        model.net.zero_grad()
+        loss1.backward()
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.net.parameters())
+        never = objective(1.0, t_max=0)  # no timestep is below 0: no row qualifies
+        assert "id" not in never.loss(never.make_batch(0), 0)[1]

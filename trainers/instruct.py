@@ -137,8 +137,12 @@ def load_pool(path) -> InstructPool:
 
 class InstructObjective:
     def __init__(self, dp, model: InstructModel, pool: InstructPool, lora_mods, source_weight: ParamHolder,
-                 tasks=TASKS, batch_size: int = 32, drop_p: float = 0.05, seed: int = 0):
+                 tasks=TASKS, batch_size: int = 32, drop_p: float = 0.05, seed: int = 0, id_weight: float = 0.0,
+                 id_t_max: int = 600, id_rows_max: int = 8):
         self.dp, self.model, self.pool = dp, model, pool
+        # the identity loss (IDAdapter's, on the model's own face encoder, never the judge): the face in the
+        # decoded clean estimate of up to id_rows_max conditioned rows with t < id_t_max against the target's face
+        self.id_weight, self.id_t_max, self.id_rows_max = float(id_weight), int(id_t_max), int(id_rows_max)
         self.lora_mods, self.source_weight = lora_mods, source_weight
         self.batch_size, self.drop_p, self.seed = int(batch_size), float(drop_p), int(seed)
         want = [TASKS.index(t) for t in tasks]
@@ -167,7 +171,7 @@ class InstructObjective:
         drop_src = (u >= self.drop_p) & (u < 2 * self.drop_p) | (u >= 1 - self.drop_p)  # source only, or both
         caps = ["" if d else self.prompts[r] for r, d in zip(rows.tolist(), drop_text.tolist())]
         return {"rows": torch.from_numpy(rows), "ids": caption_ids(self.tok, caps),
-                "drop_src": torch.from_numpy(drop_src), "step": int(step)}
+                "drop_src": torch.from_numpy(drop_src), "drop_text": torch.from_numpy(drop_text), "step": int(step)}
 
     def loss(self, batch, step):
         dp, pool, net = self.dp, self.pool, self.model.net
@@ -208,7 +212,28 @@ class InstructObjective:
             m = task == i
             if bool(m.any()):
                 logs[name] = float(per_row[m.to(per_row.device)].mean().detach())
-        return per_row.mean(), logs
+        loss = per_row.mean()
+        if self.id_weight > 0:
+            id_loss = self._identity_loss(noisy, pred, t, rows, ~batch["drop_text"].to(dev) & (t < self.id_t_max))
+            if id_loss is not None:
+                loss = loss + self.id_weight * id_loss
+                logs["id"] = float(id_loss.detach())
+        return loss, logs
+
+    def _identity_loss(self, noisy, pred, t, rows, use):
+        """1 - cosine between the face encoder's embedding of the decoded clean estimate and the target render's
+        (every task's target is the person of image1), over at most ``id_rows_max`` rows of ``use``."""
+        from .identity_adapter import clean_estimate
+
+        idx = torch.nonzero(use).flatten()[:self.id_rows_max]
+        if not len(idx):
+            return None
+        x0 = clean_estimate(self.sched, noisy[idx], pred[idx], t[idx])
+        img = self.dp.vae.decode(x0 / self.sf).sample.clamp(-1, 1)
+        got = self.model.face_encoder.embed_images(img)
+        want = F.normalize(self.pool.face[torch.from_numpy(self.pool.target[rows[idx.cpu().numpy()]])].to(got.device),
+                           dim=-1)
+        return (1 - (got * want).sum(-1)).mean()
 
 
 def _named(text: str) -> list[int]:
@@ -234,6 +259,8 @@ class InstructTrainSettings:
     lr_schedule: str = "cosine"
     seconds: float = 0.0
     init_from: Optional[str] = None  # an earlier instruction model file to continue (fresh schedule, same shape)
+    id_weight: float = 0.0   # > 0: add the identity loss (InstructObjective) with this weight
+    id_t_max: int = 600
 
     def check(self) -> None:
         check_whole_numbers(self, ("steps", "batch_size", "n_tokens", "grid", "lora_rank"))
@@ -242,6 +269,8 @@ class InstructTrainSettings:
             raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {list(self.tasks)}")
         if not 0 <= self.drop_p < 1 / 3:
             raise ValueError(f"drop_p must be in [0, 1/3), got {self.drop_p}")
+        if not self.id_weight >= 0:
+            raise ValueError(f"id_weight must be >= 0, got {self.id_weight}")
 
 
 def train_instruct(pipe, face_encoder, pool: InstructPool, settings: InstructTrainSettings,
@@ -261,7 +290,8 @@ def train_instruct(pipe, face_encoder, pool: InstructPool, settings: InstructTra
 
     def objective(m: InstructModel, mods):
         return InstructObjective(dp, m, pool, mods, ParamHolder(m.source_weight), settings.tasks,
-                                 settings.batch_size, settings.drop_p, settings.seed)
+                                 settings.batch_size, settings.drop_p, settings.seed, settings.id_weight,
+                                 settings.id_t_max)
 
     with frozen(dp.unet, dp.text_encoder, dp.vae, face_encoder.net):
         if settings.seconds > 0:
