@@ -58,6 +58,7 @@ class InstructPool:
     target: np.ndarray        # (S,)
     instruction: list
     source_name: str = ""
+    person: np.ndarray | None = None  # (S,) identity of each sample's target (the person of image1)
 
     def __len__(self) -> int:
         return len(self.instruction)
@@ -86,7 +87,8 @@ def render_samples(n_per_task: int, seed: int, size: int, split: str = "train", 
             idx = list(s["images"])
             samples.append({"task": TASKS.index(task), "images": idx + [-1] * (MAX_TRAIN_IMAGES - len(idx)),
                             "source": idx[0] if s["source"] is not None else -1,  # an edit's source is image1
-                            "target": s["target"], "instruction": s["instruction"]})
+                            "target": s["target"], "instruction": s["instruction"],
+                            "person": int(jobs[s["target"]][0])})
     return render_many(jobs, size, workers), samples
 
 
@@ -114,7 +116,8 @@ def build_pool(pipe, face_encoder, images, samples: list, grid: int = 8, batch: 
                         images=np.array([s["images"] for s in samples], np.int64),
                         source=np.array([s["source"] for s in samples], np.int64),
                         target=np.array([s["target"] for s in samples], np.int64),
-                        instruction=[s["instruction"] for s in samples], source_name=source_name)
+                        instruction=[s["instruction"] for s in samples], source_name=source_name,
+                        person=np.array([s["person"] for s in samples], np.int64))
 
 
 def save_pool(path, pool: InstructPool) -> None:
@@ -122,7 +125,8 @@ def save_pool(path, pool: InstructPool) -> None:
 
     save_safetensors(path, {"face": pool.face, "tokens": pool.tokens, "stats": pool.stats,
                             "task": torch.from_numpy(pool.task), "images": torch.from_numpy(pool.images),
-                            "source": torch.from_numpy(pool.source), "target": torch.from_numpy(pool.target)},
+                            "source": torch.from_numpy(pool.source), "target": torch.from_numpy(pool.target),
+                            "person": torch.from_numpy(pool.person)},
                      {"instruction": json.dumps(pool.instruction), "source_name": pool.source_name}, overwrite=True)
 
 
@@ -132,14 +136,21 @@ def load_pool(path) -> InstructPool:
     t, meta = load_safetensors(path)
     return InstructPool(face=t["face"], tokens=t["tokens"], stats=t["stats"], task=t["task"].numpy(),
                         images=t["images"].numpy(), source=t["source"].numpy(), target=t["target"].numpy(),
-                        instruction=json.loads(meta["instruction"]), source_name=meta.get("source_name", ""))
+                        instruction=json.loads(meta["instruction"]), source_name=meta.get("source_name", ""),
+                        person=t["person"].numpy() if "person" in t else None)
 
 
 class InstructObjective:
     def __init__(self, dp, model: InstructModel, pool: InstructPool, lora_mods, source_weight: ParamHolder,
                  tasks=TASKS, batch_size: int = 32, drop_p: float = 0.05, seed: int = 0, id_weight: float = 0.0,
-                 id_t_max: int = 600, id_rows_max: int = 8):
+                 id_t_max: int = 600, id_rows_max: int = 8, identity_p: float = 0.0):
         self.dp, self.model, self.pool = dp, model, pool
+        # subject generation rows name each visible identity trait of their person with probability identity_p
+        # after <image1> (as the identity adapter trains), so words a face model reads can join the image at use
+        self.identity_p = float(identity_p)
+        if self.identity_p > 0 and pool.person is None:
+            raise ValueError("identity words (identity_p > 0) need each sample's person, which a pool built by an "
+                             "earlier version lacks: build the pool again (another --pool-cache file)")
         # the identity loss (IDAdapter's, on the model's own face encoder, never the judge): the face in the
         # decoded clean estimate of up to id_rows_max conditioned rows with t < id_t_max against the target's face
         self.id_weight, self.id_t_max, self.id_rows_max = float(id_weight), int(id_t_max), int(id_rows_max)
@@ -169,9 +180,22 @@ class InstructObjective:
         u = rng.random(self.batch_size)
         drop_text = (u < self.drop_p) | (u >= 1 - self.drop_p)          # text only, or both
         drop_src = (u >= self.drop_p) & (u < 2 * self.drop_p) | (u >= 1 - self.drop_p)  # source only, or both
-        caps = ["" if d else self.prompts[r] for r, d in zip(rows.tolist(), drop_text.tolist())]
+        caps = ["" if d else self._prompt(r, rng) for r, d in zip(rows.tolist(), drop_text.tolist())]
         return {"rows": torch.from_numpy(rows), "ids": caption_ids(self.tok, caps),
                 "drop_src": torch.from_numpy(drop_src), "drop_text": torch.from_numpy(drop_text), "step": int(step)}
+
+    def _prompt(self, row: int, rng: np.random.Generator) -> str:
+        if self.identity_p <= 0 or self.pool.task[row] != TASKS.index("subject_generation"):
+            return self.prompts[row]
+        from ..core.concept.tokens import with_words
+        from ..core.synthface.captions import describe_identity, random_mention
+        from ..core.synthface.render import identity_traits
+        from .identity_adapter import VISIBLE_TRAITS
+
+        said = random_mention(rng, self.identity_p, VISIBLE_TRAITS)
+        words = describe_identity(identity_traits(int(self.pool.person[row])).facts(), said)
+        text = with_words(self.pool.instruction[row], words, "<image1>")
+        return expanded_prompt(parse(text, _named(text)).prompt, MAX_TRAIN_IMAGES, self.model.cfg.n_tokens)
 
     def loss(self, batch, step):
         dp, pool, net = self.dp, self.pool, self.model.net
@@ -261,6 +285,7 @@ class InstructTrainSettings:
     init_from: Optional[str] = None  # an earlier instruction model file to continue (fresh schedule, same shape)
     id_weight: float = 0.0   # > 0: add the identity loss (InstructObjective) with this weight
     id_t_max: int = 600
+    identity_p: float = 0.0  # > 0: subject generation instructions name the person's visible traits (InstructObjective)
 
     def check(self) -> None:
         check_whole_numbers(self, ("steps", "batch_size", "n_tokens", "grid", "lora_rank"))
@@ -269,6 +294,8 @@ class InstructTrainSettings:
             raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {list(self.tasks)}")
         if not 0 <= self.drop_p < 1 / 3:
             raise ValueError(f"drop_p must be in [0, 1/3), got {self.drop_p}")
+        if not 0 <= self.identity_p <= 1:
+            raise ValueError(f"identity_p must be in [0, 1], got {self.identity_p}")
         if not self.id_weight >= 0:
             raise ValueError(f"id_weight must be >= 0, got {self.id_weight}")
 
@@ -291,7 +318,7 @@ def train_instruct(pipe, face_encoder, pool: InstructPool, settings: InstructTra
     def objective(m: InstructModel, mods):
         return InstructObjective(dp, m, pool, mods, ParamHolder(m.source_weight), settings.tasks,
                                  settings.batch_size, settings.drop_p, settings.seed, settings.id_weight,
-                                 settings.id_t_max)
+                                 settings.id_t_max, identity_p=settings.identity_p)
 
     with frozen(dp.unet, dp.text_encoder, dp.vae, face_encoder.net):
         if settings.seconds > 0:

@@ -51,6 +51,9 @@ def add_arguments(p) -> None:
                    help="per row: drop the instruction, the source, or both, each with this probability")
     p.add_argument("--n-tokens", type=int, default=4, help="word vectors per referenced image")
     p.add_argument("--lora-rank", type=int, default=16)
+    p.add_argument("--identity-p", type=float, default=0.0,
+                   help="subject generation instructions name each visible identity trait of the person with this "
+                        "probability after <image1> (0 = never), so identity words can join the image at use")
     p.add_argument("--id-weight", type=float, default=0.0,
                    help="weight of an identity loss (the model's face encoder on the decoded clean estimate against "
                         "the target's face, as the identity adapter trains; 0 = off)")
@@ -84,6 +87,7 @@ def main(args) -> int:
     settings = InstructTrainSettings(tasks=tasks, steps=args.steps, batch_size=args.batch_size,
                                      learning_rate=args.lr, drop_p=args.drop_p, n_tokens=args.n_tokens,
                                      lora_rank=args.lora_rank, seed=args.seed, id_weight=args.id_weight,
+                                     identity_p=args.identity_p,
                                      checkpoint_every=args.checkpoint_every, seconds=args.seconds,
                                      init_from=str(output_path(args.init_from, SUBDIR)) if args.init_from else None)
     settings.check()

@@ -158,12 +158,13 @@ def _samples(identity: int, index: int, seed: int, size: int, split: str = "held
 def collect(n_identities: int, images_per_sample: int = IMAGES_PER_SAMPLE, seed: int = 0, bp=None,
             models: dict | None = None, steps: int = SAMPLER_STEPS, shard: tuple[int, int] = (0, 1),
             rows: tuple | None = None, split: str = "heldout", image_guidance: float = IMAGE_GUIDANCE,
-            text_guidance: float = TEXT_GUIDANCE) -> list[dict]:
+            text_guidance: float = TEXT_GUIDANCE, tasks: tuple = TASKS) -> list[dict]:
     """Per-identity figures for identities ``shard[0]::shard[1]`` of the ``n_identities`` drawn (shards combine in
     :func:`summarize`). ``models``: ``{"joint": model, "single": {task: model}}`` and any other name -> a model
     evaluated on every task (e.g. a longer-trained joint model); ``rows``: which of them (and
     ``identity_baseline``) to run, default all; ``split``: "heldout" for the reported figures, "val" to choose
-    settings such as the guidance scales without touching the held-out identities."""
+    settings such as the guidance scales without touching the held-out identities; ``tasks``: which tasks to run
+    (every identity's samples are drawn for all three, so a subset keeps the same samples)."""
     from ..instruct.instruction import parse
     from ..instruct.model import instruct_images
     from ..judges.metrics import recognizer
@@ -191,6 +192,8 @@ def collect(n_identities: int, images_per_sample: int = IMAGES_PER_SAMPLE, seed:
         samples = _samples(chosen[n], n, seed, bp.native_size, split)
         rec = {"index": n, "identity": chosen[n], "figures": {}}
         for task, s in samples.items():
+            if task not in tasks:
+                continue
             vae_img = vae_roundtrip(bp, s["source"]) if s["source"] is not None else None
             gen_seed = seed + 1000 * n
             for name in rows:
