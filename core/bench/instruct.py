@@ -56,6 +56,7 @@ IMAGES_PER_SAMPLE = 2
 SAMPLER_STEPS = 20
 TEXT_GUIDANCE = 3.0
 IMAGE_GUIDANCE = 1.5
+WORDS_ROW = "+words"  # a row "<model>+words": see collect
 GOALS = {"edit_success": 0.80, "identity_preserved": 0.80}
 FIGURES = ("edit_success", "identity_preserved", "unchanged_kept", "preservation", "reference_fidelity",
            "alignment_l1", "vae_l1", "seconds_per_image")
@@ -164,7 +165,10 @@ def collect(n_identities: int, images_per_sample: int = IMAGES_PER_SAMPLE, seed:
     evaluated on every task (e.g. a longer-trained joint model); ``rows``: which of them (and
     ``identity_baseline``) to run, default all; ``split``: "heldout" for the reported figures, "val" to choose
     settings such as the guidance scales without touching the held-out identities; ``tasks``: which tasks to run
-    (every identity's samples are drawn for all three, so a subset keeps the same samples)."""
+    (every identity's samples are drawn for all three, so a subset keeps the same samples). A row named
+    ``"<model>+words"`` is that model given, in subject generation, the identity words the built-in face model reads
+    on image1 after ``<image1>`` (what a graph with Face Describe does; never the judges)."""
+    from ..concept.tokens import with_words
     from ..instruct.instruction import parse
     from ..instruct.model import instruct_images
     from ..judges.metrics import recognizer
@@ -173,6 +177,16 @@ def collect(n_identities: int, images_per_sample: int = IMAGES_PER_SAMPLE, seed:
     bp = bp or load_builtin_base()
     models = models or load_models()
     threshold = float(recognizer().threshold)
+
+    face_model = []
+
+    def read(image) -> str:  # Face Describe's identity words of image1 (the face model loaded once)
+        from ..understand.check import identity_words
+        from ..understand.store import load_face_model
+
+        if not face_model:
+            face_model.append(load_face_model())
+        return identity_words(face_model[0], image)
     chosen = [int(i) for i in np.random.default_rng(seed).choice(identities(split), n_identities, replace=False)]
 
     def run(model, s, gen_seed):
@@ -197,13 +211,18 @@ def collect(n_identities: int, images_per_sample: int = IMAGES_PER_SAMPLE, seed:
             vae_img = vae_roundtrip(bp, s["source"]) if s["source"] is not None else None
             gen_seed = seed + 1000 * n
             for name in rows:
+                model_name, s_used = name, s
+                if name.endswith(WORDS_ROW):
+                    model_name = name[:-len(WORDS_ROW)]
+                    if task == "subject_generation":
+                        s_used = dict(s, instruction=with_words(s["instruction"], read(s["images"][0]), "<image1>"))
                 if name == "identity_baseline":
                     base_img = s["source"] if s["source"] is not None else s["images"][0]
                     out = torch.from_numpy(np.repeat(base_img[None], images_per_sample, 0)).float() / 255
                     secs = 0.0
                 else:
-                    model = models[name][task] if isinstance(models[name], dict) else models[name]
-                    out, secs = run(model, s, gen_seed)
+                    model = models[model_name][task] if isinstance(models[model_name], dict) else models[model_name]
+                    out, secs = run(model, s_used, gen_seed)
                 fig = judge_sample(s, out, threshold, vae_img)
                 fig["seconds_per_image"] = secs
                 rec["figures"][f"{name}/{task}"] = fig
