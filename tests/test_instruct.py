@@ -189,3 +189,35 @@ def test_identity_loss_compares_the_decoded_estimate_with_the_target_face(world)
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.net.parameters())
         never = objective(1.0, t_max=0)  # no timestep is below 0: no row qualifies
         assert "id" not in never.loss(never.make_batch(0), 0)[1]
+
+
+def test_identity_words_join_subject_generation_instructions_only(world):
+    """``--identity-p``: a subject generation instruction names its person's visible traits after <image1> (each
+    with probability identity_p); edits keep their instructions; a pool without persons is refused."""
+    import dataclasses
+
+    from facesmith.core.concept.diffusion import ParamHolder
+    from facesmith.core.synthface.captions import describe_identity
+    from facesmith.core.synthface.render import identity_traits
+    from facesmith.trainers.identity_adapter import VISIBLE_TRAITS
+    from facesmith.trainers.instruct import InstructObjective, build_pool, render_samples
+
+    bp, model, _ = world
+    images, samples = render_samples(3, seed=2, size=64)
+    pool = build_pool(bp, model.face_encoder, images, samples, grid=model.cfg.grid)
+    assert [int(p) for p in pool.person] == [s["person"] for s in samples]
+
+    def objective(p, pool=pool):
+        return InstructObjective(bp.pipe, model, pool, None, ParamHolder(model.source_weight), identity_p=p)
+
+    always, never = objective(1.0), objective(0.0)
+    rng = np.random.default_rng(0)
+    for row in range(len(pool)):
+        if pool.task[row] == 0:  # subject generation: every visible trait, right after image1's tokens
+            words = describe_identity(identity_traits(int(pool.person[row])).facts(), VISIBLE_TRAITS)
+            assert always._prompt(row, rng) == never._prompt(row, rng).replace(
+                never._prompt(row, rng).split(",")[0], never._prompt(row, rng).split(",")[0] + ", " + words, 1)
+        else:
+            assert always._prompt(row, rng) == never._prompt(row, rng)
+    with pytest.raises(ValueError, match="build the pool again"):
+        objective(0.5, dataclasses.replace(pool, person=None))
