@@ -67,10 +67,9 @@ def add_arguments(p) -> None:
 def main(args) -> int:
     import torch
 
-    from ..core.models import native_size, vae_fingerprint
     from ..core.formats import atomic_path, atomic_write_text, check_new_file
     from ..core.identity.face_encoder import FaceEncoder
-    from ..core.models import load_pipeline
+    from ..core.models import load_pipeline, native_size, vae_fingerprint
     from ..core.progress import tqdm_progress
     from ..core.training.loop import loss_graph
     from .e4t import synthface_images
