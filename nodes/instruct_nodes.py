@@ -17,7 +17,8 @@ from ..core.instruct.instruction import MAX_IMAGES, Instruction, InstructionErro
 from ..core.instruct.model import TASKS
 from .comfy_bridge import grad_enabled, interruptible, node_progress
 from .concept_nodes import _exists_text, _file_name, _name_problem, node_error, trainer_seed
-from .identity_adapter_nodes import _file_hash
+from .generate import _concept_list
+from .identity_adapter_nodes import CONCEPT_TYPE, _file_hash
 from .loaders import PIPELINE_TYPE
 from .node_errors import input_error
 
@@ -234,6 +235,12 @@ class FaceSmithInstructGenerate:
             "weight": ("FLOAT", {"default": 1.0, "min": -2.0, "max": 5.0, "step": 0.05,
                                  "tooltip": "Strength of the instruction model's UNet offsets and source channels "
                                             "(1 = as trained, 0 = the bare base)."}),
+        }, "optional": {
+            "concepts": (CONCEPT_TYPE, {
+                "tooltip": "Optional FaceSmith conditionings applied with the instruction, e.g. the identity from "
+                           "'Apply Identity (FaceSmith)' of the person in image1: its token goes right after "
+                           "<image1> unless the instruction writes it. It makes generated people look more like "
+                           "image1 (measured: instruct README)."}),
         }}
 
     @classmethod
@@ -259,8 +266,9 @@ class FaceSmithInstructGenerate:
         return True
 
     def run(self, pipeline, instruct_model, instruction, source, text_guidance, image_guidance, steps, seed,
-            batch_size, scheduler, weight):
+            batch_size, scheduler, weight, concepts=None):
         from ..core.concept.concept import BaseMismatch
+        from ..core.generate import Conditioner
         from ..core.instruct.model import InstructModel, instruct_images
         from ..core.memory import MemoryLimitExceeded, check_generate_memory
         from ..core.models import BasePipeline
@@ -290,6 +298,11 @@ class FaceSmithInstructGenerate:
             instruct_model.check_base(pipeline)
         except BaseMismatch as exc:
             raise input_error(node, "instruct_model", exc) from exc
+        extra = _concept_list(concepts)
+        for item in extra:
+            if not isinstance(item, Conditioner):
+                raise input_error(node, "concepts", f"got a {type(item).__name__}, which is not a FaceSmith "
+                                                    "conditioning (needs rewrite_prompt and applied)")
         request = GenerateRequest(prompt=ins.prompt, seed=seed, steps=steps, cfg=text_guidance,
                                   batch_size=batch_size, scheduler=scheduler)
         try:
@@ -305,7 +318,8 @@ class FaceSmithInstructGenerate:
             images = instruct_images(pipeline, instruct_model, ins, instruction.images, source=src,
                                      image_guidance=float(image_guidance), text_guidance=float(text_guidance),
                                      steps=int(steps), seed=int(seed), batch_size=int(batch_size),
-                                     scheduler=scheduler, weight=float(weight), progress=node_progress(node))
+                                     scheduler=scheduler, weight=float(weight), progress=node_progress(node),
+                                     conditioners=extra)
         task = _task_of(number, ins)
         what = (f"edited {source} ({images.shape[2]}x{images.shape[1]}, its own size)" if number is not None
                 else f"generated {images.shape[0]} image(s)")

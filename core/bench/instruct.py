@@ -57,6 +57,7 @@ SAMPLER_STEPS = 20
 TEXT_GUIDANCE = 3.0
 IMAGE_GUIDANCE = 1.5
 WORDS_ROW = "+words"  # a row "<model>+words": see collect
+IDENTITY_ROW = "+identity"  # a row "<model>+identity": see collect
 GOALS = {"edit_success": 0.80, "identity_preserved": 0.80}
 FIGURES = ("edit_success", "identity_preserved", "unchanged_kept", "preservation", "reference_fidelity",
            "alignment_l1", "vae_l1", "seconds_per_image")
@@ -167,7 +168,9 @@ def collect(n_identities: int, images_per_sample: int = IMAGES_PER_SAMPLE, seed:
     settings such as the guidance scales without touching the held-out identities; ``tasks``: which tasks to run
     (every identity's samples are drawn for all three, so a subset keeps the same samples). A row named
     ``"<model>+words"`` is that model given, in subject generation, the identity words the built-in face model reads
-    on image1 after ``<image1>`` (what a graph with Face Describe does; never the judges)."""
+    on image1 after ``<image1>`` (what a graph with Face Describe does; never the judges). A row named
+    ``"<model>+identity"`` (subject generation only) is that model with the identity of image1 from the shipped
+    identity adapter applied together (Apply Identity into Instruct Generate's ``concepts``)."""
     from ..concept.tokens import with_words
     from ..instruct.instruction import parse
     from ..instruct.model import instruct_images
@@ -178,7 +181,17 @@ def collect(n_identities: int, images_per_sample: int = IMAGES_PER_SAMPLE, seed:
     models = models or load_models()
     threshold = float(recognizer().threshold)
 
-    face_model = []
+    face_model, adapter = [], []
+
+    def identity_of(image):  # Apply Identity of image1 with the shipped adapter (its default weight, no words)
+        from ..identity import face_pipeline as fp
+        from ..identity.adapter import DEFAULT_WEIGHT, IdentityConditioner
+        from .identity import ADAPTERS, load_adapter
+
+        if not adapter:
+            adapter.append(load_adapter(ADAPTERS["adapter_1ref"]))
+        faces = fp.analyze(np.asarray(image)[None], fp.FaceSettings(recognizer="none"))
+        return IdentityConditioner(adapter[0], adapter[0].identity(bp, faces.crops), weight=DEFAULT_WEIGHT)
 
     def read(image) -> str:  # Face Describe's identity words of image1 (the face model loaded once)
         from ..understand.check import identity_words
@@ -189,12 +202,14 @@ def collect(n_identities: int, images_per_sample: int = IMAGES_PER_SAMPLE, seed:
         return identity_words(face_model[0], image)
     chosen = [int(i) for i in np.random.default_rng(seed).choice(identities(split), n_identities, replace=False)]
 
-    def run(model, s, gen_seed):
+    def run(model, s, gen_seed, with_identity=False):
         ins = parse(s["instruction"], list(range(1, len(s["images"]) + 1)))
         imgs = {i + 1: im for i, im in enumerate(s["images"])}
         t0 = time.perf_counter()
+        extra = [identity_of(s["images"][0])] if with_identity else []
         out = instruct_images(bp, model, ins, imgs, source=s["source"], image_guidance=image_guidance,
-                              text_guidance=text_guidance, steps=steps, seed=gen_seed, batch_size=images_per_sample)
+                              text_guidance=text_guidance, steps=steps, seed=gen_seed, batch_size=images_per_sample,
+                              conditioners=extra)
         return out, (time.perf_counter() - t0) / images_per_sample
 
     rows = tuple(rows or (*models, "identity_baseline"))
@@ -212,6 +227,10 @@ def collect(n_identities: int, images_per_sample: int = IMAGES_PER_SAMPLE, seed:
             gen_seed = seed + 1000 * n
             for name in rows:
                 model_name, s_used = name, s
+                if name.endswith(IDENTITY_ROW):
+                    if task != "subject_generation":
+                        continue
+                    model_name = name[:-len(IDENTITY_ROW)]
                 if name.endswith(WORDS_ROW):
                     model_name = name[:-len(WORDS_ROW)]
                     if task == "subject_generation":
@@ -222,7 +241,7 @@ def collect(n_identities: int, images_per_sample: int = IMAGES_PER_SAMPLE, seed:
                     secs = 0.0
                 else:
                     model = models[model_name][task] if isinstance(models[model_name], dict) else models[model_name]
-                    out, secs = run(model, s_used, gen_seed)
+                    out, secs = run(model, s_used, gen_seed, with_identity=name.endswith(IDENTITY_ROW))
                 fig = judge_sample(s, out, threshold, vae_img)
                 fig["seconds_per_image"] = secs
                 rec["figures"][f"{name}/{task}"] = fig

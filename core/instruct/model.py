@@ -283,15 +283,24 @@ class InstructionConditioner:
 def instruct_images(pipe, model: InstructModel, instruction: Instruction, images: dict, source=None,
                     image_guidance: float = 1.5, text_guidance: float = 3.0, steps: int = 20, seed: int = 0,
                     batch_size: int = 1, scheduler: str = "dpmpp_2m", weight: float = 1.0, progress=None,
-                    size_of: Optional[Sequence[int]] = None) -> torch.Tensor:
+                    size_of: Optional[Sequence[int]] = None, conditioners: Sequence = ()) -> torch.Tensor:
     """Generate (no ``source``) or edit (``source``) by ``instruction``; ComfyUI IMAGE (B, H, W, 3). An edit's result
-    is resized back to the source's (H, W) so its pixels line up with the source."""
+    is resized back to the source's (H, W) so its pixels line up with the source. ``conditioners``: other FaceSmith
+    conditionings applied together with the instruction (e.g. an identity from the identity adapter); the token of
+    one that has a token and is not written in the instruction goes right after ``<image1>``, the person it is
+    meant to be (see the instruct README: it raises subject generation's identity)."""
+    from ..concept.tokens import with_words
     from ..generate import GenerateRequest, generate
 
     cond = InstructionConditioner(model, instruction, images, pipe, source, image_guidance, weight)
-    req = GenerateRequest(prompt=instruction.prompt, seed=seed, steps=steps, cfg=text_guidance,
+    prompt = instruction.prompt
+    for c in conditioners:
+        token = getattr(c, "token", None)
+        if token and token not in prompt and image_token(1) in prompt:
+            prompt = with_words(prompt, token, image_token(1))
+    req = GenerateRequest(prompt=prompt, seed=seed, steps=steps, cfg=text_guidance,
                           batch_size=batch_size, scheduler=scheduler)
-    out = generate(pipe, req, [cond], progress)
+    out = generate(pipe, req, [cond, *conditioners], progress)
     if source is not None:
         h, w = to_unit_bchw(source).shape[-2:]
         if tuple(out.shape[1:3]) != (h, w):
