@@ -230,3 +230,37 @@ def test_train_node_cancel_resume_save_and_load(world, monkeypatch):
     assert FaceSmithTrainInstructModel.VALIDATE_INPUTS(name="ok") is True
     single, _, _ = train.train(**dict(args, tasks="instruction_edit", steps=1, name="edit-only"))["result"]
     assert single.tasks == ("instruction_edit",)
+
+
+def test_generate_applies_connected_concepts_with_the_token_after_image1(world):
+    """Instruct Generate's optional concepts (e.g. Apply Identity of the person in image1) run on the same Generate
+    call; a concept's token goes right after <image1> unless the instruction writes it; a non-conditioning is
+    refused naming the input."""
+    import contextlib
+
+    bp, model, _ = world
+    seen = []
+
+    class Recorder:  # a FaceSmith conditioning that changes nothing and records what it was given
+        token = "<rec>"
+
+        def rewrite_prompt(self, prompt):
+            seen.append(prompt)
+            return prompt.replace(self.token, "person")
+
+        @contextlib.contextmanager
+        def applied(self, pipe):
+            seen.append("applied")
+            yield
+
+    ins = _instruction("a photo of <image1>, smiling", image1=_image(64, 64))
+    plain = _run(bp, model, ins, source="none (generate)")["result"][0]
+    out = _run(bp, model, ins, source="none (generate)", concepts=Recorder())["result"][0]
+    assert out.shape == plain.shape
+    assert "applied" in seen and any(p.endswith("#3, <rec>, smiling") for p in seen if p != "applied")  # image1's 4 words
+    seen.clear()
+    written = _instruction("a photo of <image1> and <rec>", image1=_image(64, 64))
+    _run(bp, model, written, source="none (generate)", concepts=[Recorder()])
+    assert any(p.endswith("and <rec>") and p.count("<rec>") == 1 for p in seen if p != "applied")
+    with pytest.raises(ValueError, match=r"Instruct Generate/Edit \(FaceSmith\): input 'concepts'"):
+        _run(bp, model, ins, source="none (generate)", concepts="not a conditioning")
