@@ -294,15 +294,19 @@ def instruct_reference_edit() -> list[N]:
 
 
 def instruct_subject_generation() -> list[N]:
-    """A new picture of the person in a photo, as the instruction asks (subject-driven generation: no source);
-    judges the asked attributes and the likeness to the photo."""
+    """A new picture of the person in a photo, as the instruction asks (subject-driven generation: no source), with
+    the identity of that photo from the identity adapter applied together (it makes the generated person look more
+    like the photo: instruct README); judges the asked attributes and the likeness to the photo."""
     text = "a photo of <image1>, wearing a hat, on a blue background"
     return [
         N(1, "FaceSmithLoadBaseModel", dict(model=BASE, arch="auto", device="auto", dtype="auto"), {}, (40, 80)),
         _load_instruct(2, (40, 300)),
         N(3, "FaceSmithSynthFace", dict(REFERENCE), {}, (40, 460), title="Subject (held-out identity 18)"),
         _instruction(4, (420, 460), text, [3]),
-        _instruct(5, (820, 80), _instruct_links(4), source="none (generate)"),
+        N(9, "FaceSmithLoadIdentityAdapter", dict(adapter=ADAPTER), {}, (40, 900)),
+        _analysis(10, (420, 900), {"images": (3, 0)}),
+        _apply_identity(11, (820, 900), {"pipeline": (1, 0), "adapter": (9, 0), "faces": (10, 0)}),
+        _instruct(5, (820, 80), dict(_instruct_links(4), concepts=(11, 0)), source="none (generate)"),
         N(6, "SaveImage", dict(filename_prefix="facesmith/instruct_subject_generation"), {"images": (5, 0)},
           (1220, 80)),
         N(7, "SaveImage", dict(filename_prefix="facesmith/instruct_subject_reference"), {"images": (3, 0)},
