@@ -25,6 +25,16 @@ def _concept_list(concepts) -> list:
     return [concepts]
 
 
+def conditioners_of(node: str, concepts) -> list:
+    """A node's ``concepts`` input as FaceSmith conditionings; anything else is an error naming the node and input."""
+    out = _concept_list(concepts)
+    for item in out:
+        if not isinstance(item, Conditioner):
+            raise input_error(node, "concepts", f"got a {type(item).__name__}, which is not a FaceSmith "
+                                                "conditioning (needs rewrite_prompt and applied)")
+    return out
+
+
 class FaceSmithGenerate:
     DISPLAY_NAME = "Generate (FaceSmith)"
     CATEGORY = "FaceSmith/Base"
@@ -109,11 +119,7 @@ class FaceSmithGenerate:
         if not isinstance(pipeline, BasePipeline):
             raise input_error(node, "pipeline", f"must come from 'Load Base Model (FaceSmith)', got "
                                                 f"{type(pipeline).__name__}")
-        conditioners = _concept_list(concepts)
-        for item in conditioners:
-            if not isinstance(item, Conditioner):
-                raise input_error(node, "concepts", f"got a {type(item).__name__}, which is not a FaceSmith "
-                                                    "conditioning (needs rewrite_prompt and applied)")
+        conditioners = conditioners_of(node, concepts)
         request = GenerateRequest(
             prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps, cfg=cfg, width=width,
             height=height, batch_size=batch_size, scheduler=scheduler,

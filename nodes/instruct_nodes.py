@@ -17,7 +17,7 @@ from ..core.instruct.instruction import MAX_IMAGES, Instruction, InstructionErro
 from ..core.instruct.model import TASKS
 from .comfy_bridge import grad_enabled, interruptible, node_progress
 from .concept_nodes import _exists_text, _file_name, _name_problem, node_error, trainer_seed
-from .generate import _concept_list
+from .generate import conditioners_of
 from .identity_adapter_nodes import CONCEPT_TYPE, _file_hash
 from .loaders import PIPELINE_TYPE
 from .node_errors import input_error
@@ -268,7 +268,6 @@ class FaceSmithInstructGenerate:
     def run(self, pipeline, instruct_model, instruction, source, text_guidance, image_guidance, steps, seed,
             batch_size, scheduler, weight, concepts=None):
         from ..core.concept.concept import BaseMismatch
-        from ..core.generate import Conditioner
         from ..core.instruct.model import InstructModel, instruct_images
         from ..core.memory import MemoryLimitExceeded, check_generate_memory
         from ..core.models import BasePipeline
@@ -298,11 +297,7 @@ class FaceSmithInstructGenerate:
             instruct_model.check_base(pipeline)
         except BaseMismatch as exc:
             raise input_error(node, "instruct_model", exc) from exc
-        extra = _concept_list(concepts)
-        for item in extra:
-            if not isinstance(item, Conditioner):
-                raise input_error(node, "concepts", f"got a {type(item).__name__}, which is not a FaceSmith "
-                                                    "conditioning (needs rewrite_prompt and applied)")
+        extra = conditioners_of(node, concepts)
         request = GenerateRequest(prompt=ins.prompt, seed=seed, steps=steps, cfg=text_guidance,
                                   batch_size=batch_size, scheduler=scheduler)
         try:
