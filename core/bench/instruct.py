@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -157,6 +158,14 @@ def _samples(identity: int, index: int, seed: int, size: int, split: str = "held
     return out
 
 
+@lru_cache(maxsize=1)
+def _adapter():
+    """The shipped identity adapter (rows ``"<model>+identity"``), loaded once."""
+    from .identity import ADAPTERS, load_adapter
+
+    return load_adapter(ADAPTERS["adapter_1ref"])
+
+
 def collect(n_identities: int, images_per_sample: int = IMAGES_PER_SAMPLE, seed: int = 0, bp=None,
             models: dict | None = None, steps: int = SAMPLER_STEPS, shard: tuple[int, int] = (0, 1),
             rows: tuple | None = None, split: str = "heldout", image_guidance: float = IMAGE_GUIDANCE,
@@ -181,25 +190,18 @@ def collect(n_identities: int, images_per_sample: int = IMAGES_PER_SAMPLE, seed:
     models = models or load_models()
     threshold = float(recognizer().threshold)
 
-    face_model, adapter = [], []
-
     def identity_of(image):  # Apply Identity of image1 with the shipped adapter (its default weight, no words)
         from ..identity import face_pipeline as fp
         from ..identity.adapter import DEFAULT_WEIGHT, IdentityConditioner
-        from .identity import ADAPTERS, load_adapter
 
-        if not adapter:
-            adapter.append(load_adapter(ADAPTERS["adapter_1ref"]))
         faces = fp.analyze(np.asarray(image)[None], fp.FaceSettings(recognizer="none"))
-        return IdentityConditioner(adapter[0], adapter[0].identity(bp, faces.crops), weight=DEFAULT_WEIGHT)
+        return IdentityConditioner(_adapter(), _adapter().identity(bp, faces.crops), weight=DEFAULT_WEIGHT)
 
-    def read(image) -> str:  # Face Describe's identity words of image1 (the face model loaded once)
+    def read(image) -> str:  # Face Describe's identity words of image1
         from ..understand.check import identity_words
-        from ..understand.store import load_face_model
+        from .concept import _understander
 
-        if not face_model:
-            face_model.append(load_face_model())
-        return identity_words(face_model[0], image)
+        return identity_words(_understander(), image)
     chosen = [int(i) for i in np.random.default_rng(seed).choice(identities(split), n_identities, replace=False)]
 
     def run(model, s, gen_seed, with_identity=False):
