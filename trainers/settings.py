@@ -64,6 +64,9 @@ def training_device(device: str = "auto") -> str:
     return device
 
 
+POOL_WAIT_SECONDS = 6 * 3600  # a CPU pool takes minutes to hours; a crashed builder's lock is stale at once
+
+
 def shared_pool_cache(cache):
     """The block that loads or builds a ``--pool-cache`` file, held by one process at a time: trainings started
     together on one cache (``facesmith assets --build --jobs N``) wait while the first one builds it, then load it.
@@ -76,5 +79,3 @@ def shared_pool_cache(cache):
         return contextlib.nullcontext()
     return folder_lock(cache.parent, f"building the training pool {cache.name}", wait=POOL_WAIT_SECONDS)
 
-
-POOL_WAIT_SECONDS = 6 * 3600  # a CPU pool takes minutes to hours; a crashed builder's lock is stale at once

@@ -414,6 +414,8 @@ def run(quick: bool = False, n_identities: int | None = None, images_per_prompt:
     o_steps = int(oracle_steps if oracle_steps is not None else (ORACLE_QUICK_STEPS if quick else ORACLE_STEPS))
     if workers > 1 and (bp is not None or encoder is not None):
         raise ValueError("workers > 1 runs each process on the shipped models; do not pass bp or encoder")
+    if workers <= 1:  # loaded once here: collect and the overhead timing below share them
+        bp, encoder = bp or load_builtin_base(), encoder or load_encoder()
     records = collect_in_shards(
         collect, workers, n_identities=n_ids, images_per_prompt=per_prompt, k=k, ti_steps=ti_steps, seed=seed,
         bp=bp, encoder=encoder, split=split, e4t_lr=e4t_lr, cfg=cfg, methods=methods, e4t_batch=e4t_batch,
