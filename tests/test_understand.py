@@ -95,6 +95,44 @@ def test_grouped_moe_routes_groups_apart_and_dense_twin_has_equal_active_paramet
     assert torch.allclose(base[:, :-1], other[:, :-1], atol=1e-5)  # causal: the future never leaks back
 
 
+def test_unit_gate_counts_the_chosen_expert_fully_and_still_trains_the_router(u):
+    """``ModelConfig.gate``: ``prob`` (the shipped files; a config without the field) scales a routed expert by its
+    router probability; ``unit`` adds it at weight 1 (shared + chosen token expert + chosen sequence expert, as the
+    dense twin adds its three thirds), and the routers still get a gradient."""
+    _, _, model, q, _ = u
+    tok = q.WordTokenizer.build(16)
+    kw = dict(vocab_size=tok.size, n_codes=16, code_offset=tok.code_offset, dim=32, layers=1, expert_hidden=32)
+    assert model.ModelConfig(**kw).gate == "prob"
+    with pytest.raises(ValueError, match="gate must be one of"):
+        model.ModelConfig(gate="soft", **kw)
+    torch.manual_seed(0)
+    x = torch.randn(3, 6, 32)
+    group = torch.tensor([0, 0, 1])
+    cond = torch.zeros(3, 6, dtype=torch.bool)
+    cond[:, :2] = True
+    outs = {}
+    for kind in model.GATES:
+        ff = model.build_model(model.ModelConfig(gate=kind, **kw)).blocks[0].ff
+        out, _ = ff(x, group, cond)
+        want = ff.shared(x)
+        for r in range(3):
+            g = int(group[r])
+            probs = ff.token_router[g](x[r]).softmax(-1)
+            pooled = x[r, :2].mean(0)
+            sprobs = ff.seq_router[g](pooled).softmax(-1)
+            for t in range(6):
+                e = int(probs[t].argmax())
+                w = probs[t, e] if kind == "prob" else 1.0
+                want[r, t] = want[r, t] + w * ff.token_experts[g][e](x[r, t])
+            s = int(sprobs.argmax())
+            want[r] = want[r] + (sprobs[s] if kind == "prob" else 1.0) * ff.seq_experts[g][s](x[r])
+        assert torch.allclose(out, want, atol=1e-5), kind
+        out.pow(2).sum().backward()
+        assert ff.token_router[0].weight.grad.abs().sum() > 0 and ff.seq_router[0].weight.grad.abs().sum() > 0
+        outs[kind] = out.detach()
+    assert not torch.allclose(outs["prob"], outs["unit"])
+
+
 def test_unified_model_learns_on_the_one_loop_and_marks_unknown_questions(u, heldout, tmp_path):
     """60 steps of the one loop on two question types: the loss falls and held-out background answers go from
     none right (random words) to far above chance (0.25); save/load round trip; out-of-set questions are

@@ -80,7 +80,7 @@ class FaceVQAObjective:
 DEFAULTS = {"pool_identities": 4000, "per_identity": 3, "steps": 700, "lr": 2e-3, "batch_vqa": 48,
             "batch_caption": 8, "batch_draw": 8, "turns": 4, "dim": 128, "layers": 4, "expert_hidden": 128,
             "token_experts": 4, "seq_experts": 2, "n_codes": 256, "types": None, "warmup": 30, "stem": "conv4",
-            "stem_width": 32, "init_from": None}
+            "stem_width": 32, "gate": "prob", "init_from": None}
 
 
 def train_unified(out_path, arch: str = "moe", seed: int = 0, work_dir: str | None = None, cache_dir: str | None = None,
@@ -115,7 +115,7 @@ def train_unified(out_path, arch: str = "moe", seed: int = 0, work_dir: str | No
                       layers=s["layers"], expert_hidden=s["expert_hidden"], moe=arch == "moe",
                       token_experts=s["token_experts"], seq_experts=s["seq_experts"],
                       probe_classes=tuple(len(values(t)) for t in TYPES), stem=s["stem"],
-                      stem_width=s["stem_width"])
+                      stem_width=s["stem_width"], gate=s["gate"])
     model = build_model(cfg, seed)
     if s["init_from"]:  # continue an earlier model (its weights and codebook) with a fresh schedule
         from ..core.understand.weights import load_unified

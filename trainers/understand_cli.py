@@ -36,6 +36,9 @@ def add_arguments(p) -> None:
                    help="unified: image stem (conv4: four strided convolutions; residual: residual blocks at 32 and "
                         "16 px; default conv4)")
     p.add_argument("--stem-width", type=int, default=None, help="unified: stem channels at 32 px (default 32)")
+    p.add_argument("--gate", choices=("prob", "unit"), default=None,
+                   help="unified moe: a routed expert's output times its router probability (prob, the default) or "
+                        "times 1 with a straight-through gradient to the router (unit)")
     p.add_argument("--init-from", default=None,
                    help="unified: continue from this model file (same architecture; its weights and codebook) with "
                         "a fresh schedule of --steps")
@@ -88,7 +91,7 @@ def main(args) -> int:
                              progress=tqdm_progress(f"face-vqa {args.arch}"), resume=not args.no_resume,
                              overwrite=args.overwrite, command=command, steps=args.steps, lr=args.lr,
                              pool_identities=args.pool_identities, per_identity=args.per_identity,
-                             stem=args.stem, stem_width=args.stem_width, init_from=args.init_from,
+                             stem=args.stem, stem_width=args.stem_width, gate=args.gate, init_from=args.init_from,
                              batch_vqa=args.batch_vqa, batch_caption=args.batch_caption,
                              batch_draw=args.batch_draw, workers=args.workers, seconds=args.seconds,
                              checkpoint_every=args.checkpoint_every)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 GROUPS = ("understanding", "generation")
 STEMS = ("conv4", "residual")
+GATES = ("prob", "unit")
 
 
 @dataclass
@@ -51,10 +52,14 @@ class ModelConfig:
     probe_classes: tuple = ()  # answers per question type: a linear probe on the image tokens (training signal)
     stem: str = "conv4"     # image stem, one of STEMS (see PatchEmbed); files saved without the field are conv4
     stem_width: int = 32    # stem channels at 32 px (twice that at 16 px); 32 = the conv4 stem of those files
+    gate: str = "prob"      # how a routed expert's output is weighted, one of GATES (see GroupedMoE); files saved
+                            # without the field are "prob"
 
     def __post_init__(self):
         if self.stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
+        if self.gate not in GATES:
+            raise ValueError(f"gate must be one of {GATES}, got {self.gate!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -68,6 +73,14 @@ class FeedForward(nn.Module):
 
     def forward(self, x):
         return self.down(F.gelu(self.up(x)))
+
+
+def _weight(gate: torch.Tensor, kind: str) -> torch.Tensor:
+    """The factor on a routed expert's output. ``prob``: its router probability (Switch Transformer's top-1 gate;
+    with 4 experts it starts near 0.25, so a routed expert starts at a quarter of its output and of its gradient).
+    ``unit``: 1 in the forward pass, the router still learning from the gradient of log(probability) (a
+    straight-through gate), so each routed expert counts as fully as the dense twin's matching third."""
+    return gate if kind == "prob" else gate / gate.detach()
 
 
 def _balance(probs: torch.Tensor, choice: torch.Tensor, n: int) -> torch.Tensor:
@@ -87,6 +100,7 @@ class GroupedMoE(nn.Module):
                                          for _ in GROUPS)
         self.token_router = nn.ModuleList(nn.Linear(d, cfg.token_experts, bias=False) for _ in GROUPS)
         self.seq_router = nn.ModuleList(nn.Linear(d, cfg.seq_experts, bias=False) for _ in GROUPS)
+        self.gate = cfg.gate
         self.last_routing: dict = {}
 
     def forward(self, x, group, cond):
@@ -108,7 +122,7 @@ class GroupedMoE(nn.Module):
             for e, expert in enumerate(self.token_experts[g]):
                 sel = (choice == e).nonzero(as_tuple=True)[0]
                 if sel.numel():
-                    mixed.index_add_(0, sel, gate[sel, None] * expert(flat[sel]))
+                    mixed.index_add_(0, sel, _weight(gate[sel, None], self.gate) * expert(flat[sel]))
             aux = aux + _balance(probs, choice, len(self.token_experts[g]))
             # sequence level: top-1 expert per row, routed on the mean of its condition tokens
             c = cond[rows].unsqueeze(-1).to(xg.dtype)
@@ -119,7 +133,7 @@ class GroupedMoE(nn.Module):
             for e, expert in enumerate(self.seq_experts[g]):
                 sel = (schoice == e).nonzero(as_tuple=True)[0]
                 if sel.numel():
-                    seq.index_add_(0, sel, sgate[sel, None, None] * expert(xg[sel]))
+                    seq.index_add_(0, sel, _weight(sgate[sel, None, None], self.gate) * expert(xg[sel]))
             aux = aux + _balance(sprobs, schoice, len(self.seq_experts[g]))
             out = out.index_add(0, rows, mixed.reshape(b, t, d) + seq)
             routing[GROUPS[g]] = {"token": torch.bincount(choice, minlength=len(self.token_experts[g])).tolist(),
