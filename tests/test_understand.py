@@ -399,3 +399,36 @@ def test_time_budget_becomes_a_recorded_step_count_and_batches_follow_the_model(
         assert all(getattr(moved, f).device.type == "meta" for f in ("tokens", "targets", "group", "cond", "image_at"))
         assert moved.images is None or moved.images.device.type == "meta"
         assert part.tokens.device.type == "cpu"  # the original stays where it was
+
+
+def test_moe_replicates_compare_pairs_over_seeds_and_refuse_non_twins(u, tmp_path):
+    """``core/bench/moe_replicates``: each (MoE, dense) pair's paired difference on the bench's held-out renders, the
+    mean over the pairs (seeds) with its standard error over seeds, and the seed-averaged difference; a pair must be
+    MoE then dense with the same architecture otherwise."""
+    from facesmith.core.bench import moe_replicates
+    from facesmith.trainers.understand import train_unified
+
+    settings = dict(pool_identities=8, per_identity=2, steps=2, dim=32, layers=1, expert_hidden=32, batch_vqa=4,
+                    batch_caption=1, batch_draw=1, n_codes=16, token_experts=2, seq_experts=2, turns=1, warmup=1)
+    files = {}
+    for arch in ("moe", "dense"):
+        for seed in (0, 1):
+            files[arch, seed] = tmp_path / f"{arch}{seed}.safetensors"
+            train_unified(files[arch, seed], arch, seed=seed, work_dir=str(tmp_path / f"w-{arch}{seed}"),
+                          cache_dir=str(tmp_path), **settings)
+    out = moe_replicates.compare([(str(files["moe", s]), str(files["dense", s])) for s in (0, 1)], quick=True)
+    diffs = [p["moe_minus_dense"]["overall_visible"] for p in out["pairs"]]
+    assert [p["trained"]["moe"]["seed"] for p in out["pairs"]] == [0, 1]
+    assert out["mean_over_seeds_overall_visible"] == pytest.approx(np.mean(diffs), abs=1e-4)
+    assert out["mean_over_seeds_overall_visible_sem_over_seeds"] == pytest.approx(np.std(diffs, ddof=1) / np.sqrt(2),
+                                                                                   abs=1e-4)
+    # the seed-averaged difference paired over identities has the same mean (the pool is the same for every pair)
+    assert out["seed_averaged_paired_over_identities"]["overall_visible"] == pytest.approx(np.mean(diffs), abs=1e-3)
+    assert out["moe_ge_dense_over_seeds"] == (out["mean_over_seeds_overall_visible"] >= 0)
+    with pytest.raises(ValueError, match="MOE:DENSE"):
+        moe_replicates.compare([(str(files["dense", 0]), str(files["moe", 0]))], quick=True)
+    wide = tmp_path / "dense-wide.safetensors"
+    train_unified(wide, "dense", seed=0, work_dir=str(tmp_path / "w-wide"), cache_dir=str(tmp_path),
+                  **dict(settings, dim=48))
+    with pytest.raises(ValueError, match="differ in dim"):
+        moe_replicates.compare([(str(files["moe", 0]), str(wide))], quick=True)

@@ -183,13 +183,20 @@ def goal(metrics: dict) -> dict:
     return out
 
 
+def heldout_pool(quick: bool = False):
+    """The benchmark's held-out renders: 250 identities x 2 (quick: 30 x 2), seed 11."""
+    from ..understand.data import build_pool
+
+    return build_pool("heldout", 30 if quick else 250, 2, seed=11, workers=1)
+
+
 def run(quick: bool = False) -> dict:
     from .. import paths
     from ..understand.data import build_pool
     from ..understand.infer import load_understander
 
-    n_ids, per, n_cap, n_gen = (30, 2, 20, 24) if quick else (250, 2, 150, 200)
-    pool = build_pool("heldout", n_ids, per, seed=11, workers=1)
+    n_cap, n_gen = (20, 24) if quick else (150, 200)
+    pool = heldout_pool(quick)
     train_pool = build_pool("train", 600 if not quick else 60, 2, seed=12, workers=1)
     photos = real_photos()
     metrics: dict = {"heldout": {"identities": int(len(set(pool.identity.tolist()))), "images": len(pool),
