@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -91,6 +92,9 @@ def main(argv=None) -> int:
         if item.count(":") != 1:
             p.error(f"{item!r}: write each pair as MOE.safetensors:DENSE.safetensors")
         pairs.append(tuple(item.split(":")))
+    missing = [f for pair in pairs for f in pair if not Path(f).is_file()]
+    if missing:
+        p.error(f"no such model file: {', '.join(missing)}")
     result = {"benchmark": "moe_replicates", "machine": machine(), "metrics": compare(pairs, quick=args.quick)}
     text = json.dumps(result, indent=1)
     if args.json_out:
