@@ -13,16 +13,38 @@ active:
   the text guidance ``s_T``) gives ``e(0,0) + s_I (e(I,0) - e(0,0)) + s_T (e(I,T) - e(I,0))``: the two guidance
   scales of instruction-editing models, with no second sampling loop.
 
+Text-side conditionings that act inside the UNet (an identity adapter's attention) ask :func:`text_pass` which of
+the three branches runs, so they join the branch with the text only, as the prompt's tokens do.
+
 Everything is restored on exit (``conv_in``, ``forward``), also on error or interrupt.
 """
 from __future__ import annotations
 
 import contextlib
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
+
+
+_TEXT_PASS: ContextVar[Optional[bool]] = ContextVar("facesmith_text_pass", default=None)
+
+
+def text_pass() -> Optional[bool]:
+    """Inside an edit's guided UNet call: True while the branch with the text runs, False in the branches without
+    it (no source and no text; source only). None elsewhere: the batch's rows say which are conditional."""
+    return _TEXT_PASS.get()
+
+
+@contextlib.contextmanager
+def _branch(with_text: bool) -> Iterator[None]:
+    token = _TEXT_PASS.set(with_text)
+    try:
+        yield
+    finally:
+        _TEXT_PASS.reset(token)
 
 
 @dataclass
@@ -115,9 +137,11 @@ def channel_conditioning(unet, source: SourceLatents, pipe=None) -> Iterator[Non
             else timestep
         zeros = torch.zeros_like(_rows(s, h))
         kwargs_h = dict(kwargs, return_dict=False)
-        e00 = original_forward(torch.cat([x, zeros], 1), t, e_u, *args, **kwargs_h)[0]
-        ei0 = original_forward(torch.cat([x, _rows(s, h)], 1), t, e_u, *args, **kwargs_h)[0]
-        eit = original_forward(torch.cat([x, _rows(s, h)], 1), t, e_c, *args, **kwargs_h)[0]
+        with _branch(False):
+            e00 = original_forward(torch.cat([x, zeros], 1), t, e_u, *args, **kwargs_h)[0]
+            ei0 = original_forward(torch.cat([x, _rows(s, h)], 1), t, e_u, *args, **kwargs_h)[0]
+        with _branch(True):
+            eit = original_forward(torch.cat([x, _rows(s, h)], 1), t, e_c, *args, **kwargs_h)[0]
         g = float(getattr(pipe, "guidance_scale", 1.0))
         want = dual_guidance(e00, ei0, eit, float(source.image_guidance), g)
         out = torch.cat([e00, e00 + (want - e00) / g])  # the pipeline's u + g (c - u) gives ``want``

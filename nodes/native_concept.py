@@ -8,6 +8,7 @@ embedding that the cloned CLIP's tokenizer returns for the token, exactly as it 
 from __future__ import annotations
 
 import copy
+import functools
 import re
 
 import torch
@@ -73,49 +74,65 @@ def step_range_hooks(model, concepts: list, weight: float, start: float, end: fl
     return group
 
 
+_TABLE = "_facesmith_concepts"  # on a patched CLIP's tokenizer copies: every concept patched so far
+
+
 def _embedding_key(index: int) -> str:
     return f"facesmith_concept_{index}"
 
 
+def _lookup(inner, embedding_name: str):
+    """``SDTokenizer._try_get_embedding`` that first knows the patched concepts' keys."""
+    known = getattr(inner, _TABLE)
+    words = embedding_name.split()
+    first, leftover = (words[0], " ".join(words[1:])) if words else ("", "")
+    stripped = first.rstrip(",.;:!?)")
+    if stripped in known:
+        rest = (first[len(stripped):] + " " + leftover).strip()
+        return known[stripped], rest
+    return type(inner)._try_get_embedding(inner, embedding_name)
+
+
+def _tokenize(outer, text: str, return_word_ids=False, **kwargs):
+    """The tokenizer's own ``tokenize_with_weights`` after every patched token became ``embedding:KEY``."""
+    for pattern, key, _token in getattr(outer, _TABLE):
+        text = pattern.sub(lambda _m, k=key: f" embedding:{k} ", text)
+    return type(outer).tokenize_with_weights(outer, text, return_word_ids, **kwargs)
+
+
 def patch_clip(clip, concepts: list):
-    """``clip.clone()`` whose tokenizer reads each concept's token as the concept's vectors (like an embedding)."""
+    """``clip.clone()`` whose tokenizer reads each concept's token as the concept's vectors (like an embedding).
+    Patches chain: a CLIP patched before (another concept, an identity) keeps reading its tokens, and a token patched
+    again reads its newest vectors."""
     patched = clip.clone()
     outer = copy.copy(clip.tokenizer)
     name = getattr(outer, "clip", "clip_l")
     inner = copy.copy(getattr(outer, name))
     setattr(outer, name, inner)
     width = int(getattr(inner, "embedding_size", 0) or 0)
-    known, replace = {}, []
-    for i, concept in enumerate(concepts):
+    known = dict(getattr(inner, _TABLE, {}))
+    replace = list(getattr(outer, _TABLE, []))
+    for concept in concepts:
         vectors = [v for _, v in token_vectors(concept)]
         if width and concept.dim != width:
             raise ValueError(f"the concept {concept.token!r} has {concept.dim}-wide vectors, the CLIP takes {width}")
-        known[_embedding_key(i)] = torch.stack(vectors)
-        replace.append((re.compile(re.escape(concept.token) + r"(?!#)", re.IGNORECASE), _embedding_key(i)))
-    original_lookup = inner._try_get_embedding
-
-    def _try_get_embedding(embedding_name: str):
-        words = embedding_name.split()
-        first, leftover = (words[0], " ".join(words[1:])) if words else ("", "")
-        stripped = first.rstrip(",.;:!?)")
-        if stripped in known:
-            rest = (first[len(stripped):] + " " + leftover).strip()
-            return known[stripped], rest
-        return original_lookup(embedding_name)
-
-    inner._try_get_embedding = _try_get_embedding
+        key = _embedding_key(len(known))
+        known[key] = torch.stack(vectors)
+        pattern = re.compile(re.escape(concept.token) + r"(?!#)", re.IGNORECASE)
+        replace = [(pattern, key, concept.token)] + [r for r in replace if r[2].lower() != concept.token.lower()]
+    setattr(inner, _TABLE, known)
+    setattr(outer, _TABLE, replace)
+    inner._try_get_embedding = functools.partial(_lookup, inner)
     if inner.embedding_directory is None:
         inner.embedding_directory = []  # ComfyUI looks embeddings up only where a directory is set
-    original_tokenize = outer.tokenize_with_weights
-
-    def tokenize_with_weights(text: str, return_word_ids=False, **kwargs):
-        for pattern, key in replace:
-            text = pattern.sub(lambda _m, k=key: f" embedding:{k} ", text)
-        return original_tokenize(text, return_word_ids, **kwargs)
-
-    outer.tokenize_with_weights = tokenize_with_weights
+    outer.tokenize_with_weights = functools.partial(_tokenize, outer)
     patched.tokenizer = outer
     return patched
+
+
+def clip_concept_tokens(clip) -> list[str]:
+    """The tokens FaceSmith patched onto this CLIP (concepts, identities), newest first."""
+    return [token for _, _, token in getattr(clip.tokenizer, _TABLE, [])]
 
 
 class FaceSmithApplyConcept:

@@ -10,9 +10,12 @@ What Generate's ``InstructionConditioner`` does, with ComfyUI's own objects (no 
   concatenates to the UNet input (``noise_concat`` -> ``c_concat``): ``positive`` and ``image_negative`` carry the
   source, ``negative`` zeros (no source).
 
-Guidance: ComfyUI's ``DualCFGGuider`` with cond1 = positive, cond2 = image_negative, negative = negative,
-``cfg_conds`` = text guidance, ``cfg_cond2_negative`` = image guidance gives ``e(0,0) + s_I (e(I,0) - e(0,0)) +
-s_T (e(I,T) - e(I,0))``, Generate's formula; a plain KSampler with positive / image_negative is image guidance 1.
+Guidance: ``Instruction Guider (FaceSmith)`` (positive, image_negative, negative; text and image guidance) gives
+``e(0,0) + s_I (e(I,0) - e(0,0)) + s_T (e(I,T) - e(I,0))``, Generate's formula; a plain KSampler with positive /
+image_negative is image guidance 1. ComfyUI's ``DualCFGGuider`` computes the same formula but batches its conditionings
+as (negative, cond2, cond1), so the conditional one is not row 0: model patches that act on the positive rows only (an
+identity from Apply Identity to Model, IP-Adapter-style patches: ComfyUI's ``cond_or_uncond`` convention, 0 =
+positive) would land on the negative. The FaceSmith guider batches (positive, image_negative, negative).
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import torch
 from ..core.concept.inference import lora_delta
 from .instruct_nodes import GENERATE, IMAGE_INPUTS, INSTRUCT_MODEL_TYPE, INSTRUCTION_TYPE, SOURCES, \
     MultimodalInstruction
-from .native_concept import patch_clip
+from .native_concept import clip_concept_tokens, patch_clip
 from .native_vae import comfy_vae_tokens
 from .node_errors import input_error
 
@@ -80,17 +83,18 @@ class FaceSmithApplyInstructionToModel:
         "An instruction model on native ComfyUI models: the instruction (text + images) encoded by a clone of CLIP "
         "that reads each <imageN> as that image's word vectors, the model's LoRA as weight patches on a clone of "
         "MODEL and, for an edit, the source image's latents as extra UNet input channels. Sample with "
-        "DualCFGGuider (cond1 = positive, cond2 = image_negative, negative = negative; cfg_conds = text guidance, "
-        "cfg_cond2_negative = image guidance) and SamplerCustomAdvanced, or with a KSampler on positive / "
-        "image_negative (image guidance 1), starting from the returned latent. The same maths as Instruct "
-        "Generate/Edit (FaceSmith); the picture comes out at the model's native size.")
+        "'Instruction Guider (FaceSmith)' (text and image guidance) and SamplerCustomAdvanced, or with a KSampler on "
+        "positive / image_negative (image guidance 1), starting from the returned latent. Chained after 'Apply "
+        "Identity to Model (FaceSmith)', the identity's token goes right after <image1> unless the instruction "
+        "writes it. The same maths as Instruct Generate/Edit (FaceSmith); the picture comes out at the model's "
+        "native size.")
     RETURN_TYPES = ("MODEL", "CONDITIONING", "CONDITIONING", "CONDITIONING", "LATENT")
     RETURN_NAMES = ("model", "positive", "image_negative", "negative", "latent")
     OUTPUT_TOOLTIPS = (
         "A clone of the model with the instruction model's patches.",
         "The instruction (text + image vectors), with the source for an edit.",
-        "No instruction, the source only (DualCFGGuider's cond2; KSampler's negative).",
-        "Neither instruction nor source (DualCFGGuider's negative).",
+        "No instruction, the source only (Instruction Guider's image_negative; KSampler's negative).",
+        "Neither instruction nor source (Instruction Guider's negative).",
         "An empty latent of the source's latent size (the model's native size for generation).")
     FUNCTION = "apply"
 
@@ -110,7 +114,8 @@ class FaceSmithApplyInstructionToModel:
         }}
 
     def apply(self, model, clip, vae, instruct_model, instruction, source, weight):
-        from ..core.instruct.model import InstructModel, reference_images, resized, to_unit_bchw
+        from ..core.instruct.model import InstructModel, reference_images, resized, to_unit_bchw, \
+            with_tokens_after_image1
 
         node = self.DISPLAY_NAME
         if not isinstance(instruct_model, InstructModel):
@@ -151,11 +156,79 @@ class FaceSmithApplyInstructionToModel:
             with_src = no_src = {}
             probe = comfy_vae_tokens(vae, torch.zeros(1, 3, size, size), cfg.grid)[1]
             empty = torch.zeros_like(probe)
-        positive = _encode(text_clip, ins.prompt, with_src)
+        prompt = with_tokens_after_image1(ins.prompt, clip_concept_tokens(clip))
+        positive = _encode(text_clip, prompt, with_src)
         image_negative = _encode(clip, "", with_src)
         negative = _encode(clip, "", no_src)
         return (patched, positive, image_negative, negative, {"samples": empty})
 
 
-NODE_CLASS_MAPPINGS = {"FaceSmithApplyInstructionToModel": FaceSmithApplyInstructionToModel}
+_GUIDER_CLASS = None
+
+
+def instruction_guider_class():
+    """ComfyUI's ``CFGGuider`` with Generate's two-scale formula; its conditionings run as (positive, image_negative,
+    negative): row 0 is the conditional one, as ComfyUI's ``cond_or_uncond`` convention has it (made once, on first
+    use: the pack imports without ComfyUI)."""
+    global _GUIDER_CLASS
+    if _GUIDER_CLASS is None:
+        import comfy.samplers  # type: ignore
+
+        class InstructionGuider(comfy.samplers.CFGGuider):
+            def set_conds(self, positive, image_negative, negative):
+                middle = [[c, dict(d, prompt_type="negative")] for c, d in image_negative]
+                self.inner_set_conds({"positive": positive, "middle": middle, "negative": negative})
+
+            def set_scales(self, text_guidance: float, image_guidance: float):
+                self.cfg, self.image_cfg = float(text_guidance), float(image_guidance)
+
+            def predict_noise(self, x, timestep, model_options={}, seed=None):
+                conds = [self.conds.get(k) for k in ("positive", "middle", "negative")]
+                eit, ei0, e00 = comfy.samplers.calc_cond_batch(self.inner_model, conds, x, timestep, model_options)
+                # e00 + s_I (ei0 - e00) through ComfyUI's cfg_function (its sampler_cfg / post-cfg hooks run), then
+                # + s_T (eit - ei0)
+                image = comfy.samplers.cfg_function(self.inner_model, ei0, e00, self.image_cfg, x, timestep,
+                                                    model_options=model_options, cond=conds[1], uncond=conds[2])
+                return image + (eit - ei0) * self.cfg
+
+        _GUIDER_CLASS = InstructionGuider
+    return _GUIDER_CLASS
+
+
+class FaceSmithInstructionGuider:
+    DISPLAY_NAME = "Instruction Guider (FaceSmith)"
+    CATEGORY = "FaceSmith/Instruct"
+    DESCRIPTION = (
+        "Guidance for an instruction on native models (after 'Apply Instruction to Model (FaceSmith)'), for "
+        "SamplerCustomAdvanced: e(0,0) + image_guidance (e(source) - e(0,0)) + text_guidance (e(source, "
+        "instruction) - e(source)), Instruct Generate/Edit's formula. Unlike DualCFGGuider it runs the positive "
+        "conditioning as row 0, so an identity from 'Apply Identity to Model (FaceSmith)' applies to it.")
+    RETURN_TYPES = ("GUIDER",)
+    RETURN_NAMES = ("guider",)
+    OUTPUT_TOOLTIPS = ("For SamplerCustomAdvanced.",)
+    FUNCTION = "get_guider"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "The model from 'Apply Instruction to Model (FaceSmith)'."}),
+            "positive": ("CONDITIONING", {"tooltip": "Its positive output (instruction and source)."}),
+            "image_negative": ("CONDITIONING", {"tooltip": "Its image_negative output (the source only)."}),
+            "negative": ("CONDITIONING", {"tooltip": "Its negative output (neither)."}),
+            "text_guidance": ("FLOAT", {"default": 3.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
+                                        "tooltip": "How strongly to follow the instruction."}),
+            "image_guidance": ("FLOAT", {"default": 1.5, "min": 0.0, "max": 100.0, "step": 0.05, "round": 0.01,
+                                         "tooltip": "Edits: how closely to keep the source (higher keeps more); "
+                                                    "generation has no source, so use 1."}),
+        }}
+
+    def get_guider(self, model, positive, image_negative, negative, text_guidance, image_guidance):
+        guider = instruction_guider_class()(model)
+        guider.set_conds(positive, image_negative, negative)
+        guider.set_scales(text_guidance, image_guidance)
+        return (guider,)
+
+
+NODE_CLASS_MAPPINGS = {"FaceSmithApplyInstructionToModel": FaceSmithApplyInstructionToModel,
+                       "FaceSmithInstructionGuider": FaceSmithInstructionGuider}
 NODE_DISPLAY_NAME_MAPPINGS = {k: v.DISPLAY_NAME for k, v in NODE_CLASS_MAPPINGS.items()}

@@ -221,3 +221,22 @@ def test_identity_words_join_subject_generation_instructions_only(world):
             assert always._prompt(row, rng) == never._prompt(row, rng)
     with pytest.raises(ValueError, match="build the pool again"):
         objective(0.5, dataclasses.replace(pool, person=None))
+
+
+def test_an_identity_with_an_edit_conditions_the_text_branch_only_whatever_the_batch(world):
+    """An edit runs three UNet branches (no source no text, source only, source and text). An identity applied with
+    it (Instruct Generate/Edit's ``concepts``) is text-side conditioning: its attention joins the source-and-text
+    branch only, as its token does, so image i of a batch is the same image at any batch size."""
+    from facesmith.core.identity import face_pipeline as fp
+    from facesmith.core.identity.adapter import IdentityAdapter, IdentityConditioner
+    from facesmith.core.paths import BUILTIN_MODELS_DIR
+
+    bp, model, sample = world
+    adapter = IdentityAdapter.load(BUILTIN_MODELS_DIR / "facesmith" / "identity" / "synthface-idadapter.safetensors")
+    faces = fp.analyze(sample["images"][0][None], fp.FaceSettings(recognizer="none"))
+    idc = IdentityConditioner(adapter, adapter.identity(bp, faces.crops), weight=0.8)
+    one = _edit(bp, model, sample, sample["source"], conditioners=[idc])
+    two = _edit(bp, model, sample, sample["source"], conditioners=[idc], batch_size=2)
+    plain = _edit(bp, model, sample, sample["source"])
+    assert (one - plain).abs().max() > 1e-2  # the identity takes part in the edit
+    assert torch.allclose(two[:1], one, atol=1e-4), (two[:1] - one).abs().max()

@@ -264,26 +264,13 @@ def test_apply_identity_to_model_computes_what_generate_computes(comfy_native):
     assert torch.allclose(worded, written.float(), atol=1e-4), (worded - written.float()).abs().max()
 
 
-def test_apply_instruction_to_model_computes_what_generate_computes(comfy_native):
-    """Apply Instruction to Model on ComfyUI's objects equals the diffusers InstructionConditioner: the image
-    vectors (ComfyUI's VAE encoder feeding the same fusion network), the instruction's text conditioning, and the
-    UNet with the LoRA patches and the source as extra input channels."""
-    import numpy as np
-
-    from facesmith.core.concept.lora import FusedLora, trainable_lora
+def _random_instruct_model(pipeline):
+    """An instruction model for the built-in base with random fusion output, source channels and LoRA."""
+    from facesmith.core.concept.lora import trainable_lora
     from facesmith.core.identity.face_encoder import ARCH, FaceEncoder
-    from facesmith.core.image_conditioning import extra_input_channels
-    from facesmith.core.instruct.instruction import parse
-    from facesmith.core.instruct.model import InstructionConditioner, lora_targets, new_model
+    from facesmith.core.instruct.model import lora_targets, new_model
     from facesmith.core.judges.nets import RecognizerNet
-    from facesmith.core.models import load_pipeline
-    from facesmith.core.synthface.edits import instruct_sample
-    from facesmith.core.synthface.splits import identities
-    from facesmith.nodes.instruct_nodes import MultimodalInstruction
-    from facesmith.nodes.native_instruct import FaceSmithApplyInstructionToModel
 
-    model, clip, vae = comfy_native
-    pipeline = load_pipeline(BASE, device="cpu", dtype=torch.float32)
     torch.manual_seed(0)
     fe = FaceEncoder(RecognizerNet(ARCH["dim"], tuple(ARCH["widths"]), tuple(ARCH["blocks"])), 0.5, {}, None)
     im = new_model(pipeline, fe, seed=2, lora_rank=2, lora_alpha=4.0)
@@ -295,6 +282,29 @@ def test_apply_instruction_to_model_computes_what_generate_computes(comfy_native
             for u in mods.up:
                 u.weight.normal_(0, 0.05)
             im.lora = mods.weights()
+    return im
+
+
+def test_apply_instruction_to_model_computes_what_generate_computes(comfy_native):
+    """Apply Instruction to Model on ComfyUI's objects equals the diffusers InstructionConditioner: the image
+    vectors (ComfyUI's VAE encoder feeding the same fusion network), the instruction's text conditioning, and the
+    UNet with the LoRA patches and the source as extra input channels."""
+    import numpy as np
+
+    from facesmith.core.concept.lora import FusedLora
+    from facesmith.core.image_conditioning import extra_input_channels
+    from facesmith.core.instruct.instruction import parse
+    from facesmith.core.instruct.model import InstructionConditioner
+    from facesmith.core.models import load_pipeline
+    from facesmith.core.synthface.edits import instruct_sample
+    from facesmith.core.synthface.splits import identities
+    from facesmith.nodes.instruct_nodes import MultimodalInstruction
+    from facesmith.nodes.native_instruct import FaceSmithApplyInstructionToModel
+
+    model, clip, vae = comfy_native
+    pipeline = load_pipeline(BASE, device="cpu", dtype=torch.float32)
+    im = _random_instruct_model(pipeline)
+    unet = pipeline.pipe.unet
     s = instruct_sample("subject_edit", np.random.default_rng(4), identities("train")[:50])
     images = {n + 1: torch.from_numpy(x[None]).float() / 255 for n, x in enumerate(s["images"])}
     ins = parse(s["instruction"], [1, 2])
@@ -327,6 +337,131 @@ def test_apply_instruction_to_model_computes_what_generate_computes(comfy_native
                 extra_input_channels(unet, im.source_weight * 0.7):
             want = unet(torch.cat([x, cond.source], 1), t, encoder_hidden_states=ctx).sample
     assert torch.allclose(native, want, atol=1e-4), (native - want).abs().max()
+
+
+def test_identity_then_instruction_on_model_computes_what_instruct_generate_with_the_identity_computes(comfy_native):
+    """Apply Identity to Model chained into Apply Instruction to Model (a native subject generation that keeps the
+    person) equals Instruct Generate/Edit with the identity on its ``concepts`` input: the identity's token goes right
+    after <image1> in both, both CLIP patches are read (the image vectors and the identity's), and the UNet carries
+    the LoRA patches plus the identity's attention on the positive rows."""
+    import numpy as np
+
+    from facesmith.core.concept.lora import FusedLora
+    from facesmith.core.concept.tokens import with_words
+    from facesmith.core.identity import face_pipeline as fp
+    from facesmith.core.identity.adapter import AttentionEntry, IdentityAdapter, IdentityConditioner, attached
+    from facesmith.core.instruct.instruction import image_token, parse
+    from facesmith.core.instruct.model import InstructionConditioner
+    from facesmith.core.models import load_pipeline
+    from facesmith.core.synthface.render import random_attributes, render
+    from facesmith.nodes.instruct_nodes import GENERATE, MultimodalInstruction
+    from facesmith.nodes.native_identity import FaceSmithApplyIdentityToModel
+    from facesmith.nodes.native_instruct import FaceSmithApplyInstructionToModel
+
+    model, clip, vae = comfy_native
+    pipeline = load_pipeline(BASE, device="cpu", dtype=torch.float32)
+    im = _random_instruct_model(pipeline)
+    adapter = IdentityAdapter.load(ROOT / "assets" / "models" / "facesmith" / "identity" /
+                                   "synthface-idadapter.safetensors")
+    ref = render(18, random_attributes(np.random.default_rng(0)), 64, view=3)
+    identity = adapter.identity(pipeline, fp.analyze(ref[None], fp.FaceSettings(recognizer="none")).crops)
+    images = {1: torch.from_numpy(ref[None]).float() / 255}
+    ins = parse("a photo of <image1>, smiling, wearing a hat", [1])
+    m1, c1 = FaceSmithApplyIdentityToModel().apply(model, clip, adapter, "<identity>", 0.8, 0.0, 1.0,
+                                                   identity=identity)
+    patched, positive, _, negative, _ = FaceSmithApplyInstructionToModel().apply(
+        m1, c1, vae, im, MultimodalInstruction(ins, images), GENERATE, 0.7)
+    # the text: what instruct_images encodes with the identity among its conditioners
+    cond = InstructionConditioner(im, ins, images, pipeline, weight=0.7)
+    idc = IdentityConditioner(adapter, identity, token="<identity>", weight=0.8)
+    prompt = with_words(ins.prompt, "<identity>", image_token(1))
+    for c in (cond, idc):
+        prompt = c.rewrite_prompt(prompt)
+    dp = pipeline.pipe
+    with cond.applied(pipeline), idc.concept.applied(pipeline):
+        ids = dp.tokenizer(prompt, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        with torch.no_grad():
+            want_text = dp.text_encoder(ids)[0]
+    assert torch.allclose(positive[0][0].float(), want_text, atol=1e-4), (positive[0][0] - want_text).abs().max()
+    plain_negative = clip.encode_from_tokens(clip.tokenize("")).float()
+    assert torch.allclose(negative[0][0].float(), plain_negative, atol=1e-6)
+    # the UNet: positive row (index 0 in a KSampler's batch) gets the identity, the negative row does not
+    g = torch.Generator().manual_seed(1)
+    x, ctx = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 77, 128, generator=g)
+    t = torch.tensor([300.0, 300.0])
+    sigma = patched.get_model_object("model_sampling").sigma(t[:1])
+    opts = dict(patched.model_options["transformer_options"], cond_or_uncond=[1, 0], sigmas=sigma)
+    with torch.no_grad():
+        patched.patch_model()
+        try:
+            native = patched.model.diffusion_model.float()(x, timesteps=t, context=ctx, transformer_options=opts)
+        finally:
+            patched.unpatch_model()
+        entry = AttentionEntry(net=adapter.net, ctx=identity.ctx[None], scale=0.8, rows=torch.tensor([False, True]))
+        with FusedLora(im.lora, im.cfg.lora_alpha / im.cfg.lora_rank * 0.7).applied(dp.unet), \
+                attached(dp.unet, entry):
+            want = dp.unet(x, t, encoder_hidden_states=ctx).sample
+    assert torch.allclose(native, want, atol=1e-4), (native - want).abs().max()
+
+
+def _x0_of(guider, latent, sigma: float = 3.0) -> torch.Tensor:
+    """A guider's denoised estimate of one noised latent (one model call through ComfyUI's sampling path)."""
+    import comfy.samplers  # type: ignore
+
+    def first_call(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        return model(x, sigmas[0] * x.new_ones(x.shape[0]), **(extra_args or {}))
+
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(5))
+    return guider.sample(noise, latent, comfy.samplers.KSAMPLER(first_call), torch.tensor([sigma, 0.0]), seed=5)
+
+
+def test_instruction_guider_puts_the_identity_on_the_instruction_branch_only(comfy_native):
+    """Instruction Guider (FaceSmith) on an identity chained into an instruction edit gives Generate's formula with the
+    identity's attention on the source-and-instruction branch only (each branch computed alone as a reference).
+    ComfyUI's DualCFGGuider batches (negative, cond2, cond1), so there the identity lands on the wrong branch."""
+    import numpy as np
+
+    import comfy.samplers  # type: ignore
+    from comfy_extras.nodes_custom_sampler import DualCFGGuider  # type: ignore
+
+    from facesmith.core.identity import face_pipeline as fp
+    from facesmith.core.identity.adapter import IdentityAdapter
+    from facesmith.core.instruct.instruction import parse
+    from facesmith.core.models import load_pipeline
+    from facesmith.core.synthface.render import random_attributes, render
+    from facesmith.nodes.instruct_nodes import MultimodalInstruction
+    from facesmith.nodes.native_identity import FaceSmithApplyIdentityToModel
+    from facesmith.nodes.native_instruct import FaceSmithApplyInstructionToModel, FaceSmithInstructionGuider
+
+    model, clip, vae = comfy_native
+    pipeline = load_pipeline(BASE, device="cpu", dtype=torch.float32)
+    im = _random_instruct_model(pipeline)
+    adapter = IdentityAdapter.load(ROOT / "assets" / "models" / "facesmith" / "identity" /
+                                   "synthface-idadapter.safetensors")
+    ref = render(18, random_attributes(np.random.default_rng(0)), 64, view=3)
+    identity = adapter.identity(pipeline, fp.analyze(ref[None], fp.FaceSettings(recognizer="none")).crops)
+    m1, c1 = FaceSmithApplyIdentityToModel().apply(model, clip, adapter, "<identity>", 1.0, 0.0, 1.0,
+                                                   identity=identity)
+    instruction = MultimodalInstruction(parse("make <image1> smiling", [1]), {1: torch.from_numpy(ref[None]) / 255})
+    apply = FaceSmithApplyInstructionToModel().apply
+    chained, positive, image_negative, negative, latent = apply(m1, c1, vae, im, instruction, "image1", 1.0)
+    alone, _, _, _, _ = apply(model, clip, vae, im, instruction, "image1", 1.0)
+    s_t, s_i = 3.0, 1.5
+    got = _x0_of(FaceSmithInstructionGuider().get_guider(chained, positive, image_negative, negative, s_t, s_i)[0],
+                 latent["samples"])
+
+    def branch(m, cond):
+        g = comfy.samplers.CFGGuider(m)
+        g.set_conds(cond, negative)
+        g.set_cfg(1.0)  # the conditional branch alone, as row 0
+        return _x0_of(g, latent["samples"])
+
+    eit, ei0, e00 = branch(chained, positive), branch(alone, image_negative), branch(alone, negative)
+    want = e00 + s_i * (ei0 - e00) + s_t * (eit - ei0)
+    assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+    assert (eit - branch(alone, positive)).abs().max() > 1e-3  # the identity changes the instruction branch
+    dual = DualCFGGuider().get_guider(chained, positive, image_negative, negative, s_t, s_i, "regular")[0]
+    assert (_x0_of(dual, latent["samples"]) - want).abs().max() > 1e-3
 
 
 def test_sdxl_shaped_folder_computes_what_diffusers_computes(comfy_native, tmp_path):

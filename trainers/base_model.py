@@ -315,7 +315,7 @@ def _text_to_image_objective(components: dict, latents, attrs, identity, setting
 def _text_to_image_config(settings: BaseSettings, work_dir: Path | None, ema: float = 0.999,
                           resume: bool = True) -> TrainConfig:
     return TrainConfig(steps=settings.unet_steps, learning_rate=settings.lr, seed=settings.seed,
-                       work_dir=None if work_dir is None else str(work_dir), checkpoint_every=500, log_every=100,
+                       work_dir=None if work_dir is None else str(work_dir), checkpoint_every=100, log_every=100,
                        ema_decay=ema, warmup_steps=200, lr_schedule="cosine", precision=settings.precision,
                        resume=resume, recipe=unet_recipe(settings))
 

@@ -303,9 +303,15 @@ class AttentionState:
         self.num_train_timesteps = 1000
 
     def contribution(self, index: int, attn, hidden: torch.Tensor) -> Optional[torch.Tensor]:
+        from ..image_conditioning import text_pass
+
+        branch = text_pass()
+        if branch is False:  # an edit's branch without the text: the identity is text-side, like its token
+            return None
         total = None
         query = None
-        cfg_halves = bool(getattr(self.pipe, "do_classifier_free_guidance", False)) and hidden.shape[0] % 2 == 0
+        cfg_halves = branch is None and bool(getattr(self.pipe, "do_classifier_free_guidance", False)) \
+            and hidden.shape[0] % 2 == 0
         for e in self.entries:
             if e.scale == 0 or not schedule_active(self.timestep, e.start_at, e.end_at, self.num_train_timesteps):
                 continue

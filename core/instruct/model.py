@@ -280,6 +280,18 @@ class InstructionConditioner:
             yield
 
 
+def with_tokens_after_image1(prompt: str, tokens) -> str:
+    """``prompt`` (``Instruction.prompt``) with each token of other conditionings applied with the instruction (an
+    identity's, a concept's) that it does not write right after ``<image1>``'s word: the person the token is meant to
+    be. One rule for Instruct Generate/Edit and the native Apply Instruction to Model."""
+    from ..concept.tokens import with_words
+
+    for token in tokens:
+        if token and token.lower() not in prompt.lower() and image_token(1) in prompt:
+            prompt = with_words(prompt, token, image_token(1))
+    return prompt
+
+
 def instruct_images(pipe, model: InstructModel, instruction: Instruction, images: dict, source=None,
                     image_guidance: float = 1.5, text_guidance: float = 3.0, steps: int = 20, seed: int = 0,
                     batch_size: int = 1, scheduler: str = "dpmpp_2m", weight: float = 1.0, progress=None,
@@ -289,15 +301,10 @@ def instruct_images(pipe, model: InstructModel, instruction: Instruction, images
     conditionings applied together with the instruction (e.g. an identity from the identity adapter); the token of
     one that has a token and is not written in the instruction goes right after ``<image1>``, the person it is
     meant to be (see the instruct README: it raises subject generation's identity)."""
-    from ..concept.tokens import with_words
     from ..generate import GenerateRequest, generate
 
     cond = InstructionConditioner(model, instruction, images, pipe, source, image_guidance, weight)
-    prompt = instruction.prompt
-    for c in conditioners:
-        token = getattr(c, "token", None)
-        if token and token not in prompt and image_token(1) in prompt:
-            prompt = with_words(prompt, token, image_token(1))
+    prompt = with_tokens_after_image1(instruction.prompt, [getattr(c, "token", None) for c in conditioners])
     req = GenerateRequest(prompt=prompt, seed=seed, steps=steps, cfg=text_guidance,
                           batch_size=batch_size, scheduler=scheduler)
     out = generate(pipe, req, [cond, *conditioners], progress)
