@@ -808,31 +808,7 @@ def test_instruction_edit_on_native_models_scores_like_instruct_generate(comfy, 
     edit (smiling) and the source's identity agree within noise with Instruct Generate/Edit's, and the source's
     identity is kept far above a plain native text-to-image graph's."""
     seed = 99
-    native = {
-        "1": {"class_type": "FaceSmithCheckpointLoader", "inputs": {"model": "diffusers/synthface-base"}},
-        "8": {"class_type": "FaceSmithSynthFace", "inputs": _defaults(object_info, "FaceSmithSynthFace", **REFERENCE)},
-        "20": {"class_type": "FaceSmithLoadInstructModel",
-               "inputs": _defaults(object_info, "FaceSmithLoadInstructModel")},
-        "21": {"class_type": "FaceSmithMultimodalInstruction",
-               "inputs": {"instruction": EDIT_TEXT, "image1": ["8", 0]}},
-        "22": {"class_type": "FaceSmithApplyInstructionToModel", "inputs": {
-            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "instruct_model": ["20", 0],
-            "instruction": ["21", 0], "source": "image1", "weight": 1.0}},
-        "23": {"class_type": "FaceSmithInstructionGuider", "inputs": {
-            "model": ["22", 0], "positive": ["22", 1], "image_negative": ["22", 2], "negative": ["22", 3],
-            "text_guidance": 3.0, "image_guidance": 1.5}},
-        "24": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "dpmpp_2m"}},
-        "25": {"class_type": "BasicScheduler", "inputs": {"model": ["22", 0], "scheduler": "sgm_uniform",
-                                                          "steps": 20, "denoise": 1.0}},
-        "26": {"class_type": "RandomNoise", "inputs": {"noise_seed": seed}},
-        "27": {"class_type": "RepeatLatentBatch", "inputs": {"samples": ["22", 4], "amount": NATIVE_IMAGES}},
-        "28": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["26", 0], "guider": ["23", 0],
-                                                                 "sampler": ["24", 0], "sigmas": ["25", 0],
-                                                                 "latent_image": ["27", 0]}},
-        "7": {"class_type": "VAEDecode", "inputs": {"samples": ["28", 0], "vae": ["1", 2]}},
-        "9": {"class_type": "FaceSmithJudgeFaces", "inputs": {"images": ["7", 0], "reference": ["8", 0],
-                                                              "prompt": EDIT_JUDGED}},
-    }
+    native = _native_instruction_graph(object_info, EDIT_TEXT, EDIT_JUDGED, "image1", seed, 1.5, identity=False)
     n_sims, n_adh, _ = _judged(comfy, native, "9")
     gen = _defaults(object_info, "FaceSmithInstructGenerate", source="image1", text_guidance=3.0,
                     image_guidance=1.5, steps=20, seed=seed, batch_size=NATIVE_IMAGES, scheduler="dpmpp_2m")
@@ -855,8 +831,8 @@ SUBJECT_TEXT = "a photo of <image1>, wearing a hat"
 SUBJECT_JUDGED = "a photo of a person, wearing a hat"
 
 
-def _native_instruction_graph(object_info: dict, text: str, source: str, seed: int, image_guidance: float,
-                              identity: bool) -> dict:
+def _native_instruction_graph(object_info: dict, text: str, judged: str, source: str, seed: int,
+                              image_guidance: float, identity: bool) -> dict:
     """Load Checkpoint (FaceSmith) [-> Apply Identity to Model of the reference] -> Apply Instruction to Model ->
     Instruction Guider + SamplerCustomAdvanced -> VAEDecode -> Judge Faces against the reference."""
     g = {
@@ -888,6 +864,8 @@ def _native_instruction_graph(object_info: dict, text: str, source: str, seed: i
                                                                  "sampler": ["24", 0], "sigmas": ["25", 0],
                                                                  "latent_image": ["27", 0]}},
         "7": {"class_type": "VAEDecode", "inputs": {"samples": ["28", 0], "vae": ["1", 2]}},
+        "9": {"class_type": "FaceSmithJudgeFaces", "inputs": {"images": ["7", 0], "reference": ["8", 0],
+                                                              "prompt": judged}},
     })
     return g
 
@@ -910,13 +888,11 @@ def test_identity_chained_into_an_instruction_on_native_models_scores_like_instr
     identity is printed beside it (one reference and 16 seeds cannot resolve the identity's gain; `facesmith bench
     instruct` measures it over 64 identities)."""
     seed = 777
-    judge = {"class_type": "FaceSmithJudgeFaces", "inputs": {"images": ["7", 0], "reference": ["8", 0],
-                                                              "prompt": SUBJECT_JUDGED}}
-    native = _native_instruction_graph(object_info, SUBJECT_TEXT, "none (generate)", seed, 1.0, identity=True)
-    native["9"] = judge
+    native = _native_instruction_graph(object_info, SUBJECT_TEXT, SUBJECT_JUDGED, "none (generate)", seed, 1.0,
+                                       identity=True)
     n_sims, n_adh, _ = _judged(comfy, native, "9")
-    alone = _native_instruction_graph(object_info, SUBJECT_TEXT, "none (generate)", seed, 1.0, identity=False)
-    alone["9"] = judge
+    alone = _native_instruction_graph(object_info, SUBJECT_TEXT, SUBJECT_JUDGED, "none (generate)", seed, 1.0,
+                                      identity=False)
     alone_sims, alone_adh, _ = _judged(comfy, alone, "9")
     gen = _defaults(object_info, "FaceSmithInstructGenerate", source="none (generate)", text_guidance=3.0,
                     steps=20, seed=seed, batch_size=NATIVE_IMAGES, scheduler="dpmpp_2m")

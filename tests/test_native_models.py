@@ -339,21 +339,31 @@ def test_apply_instruction_to_model_computes_what_generate_computes(comfy_native
     assert torch.allclose(native, want, atol=1e-4), (native - want).abs().max()
 
 
+def _shipped_adapter_identity(pipeline):
+    """(the shipped identity adapter, one SynthFace reference render (H, W, 3) uint8, its identity)."""
+    import numpy as np
+
+    from facesmith.core.identity import face_pipeline as fp
+    from facesmith.core.identity.adapter import IdentityAdapter
+    from facesmith.core.synthface.render import random_attributes, render
+
+    adapter = IdentityAdapter.load(ROOT / "assets" / "models" / "facesmith" / "identity" /
+                                   "synthface-idadapter.safetensors")
+    ref = render(18, random_attributes(np.random.default_rng(0)), 64, view=3)
+    return adapter, ref, adapter.identity(pipeline, fp.analyze(ref[None], fp.FaceSettings(recognizer="none")).crops)
+
+
 def test_identity_then_instruction_on_model_computes_what_instruct_generate_with_the_identity_computes(comfy_native):
     """Apply Identity to Model chained into Apply Instruction to Model (a native subject generation that keeps the
     person) equals Instruct Generate/Edit with the identity on its ``concepts`` input: the identity's token goes right
     after <image1> in both, both CLIP patches are read (the image vectors and the identity's), and the UNet carries
     the LoRA patches plus the identity's attention on the positive rows."""
-    import numpy as np
-
     from facesmith.core.concept.lora import FusedLora
     from facesmith.core.concept.tokens import with_words
-    from facesmith.core.identity import face_pipeline as fp
-    from facesmith.core.identity.adapter import AttentionEntry, IdentityAdapter, IdentityConditioner, attached
+    from facesmith.core.identity.adapter import AttentionEntry, IdentityConditioner, attached
     from facesmith.core.instruct.instruction import image_token, parse
     from facesmith.core.instruct.model import InstructionConditioner
     from facesmith.core.models import load_pipeline
-    from facesmith.core.synthface.render import random_attributes, render
     from facesmith.nodes.instruct_nodes import GENERATE, MultimodalInstruction
     from facesmith.nodes.native_identity import FaceSmithApplyIdentityToModel
     from facesmith.nodes.native_instruct import FaceSmithApplyInstructionToModel
@@ -361,10 +371,7 @@ def test_identity_then_instruction_on_model_computes_what_instruct_generate_with
     model, clip, vae = comfy_native
     pipeline = load_pipeline(BASE, device="cpu", dtype=torch.float32)
     im = _random_instruct_model(pipeline)
-    adapter = IdentityAdapter.load(ROOT / "assets" / "models" / "facesmith" / "identity" /
-                                   "synthface-idadapter.safetensors")
-    ref = render(18, random_attributes(np.random.default_rng(0)), 64, view=3)
-    identity = adapter.identity(pipeline, fp.analyze(ref[None], fp.FaceSettings(recognizer="none")).crops)
+    adapter, ref, identity = _shipped_adapter_identity(pipeline)
     images = {1: torch.from_numpy(ref[None]).float() / 255}
     ins = parse("a photo of <image1>, smiling, wearing a hat", [1])
     m1, c1 = FaceSmithApplyIdentityToModel().apply(model, clip, adapter, "<identity>", 0.8, 0.0, 1.0,
@@ -419,16 +426,11 @@ def test_instruction_guider_puts_the_identity_on_the_instruction_branch_only(com
     """Instruction Guider (FaceSmith) on an identity chained into an instruction edit gives Generate's formula with the
     identity's attention on the source-and-instruction branch only (each branch computed alone as a reference).
     ComfyUI's DualCFGGuider batches (negative, cond2, cond1), so there the identity lands on the wrong branch."""
-    import numpy as np
-
     import comfy.samplers  # type: ignore
     from comfy_extras.nodes_custom_sampler import DualCFGGuider  # type: ignore
 
-    from facesmith.core.identity import face_pipeline as fp
-    from facesmith.core.identity.adapter import IdentityAdapter
     from facesmith.core.instruct.instruction import parse
     from facesmith.core.models import load_pipeline
-    from facesmith.core.synthface.render import random_attributes, render
     from facesmith.nodes.instruct_nodes import MultimodalInstruction
     from facesmith.nodes.native_identity import FaceSmithApplyIdentityToModel
     from facesmith.nodes.native_instruct import FaceSmithApplyInstructionToModel, FaceSmithInstructionGuider
@@ -436,10 +438,7 @@ def test_instruction_guider_puts_the_identity_on_the_instruction_branch_only(com
     model, clip, vae = comfy_native
     pipeline = load_pipeline(BASE, device="cpu", dtype=torch.float32)
     im = _random_instruct_model(pipeline)
-    adapter = IdentityAdapter.load(ROOT / "assets" / "models" / "facesmith" / "identity" /
-                                   "synthface-idadapter.safetensors")
-    ref = render(18, random_attributes(np.random.default_rng(0)), 64, view=3)
-    identity = adapter.identity(pipeline, fp.analyze(ref[None], fp.FaceSettings(recognizer="none")).crops)
+    adapter, ref, identity = _shipped_adapter_identity(pipeline)
     m1, c1 = FaceSmithApplyIdentityToModel().apply(model, clip, adapter, "<identity>", 1.0, 0.0, 1.0,
                                                    identity=identity)
     instruction = MultimodalInstruction(parse("make <image1> smiling", [1]), {1: torch.from_numpy(ref[None]) / 255})
