@@ -313,3 +313,33 @@ def _faces(refs):
     from facesmith.core.identity import face_pipeline as fp
 
     return fp.analyze(refs, fp.FaceSettings(recognizer="none"))
+
+
+def test_continuing_an_adapter_of_another_base_needs_rebase(world, tmp_path):
+    """--init-from with an adapter trained on another base of the same shape (an earlier stage of this one) is
+    refused, naming both bases, unless --rebase; then the weights carry over and the earlier base is recorded."""
+    from dataclasses import replace
+
+    from facesmith.core.identity.adapter import IdentityAdapter
+    from facesmith.core.synthface.render import random_attributes, render
+    from facesmith.trainers.identity_adapter import AdapterTrainSettings, build_face_pool, train_identity_adapter
+
+    bp, adapter, _ = world
+    rng = np.random.default_rng(2)
+    ids = [1, 1, 2, 2]
+    images = np.stack([render(i, random_attributes(rng), 64, view=k) for k, i in enumerate(ids)])
+    pool = build_face_pool(bp, adapter.face_encoder, images, ids, [random_attributes(rng) for _ in ids])
+    path = adapter.save(tmp_path / "a.safetensors")
+    other = IdentityAdapter.load(path)
+    other.base_fingerprint = "f" * 16
+    other.save(tmp_path / "other-base.safetensors")
+    settings = AdapterTrainSettings(steps=0, batch_size=2, n_refs=1,
+                                    init_from=str(tmp_path / "other-base.safetensors"))
+    with pytest.raises(ValueError, match=f"{'f' * 16}.*{adapter.base_fingerprint}.*--rebase"):
+        train_identity_adapter(bp, adapter.face_encoder, pool, settings)
+    moved, _ = train_identity_adapter(bp, adapter.face_encoder, pool, replace(settings, rebase=True))
+    assert moved.info["continues"]["base_fingerprint"] == "f" * 16 and moved.info["hyper_parameters"]["rebase"]
+    assert moved.base_fingerprint == adapter.base_fingerprint
+    assert all(torch.equal(a, b) for a, b in zip(moved.net.state_dict().values(), adapter.net.state_dict().values()))
+    with pytest.raises(ValueError, match="init_from"):
+        AdapterTrainSettings(rebase=True).check()

@@ -137,6 +137,9 @@ def test_training_continues_an_earlier_model_and_renders_the_pool_in_parallel(wo
     same rendered in one process or several."""
     import torch
 
+    from dataclasses import replace
+
+    from facesmith.core.instruct.model import InstructModel
     from facesmith.trainers.instruct import InstructTrainSettings, build_pool, render_samples, train_instruct
 
     bp, model, _ = world
@@ -159,6 +162,20 @@ def test_training_continues_an_earlier_model_and_renders_the_pool_in_parallel(wo
     with pytest.raises(ValueError, match="configuration"):  # another shape is refused, naming both
         train_instruct(bp, model.face_encoder, pool, InstructTrainSettings(
             steps=0, batch_size=4, lora_rank=4, init_from=str(tmp_path / "first.safetensors")))
+    # a model of another base (an earlier stage of this one) continues only with rebase, which records that base
+    other = InstructModel.load(tmp_path / "first.safetensors")
+    other.base_fingerprint = "0" * 16
+    other.save(tmp_path / "other-base.safetensors")
+    moved = InstructTrainSettings(steps=0, batch_size=4, lora_rank=2,
+                                  init_from=str(tmp_path / "other-base.safetensors"))
+    with pytest.raises(ValueError, match="0000000000000000.*--rebase"):
+        train_instruct(bp, model.face_encoder, pool, moved)
+    rebased, _ = train_instruct(bp, model.face_encoder, pool, replace(moved, rebase=True))
+    assert rebased.info["continues"]["base_fingerprint"] == "0" * 16
+    assert rebased.base_fingerprint == first.base_fingerprint  # the result belongs to this run's base
+    assert torch.equal(rebased.source_weight, first.source_weight)
+    with pytest.raises(ValueError, match="init_from"):
+        InstructTrainSettings(rebase=True).check()
 
 
 def test_identity_loss_compares_the_decoded_estimate_with_the_target_face(world):

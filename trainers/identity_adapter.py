@@ -254,6 +254,7 @@ class AdapterTrainSettings:
     mention_p: float = 1.0
     identity_p: float = 0.0
     init_from: Optional[str] = None
+    rebase: bool = False  # init_from was trained on another base of the same shape: continue it on this one
     n_id: int = 4
     n_ctx: int = 4
     seed: int = 0
@@ -271,6 +272,8 @@ class AdapterTrainSettings:
             raise ValueError(f"uncond_p must be in [0, 1), got {self.uncond_p}")
         if not 0 <= self.identity_p <= 1:
             raise ValueError(f"identity_p must be in [0, 1], got {self.identity_p}")
+        if self.rebase and not self.init_from:
+            raise ValueError("rebase continues an earlier adapter on this base: it needs init_from")
 
 
 def _objective(dp, adapter, pool, s: AdapterTrainSettings) -> IdentityAdapterObjective:
@@ -280,12 +283,13 @@ def _objective(dp, adapter, pool, s: AdapterTrainSettings) -> IdentityAdapterObj
                                     id_rows_max=s.id_rows_max, identity_p=s.identity_p)
 
 
-def start_from(adapter: IdentityAdapter, path: str) -> None:
-    """Start ``adapter`` from the weights of an earlier adapter file (continued training with a fresh schedule);
-    it must have the same shape, base and face encoder."""
+def start_from(adapter: IdentityAdapter, path: str, rebase: bool = False) -> IdentityAdapter:
+    """Start ``adapter`` from the weights of an earlier adapter file (continued training with a fresh schedule) and
+    return that file's adapter; it must have the same shape, base (unless ``rebase``) and face encoder."""
     earlier = IdentityAdapter.load(path)
-    check_continuation(earlier, adapter, path, "adapter")
+    check_continuation(earlier, adapter, path, "adapter", rebase=rebase)
     adapter.net.load_state_dict(earlier.net.state_dict())
+    return earlier
 
 
 def train_identity_adapter(pipe, face_encoder, pool: FacePool, settings: AdapterTrainSettings,
@@ -296,8 +300,7 @@ def train_identity_adapter(pipe, face_encoder, pool: FacePool, settings: Adapter
     dp = getattr(pipe, "pipe", pipe)
     t0 = time.time()
     adapter = new_adapter(pipe, face_encoder, seed=settings.seed, n_id=settings.n_id, n_ctx=settings.n_ctx)
-    if settings.init_from:
-        start_from(adapter, settings.init_from)
+    earlier = start_from(adapter, settings.init_from, settings.rebase) if settings.init_from else None
     with frozen(dp.unet, dp.text_encoder, dp.vae, face_encoder.net):
         if settings.seconds > 0:
             probe = new_adapter(pipe, face_encoder, seed=settings.seed, n_id=settings.n_id, n_ctx=settings.n_ctx)
@@ -316,4 +319,8 @@ def train_identity_adapter(pipe, face_encoder, pool: FacePool, settings: Adapter
                     "pool_rows": len(pool), "pool_source": pool.source, "resumed_from": result.resumed_from,
                     "final_loss": float(np.mean(tail)) if tail else None, "seconds": round(time.time() - t0, 1),
                     "face_encoder": face_encoder.fingerprint}
+    if earlier is not None:
+        adapter.info["continues"] = {"file": str(settings.init_from), "steps": earlier.info.get("steps"),
+                                     "command": earlier.info.get("command"), "base_name": earlier.base_name,
+                                     "base_fingerprint": earlier.base_fingerprint}
     return adapter, result

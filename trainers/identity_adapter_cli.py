@@ -50,6 +50,9 @@ def add_arguments(p) -> None:
                         "Apply Identity adds when a face model is connected); 0 = never")
     p.add_argument("--init-from", default=None,
                    help="continue from an earlier adapter file (same shape, base and face encoder), fresh schedule")
+    p.add_argument("--rebase", action="store_true",
+                   help="with --init-from: that adapter was trained on another base of the same shape (e.g. an "
+                        "earlier stage of --base); continue it on --base (recorded in the output's .json)")
     p.add_argument("--id-t-max", type=int, default=600, help="identity loss only below this timestep")
     p.add_argument("--n-id", type=int, default=4, help="word vectors of the identity token")
     p.add_argument("--n-ctx", type=int, default=4, help="context tokens of the decoupled attention")
@@ -86,6 +89,8 @@ def main(args) -> int:
     init_from = output_path(args.init_from, "identity") if args.init_from else None
     if init_from is not None and not init_from.is_file():
         raise SystemExit(f"--init-from {args.init_from}: no adapter file at {init_from}")
+    if args.rebase and init_from is None:
+        raise SystemExit("--rebase continues an earlier adapter on --base: it needs --init-from")
     base = load_pipeline(args.base, device=training_device(args.device), dtype="fp32")
     face_encoder = FaceEncoder.load(args.face_encoder)
     face_encoder.net.to(next(base.pipe.unet.parameters()).device)  # frozen; the identity loss runs through it
@@ -114,7 +119,7 @@ def main(args) -> int:
                                     id_t_max=args.id_t_max, n_id=args.n_id, n_ctx=args.n_ctx, seed=args.seed,
                                     checkpoint_every=args.checkpoint_every, seconds=args.seconds,
                                     identity_p=args.identity_p,
-                                    init_from=str(init_from) if init_from else None)
+                                    init_from=str(init_from) if init_from else None, rebase=args.rebase)
     work_dir = args.work_dir or str(Path(".cache") / "train-identity" / out.stem)
     adapter, result = train_identity_adapter(base, face_encoder, pool, settings, work_dir=work_dir,
                                              resume=not args.no_resume,

@@ -283,6 +283,7 @@ class InstructTrainSettings:
     lr_schedule: str = "cosine"
     seconds: float = 0.0
     init_from: Optional[str] = None  # an earlier instruction model file to continue (fresh schedule, same shape)
+    rebase: bool = False     # init_from was trained on another base of the same shape: continue it on this one
     id_weight: float = 0.0   # > 0: add the identity loss (InstructObjective) with this weight
     id_t_max: int = 600
     identity_p: float = 0.0  # > 0: subject generation instructions name the person's visible traits (InstructObjective)
@@ -298,6 +299,8 @@ class InstructTrainSettings:
             raise ValueError(f"identity_p must be in [0, 1], got {self.identity_p}")
         if not self.id_weight >= 0:
             raise ValueError(f"id_weight must be >= 0, got {self.id_weight}")
+        if self.rebase and not self.init_from:
+            raise ValueError("rebase continues an earlier model on this base: it needs init_from")
 
 
 def train_instruct(pipe, face_encoder, pool: InstructPool, settings: InstructTrainSettings,
@@ -312,7 +315,7 @@ def train_instruct(pipe, face_encoder, pool: InstructPool, settings: InstructTra
                       lora_rank=settings.lora_rank, lora_alpha=float(settings.lora_rank))
     targets = lora_targets(dp.unet)
     rank, alpha = model.cfg.lora_rank, model.cfg.lora_alpha
-    earlier = start_from(model, settings.init_from) if settings.init_from else None
+    earlier = start_from(model, settings.init_from, settings.rebase) if settings.init_from else None
     lora_init = earlier.lora if earlier is not None else None
 
     def objective(m: InstructModel, mods):
@@ -345,15 +348,17 @@ def train_instruct(pipe, face_encoder, pool: InstructPool, settings: InstructTra
                   "face_encoder": face_encoder.fingerprint}
     if earlier is not None:
         model.info["continues"] = {"file": str(settings.init_from), "steps": earlier.info.get("steps"),
-                                   "command": earlier.info.get("command")}
+                                   "command": earlier.info.get("command"), "base_name": earlier.base_name,
+                                   "base_fingerprint": earlier.base_fingerprint}
     return model, result
 
 
-def start_from(model: InstructModel, path: str) -> InstructModel:
+def start_from(model: InstructModel, path: str, rebase: bool = False) -> InstructModel:
     """Copy an earlier instruction model's trained weights (fusion network, source channels) into ``model`` and
-    return it (its LoRA starts the new run); refused unless it has this run's shape, base and face encoder."""
+    return it (its LoRA starts the new run); refused unless it has this run's shape, base (unless ``rebase``) and
+    face encoder."""
     earlier = InstructModel.load(path)
-    check_continuation(earlier, model, path)
+    check_continuation(earlier, model, path, rebase=rebase)
     model.net.load_state_dict(earlier.net.state_dict())
     model.source_weight = earlier.source_weight.detach().float().clone()
     return earlier

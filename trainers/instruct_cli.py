@@ -42,6 +42,9 @@ def add_arguments(p) -> None:
     p.add_argument("--init-from", default=None,
                    help="continue this earlier instruction model (a name under models/facesmith/instruct/ or a path) "
                         "with a fresh schedule; its shape, base and face encoder must match")
+    p.add_argument("--rebase", action="store_true",
+                   help="with --init-from: that model was trained on another base of the same shape (e.g. an "
+                        "earlier stage of --base); continue it on --base (recorded in the output's .json)")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--seconds", type=float, default=0.0,
                    help="if > 0: --steps becomes the number of steps that fit this many seconds here")
@@ -89,7 +92,8 @@ def main(args) -> int:
                                      lora_rank=args.lora_rank, seed=args.seed, id_weight=args.id_weight,
                                      identity_p=args.identity_p,
                                      checkpoint_every=args.checkpoint_every, seconds=args.seconds,
-                                     init_from=str(output_path(args.init_from, SUBDIR)) if args.init_from else None)
+                                     init_from=str(output_path(args.init_from, SUBDIR)) if args.init_from else None,
+                                     rebase=args.rebase)
     settings.check()
     if settings.init_from and not Path(settings.init_from).is_file():
         raise SystemExit(f"--init-from {args.init_from}: no instruction model at {settings.init_from}")

@@ -38,15 +38,16 @@ def loop_config(settings, work_dir=None, resume: bool = True, recipe: dict | Non
                        resume=resume, recipe=recipe or {})
 
 
-def check_continuation(earlier, model, path, what: str = "configuration") -> None:
+def check_continuation(earlier, model, path, what: str = "configuration", rebase: bool = False) -> None:
     """``--init-from``: the earlier file's model can start this run's ``model`` only with the same configuration
-    (``.cfg``), base and face encoder; otherwise a ValueError naming both sides."""
+    (``.cfg``), base and face encoder; otherwise a ValueError naming both sides. ``rebase`` (``--rebase``) accepts
+    a file trained on another base of the same shape (an earlier stage of this one): the run moves it here."""
     if earlier.cfg != model.cfg:
         raise ValueError(f"init_from {path}: its {what} {earlier.cfg} is not this run's {model.cfg}")
-    if earlier.base_fingerprint != model.base_fingerprint:
+    if earlier.base_fingerprint != model.base_fingerprint and not rebase:
         raise ValueError(f"init_from {path}: it was trained for base {earlier.base_name!r} "
                          f"({earlier.base_fingerprint}), this run's base is {model.base_name!r} "
-                         f"({model.base_fingerprint})")
+                         f"({model.base_fingerprint}); --rebase continues it on this base")
     if earlier.face_encoder.fingerprint != model.face_encoder.fingerprint:
         raise ValueError(f"init_from {path}: it was trained with another face encoder")
 
