@@ -174,6 +174,11 @@ def _two_process_worker(out_dir: str) -> None:
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps({
         "keys": obj.keys, "weight": obj.model.weight.detach().flatten().tolist(), "losses": res.loss_history,
         "steps_done": res.steps_done}))
+    # tear the gloo group down while both ranks are alive: left to interpreter exit, its threads can abort a rank
+    # ("terminate called without an active exception", seen once in CI)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 def _free_port() -> int:
