@@ -40,7 +40,7 @@ from ..core.synthface.render import TRAIT_NAMES, identity_traits
 from ..core.understand.questions import NOT_VISIBLE
 from ..core.training.loop import TrainResult, fit_steps, train
 from .e4t import identity_groups
-from .settings import check_continuation, check_whole_numbers, loop_config, recipe_of_settings
+from .settings import check_continuation, check_whole_numbers, continuation_record, loop_config, recipe_of_settings
 
 log = logging.getLogger("facesmith.train")
 
@@ -320,7 +320,5 @@ def train_identity_adapter(pipe, face_encoder, pool: FacePool, settings: Adapter
                     "final_loss": float(np.mean(tail)) if tail else None, "seconds": round(time.time() - t0, 1),
                     "face_encoder": face_encoder.fingerprint}
     if earlier is not None:
-        adapter.info["continues"] = {"file": str(settings.init_from), "steps": earlier.info.get("steps"),
-                                     "command": earlier.info.get("command"), "base_name": earlier.base_name,
-                                     "base_fingerprint": earlier.base_fingerprint}
+        adapter.info["continues"] = continuation_record(earlier, settings.init_from)
     return adapter, result

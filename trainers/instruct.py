@@ -35,7 +35,8 @@ from ..core.models import native_size
 from ..core.progress import Progress, report
 from ..core.training.loop import TrainResult, fit_steps, train
 from ..core.vae_tokens import vae_tokens
-from .settings import check_continuation, check_whole_numbers, loop_config, plain_settings, recipe_of_settings
+from .settings import (check_continuation, check_whole_numbers, continuation_record, loop_config, plain_settings,
+                       recipe_of_settings)
 
 log = logging.getLogger("facesmith.train")
 
@@ -347,9 +348,7 @@ def train_instruct(pipe, face_encoder, pool: InstructPool, settings: InstructTra
                   "final_loss": float(np.mean(tail)) if tail else None, "seconds": round(time.time() - t0, 1),
                   "face_encoder": face_encoder.fingerprint}
     if earlier is not None:
-        model.info["continues"] = {"file": str(settings.init_from), "steps": earlier.info.get("steps"),
-                                   "command": earlier.info.get("command"), "base_name": earlier.base_name,
-                                   "base_fingerprint": earlier.base_fingerprint}
+        model.info["continues"] = continuation_record(earlier, settings.init_from)
     return model, result
 
 

@@ -52,6 +52,13 @@ def check_continuation(earlier, model, path, what: str = "configuration", rebase
         raise ValueError(f"init_from {path}: it was trained with another face encoder")
 
 
+def continuation_record(earlier, path) -> dict:
+    """What a continued run's ``info["continues"]`` says about the earlier file it started from (its base too, which
+    differs from the run's after ``--rebase``)."""
+    return {"file": str(path), "steps": earlier.info.get("steps"), "command": earlier.info.get("command"),
+            "base_name": earlier.base_name, "base_fingerprint": earlier.base_fingerprint}
+
+
 def training_device(device: str = "auto") -> str:
     """Where a trainer loads its frozen base: ``device`` as asked, but each process's own GPU under ``accelerate
     launch`` with several processes, and the GPU for ``auto`` when there is one (where the one loop will put the
