@@ -61,6 +61,9 @@ def add_arguments(p) -> None:
                    help="weight of an identity loss (the model's face encoder on the decoded clean estimate against "
                         "the target's face, as the identity adapter trains; 0 = off)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pool-seed", type=int, default=None,
+                   help="seed of the pool's renders (default: --seed); a continuation keeps its pool and draws new "
+                        "batches with another --seed")
     p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--work-dir", default=None, help="checkpoints (default .cache/train-instruct/<out>)")
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints in --work-dir")
@@ -102,7 +105,8 @@ def main(args) -> int:
     face_encoder.net.to(next(base.pipe.unet.parameters()).device)  # frozen; it encodes the pool
     size = base.native_size
     # the cache holds VAE tokens and face-encoder embeddings: another VAE or face encoder must not reuse it
-    source = (f"synthface train instruct per_task={args.per_task} seed={args.seed} grid={settings.grid} "
+    pool_seed = args.seed if args.pool_seed is None else args.pool_seed
+    source = (f"synthface train instruct per_task={args.per_task} seed={pool_seed} grid={settings.grid} "
               f"vae={vae_fingerprint(base.pipe)} face_encoder={face_encoder.fingerprint}")
     cache = Path(args.pool_cache) if args.pool_cache else None
     with shared_pool_cache(cache):
@@ -112,7 +116,7 @@ def main(args) -> int:
                 raise SystemExit(f"--pool-cache {cache} holds another pool ({pool.source_name!r}); this command wants "
                                  f"{source!r}: use another cache file")
         else:
-            images, samples = render_samples(args.per_task, args.seed, size, workers=args.workers)
+            images, samples = render_samples(args.per_task, pool_seed, size, workers=args.workers)
             pool = build_pool(base, face_encoder, images, samples, grid=settings.grid,
                               progress=tqdm_progress("encode pool"), source_name=source)
             del images
