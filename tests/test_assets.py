@@ -65,9 +65,13 @@ def test_recorded_commands_share_pools_and_need_the_base():
                          ("instruct", ".cache/train-instruct/pool-10000.safetensors")):
         members = [a for n, a in by_name.items() if n.startswith(group)]
         assert len(members) >= 3
+        shared = None
         for a in members:
             assert set(a.needs) == {"base", "face-encoder"}
-            assert all(step[step.index("--pool-cache") + 1] == cache for step in a.build_steps)
+            caches = {step[step.index("--pool-cache") + 1] for step in a.build_steps}
+            assert cache in caches
+            shared = shared or caches
+            assert caches == shared  # the group's trainings share their pools (a later stage may use another)
             outs = {step[step.index("--out") + 1] for step in a.build_steps}
             assert outs == {str(a.marker)}  # every stage writes the asset's own file
     assert by_name["domain-encoder"].needs == ("base",)

@@ -257,3 +257,21 @@ def test_an_identity_with_an_edit_conditions_the_text_branch_only_whatever_the_b
     plain = _edit(bp, model, sample, sample["source"])
     assert (one - plain).abs().max() > 1e-2  # the identity takes part in the edit
     assert torch.allclose(two[:1], one, atol=1e-4), (two[:1] - one).abs().max()
+
+
+def test_pool_seed_keeps_the_pool_while_seed_draws_new_batches(facesmith, tmp_path):
+    """``facesmith train instruct --pool-seed``: the pool (and the cache it is kept in) belongs to the pool seed, so
+    a continuation with another ``--seed`` reuses its pool; a command whose pool seed differs is refused the cache."""
+    from facesmith.core import cli
+    from facesmith.trainers.instruct import load_pool
+
+    cache = tmp_path / "pool.safetensors"
+    argv = ["train", "instruct", "--per-task", "3", "--tasks", "instruction_edit", "--batch-size", "2", "--steps", "1",
+            "--workers", "1", "--threads", "1", "--lora-rank", "2", "--pool-cache", str(cache)]
+    assert cli.main(argv + ["--seed", "1", "--pool-seed", "0", "--out", str(tmp_path / "a.safetensors"),
+                            "--work-dir", str(tmp_path / "wa")]) == 0
+    assert " seed=0 " in load_pool(cache).source_name
+    assert cli.main(argv + ["--seed", "2", "--pool-seed", "0", "--out", str(tmp_path / "b.safetensors"),
+                            "--work-dir", str(tmp_path / "wb")]) == 0
+    with pytest.raises(SystemExit, match="holds another pool"):  # --pool-seed defaults to --seed: seed=1's pool
+        cli.main(argv + ["--seed", "1", "--out", str(tmp_path / "c.safetensors"), "--work-dir", str(tmp_path / "wc")])
