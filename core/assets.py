@@ -23,6 +23,8 @@ INSTRUCT_DIR = BUILTIN_MODELS / "facesmith" / "instruct"
 LOG_DIR = Path(".cache") / "assets-build"
 INSTRUCT_TRAINING = ["--per-task", "10000", "--batch-size", "128", "--seed", "0", "--workers", "0", "--pool-cache",
                      ".cache/train-instruct/pool-10000.safetensors"]
+INSTRUCT_CONTINUATION = ["--per-task", "4000", "--batch-size", "128", "--seed", "1", "--pool-seed", "0", "--workers",
+                         "0", "--pool-cache", ".cache/train-instruct/pool-4000.safetensors"]
 
 
 @dataclass
@@ -74,7 +76,10 @@ def _instruct_steps(name: str, tasks: str | None, steps: int) -> list[list[str]]
     """The commands that made one shipped instruction model (see assets/models/facesmith/instruct/README.md): one
     H200, the four trainings at once, each given 270 seconds (``--seconds 270``), which the trainer turned into the
     step counts recorded here; then the joint model continued on the same pool at twice the batch and half the
-    learning rate (1,661 steps from ``--seconds 240``, another H200 job). The four share one ``--pool-cache``."""
+    learning rate (1,661 steps from ``--seconds 240``, another H200 job); then each of the four 200 more steps at
+    that learning rate on stage 3 of the base (a 2-core CPU; a smaller pool of the same seed, new batches). The
+    shipped files' earlier stages ran on stage 2 of the base and the last continued them on stage 3 (``--rebase``);
+    rebuilt here, all stages run on the shipped base. The four share their ``--pool-cache`` files."""
     out = [["train", "instruct", *INSTRUCT_TRAINING, "--steps", str(steps), *(["--tasks", tasks] if tasks else []),
             "--out", str(INSTRUCT_DIR / f"{name}.safetensors"), "--work-dir", f".cache/train-instruct/{name}"]]
     if tasks is None:  # the joint model's continuation
@@ -83,6 +88,10 @@ def _instruct_steps(name: str, tasks: str | None, steps: int) -> list[list[str]]
                    for prev, a in zip(["", *INSTRUCT_TRAINING], INSTRUCT_TRAINING)]
         out.append(["train", "instruct", *doubled, "--steps", "1661", "--lr", "5e-4", "--init-from", joint, "--out",
                     joint, "--overwrite", "--work-dir", ".cache/train-instruct/synthface-instruct-more"])
+    path = str(INSTRUCT_DIR / f"{name}.safetensors")
+    out.append(["train", "instruct", *INSTRUCT_CONTINUATION, *(["--tasks", tasks] if tasks else []), "--steps", "200",
+                "--lr", "5e-4", "--init-from", path, "--out", path, "--overwrite", "--no-resume",
+                "--work-dir", f".cache/train-instruct/{name}-stage3"])
     return out
 
 
@@ -104,21 +113,24 @@ def _understand_steps(arch: str) -> list[list[str]]:
 
 
 def _base_steps() -> list[list[str]]:
-    """The two stages that made the shipped base (its facesmith_train.json; trained on one H200, bf16)."""
-    stage1 = ".cache/train-base/stage1-model"
-    common = ["train", "base", "--vae-steps", "1516", "--vae-batch", "64", "--precision", "bf16"]
-    return [common + ["--out", stage1, "--work-dir", ".cache/train-base/stage1", "--pool", "80000",
-                      "--unet-steps", "1309", "--unet-batch", "256"],
-            common + ["--out", str(BASE_DIR), "--work-dir", ".cache/train-base/stage2", "--pool", "60000",
-                      "--seed", "1", "--unet-steps", "908", "--unet-batch", "512", "--init-from", stage1]]
+    """The three stages that made the shipped base (its facesmith_train.json): stages 1 and 2 on one H200 in bf16,
+    stage 3 on a 2-core CPU in fp32 (1,216 steps from ``--unet-seconds 6300``)."""
+    stage1, stage2 = ".cache/train-base/stage1-model", ".cache/train-base/stage2-model"
+    common = ["train", "base", "--vae-steps", "1516", "--vae-batch", "64"]
+    return [common + ["--precision", "bf16", "--out", stage1, "--work-dir", ".cache/train-base/stage1", "--pool",
+                      "80000", "--unet-steps", "1309", "--unet-batch", "256"],
+            common + ["--precision", "bf16", "--out", stage2, "--work-dir", ".cache/train-base/stage2", "--pool",
+                      "60000", "--seed", "1", "--unet-steps", "908", "--unet-batch", "512", "--init-from", stage1],
+            common + ["--out", str(BASE_DIR), "--work-dir", ".cache/train-base/stage3", "--pool", "60000", "--seed",
+                      "2", "--unet-steps", "1216", "--unet-batch", "512", "--init-from", stage2]]
 
 
 def _e4t_steps() -> list[list[str]]:
-    """The command that made the shipped encoder (see assets/models/facesmith/e4t/README.md)."""
+    """The command that made the shipped encoder (see assets/models/facesmith/e4t/README.md; a 2-core CPU, fp32)."""
     out = str(ENCODER_DIR / "e4t" / "synthface-e4t.safetensors")
     return [["train", "domain-encoder", "--synthface", "--base", "diffusers/synthface-base", "--identities", "3000",
              "--views", "4", "--batch-size", "64", "--lr", "2e-3", "--rank", "4", "--n-vectors", "4",
-             "--same-p", "0.5", "--precision", "bf16", "--seed", "0", "--steps", "294", "--out", out,
+             "--same-p", "0.5", "--seed", "0", "--steps", "294", "--out", out,
              "--work-dir", ".cache/train-e4t/synthface-e4t"]]
 
 
@@ -126,7 +138,9 @@ def _adapter_steps(suffix: str, extra: list[str]) -> list[list[str]]:
     """The commands that made the shipped adapter (``suffix`` "") or one of its ablations (see
     assets/models/facesmith/identity/README.md): 600 steps; then 400 more from that file whose captions also name the
     visible identity traits in words (``--identity-p``); then twice 1,000 more of those with new batches
-    (``--seed 2``, ``--seed 3``, same pool). The three share one ``--pool-cache``."""
+    (``--seed 2``, ``--seed 3``, same pool); then 500 more (``--seed 4``) on stage 3 of the base. The shipped file's
+    first four stages ran on stage 2 of the base and the last continued it on stage 3 (``--rebase``); rebuilt here,
+    all five run on the shipped base. The three share one ``--pool-cache``."""
     name = f"synthface-idadapter{suffix}"
     path, work = str(IDENTITY_DIR / f"{name}.safetensors"), f".cache/train-identity/{name}"
     common = ["train", "identity-adapter", *ADAPTER_TRAINING, *extra, "--out", path]
@@ -136,7 +150,9 @@ def _adapter_steps(suffix: str, extra: list[str]) -> list[list[str]]:
             common + ["--lr", "5e-4", "--seed", "2", "--pool-seed", "0", "--steps", "1000", *ADAPTER_WORDS,
                       "--init-from", path, "--overwrite", "--no-resume", "--work-dir", f"{work}-words-long"],
             common + ["--lr", "5e-4", "--seed", "3", "--pool-seed", "0", "--steps", "1000", *ADAPTER_WORDS,
-                      "--init-from", path, "--overwrite", "--no-resume", "--work-dir", f"{work}-words-long2"]]
+                      "--init-from", path, "--overwrite", "--no-resume", "--work-dir", f"{work}-words-long2"],
+            common + ["--lr", "5e-4", "--seed", "4", "--pool-seed", "0", "--steps", "500", *ADAPTER_WORDS,
+                      "--init-from", path, "--overwrite", "--no-resume", "--work-dir", f"{work}-stage3"]]
 
 
 def missing() -> list[Asset]:
