@@ -80,16 +80,15 @@ def _instruct_steps(name: str, tasks: str | None, steps: int) -> list[list[str]]
     that learning rate on stage 3 of the base (a 2-core CPU; a smaller pool of the same seed, new batches). The
     shipped files' earlier stages ran on stage 2 of the base and the last continued them on stage 3 (``--rebase``);
     rebuilt here, all stages run on the shipped base. The four share their ``--pool-cache`` files."""
-    out = [["train", "instruct", *INSTRUCT_TRAINING, "--steps", str(steps), *(["--tasks", tasks] if tasks else []),
-            "--out", str(INSTRUCT_DIR / f"{name}.safetensors"), "--work-dir", f".cache/train-instruct/{name}"]]
+    path, task_args = str(INSTRUCT_DIR / f"{name}.safetensors"), (["--tasks", tasks] if tasks else [])
+    out = [["train", "instruct", *INSTRUCT_TRAINING, "--steps", str(steps), *task_args, "--out", path, "--work-dir",
+            f".cache/train-instruct/{name}"]]
     if tasks is None:  # the joint model's continuation
-        joint = str(INSTRUCT_DIR / f"{name}.safetensors")
         doubled = [("256" if prev == "--batch-size" else a)
                    for prev, a in zip(["", *INSTRUCT_TRAINING], INSTRUCT_TRAINING)]
-        out.append(["train", "instruct", *doubled, "--steps", "1661", "--lr", "5e-4", "--init-from", joint, "--out",
-                    joint, "--overwrite", "--work-dir", ".cache/train-instruct/synthface-instruct-more"])
-    path = str(INSTRUCT_DIR / f"{name}.safetensors")
-    out.append(["train", "instruct", *INSTRUCT_CONTINUATION, *(["--tasks", tasks] if tasks else []), "--steps", "200",
+        out.append(["train", "instruct", *doubled, "--steps", "1661", "--lr", "5e-4", "--init-from", path, "--out",
+                    path, "--overwrite", "--work-dir", ".cache/train-instruct/synthface-instruct-more"])
+    out.append(["train", "instruct", *INSTRUCT_CONTINUATION, *task_args, "--steps", "200",
                 "--lr", "5e-4", "--init-from", path, "--out", path, "--overwrite", "--no-resume",
                 "--work-dir", f".cache/train-instruct/{name}-stage3"])
     return out
