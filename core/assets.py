@@ -77,7 +77,9 @@ def _instruct_steps(name: str, tasks: str | None, steps: int) -> list[list[str]]
     H200, the four trainings at once, each given 270 seconds (``--seconds 270``), which the trainer turned into the
     step counts recorded here; then the joint model continued on the same pool at twice the batch and half the
     learning rate (1,661 steps from ``--seconds 240``, another H200 job); then each of the four 200 more steps at
-    that learning rate on stage 3 of the base (a 2-core CPU; a smaller pool of the same seed, new batches). The
+    that learning rate on stage 3 of the base (a 2-core CPU; a smaller pool of the same seed, new batches), and the
+    joint model 990 more on that pool (new batches) so that it has seen as many samples per task as each single-task
+    model (the paper's comparison at equal budget). The
     shipped files' earlier stages ran on stage 2 of the base and the last continued them on stage 3 (``--rebase``);
     rebuilt here, all stages run on the shipped base. The four share their ``--pool-cache`` files."""
     path, task_args = str(INSTRUCT_DIR / f"{name}.safetensors"), (["--tasks", tasks] if tasks else [])
@@ -91,6 +93,11 @@ def _instruct_steps(name: str, tasks: str | None, steps: int) -> list[list[str]]
     out.append(["train", "instruct", *INSTRUCT_CONTINUATION, *task_args, "--steps", "200",
                 "--lr", "5e-4", "--init-from", path, "--out", path, "--overwrite", "--no-resume",
                 "--work-dir", f".cache/train-instruct/{name}-stage3"])
+    if tasks is None:  # the joint model brought to the single-task models' samples per task (same pool, new batches)
+        reseeded = [("2" if prev == "--seed" else a)
+                    for prev, a in zip(["", *INSTRUCT_CONTINUATION], INSTRUCT_CONTINUATION)]
+        out.append(["train", "instruct", *reseeded, "--steps", "990", "--lr", "5e-4", "--init-from", path, "--out",
+                    path, "--overwrite", "--no-resume", "--work-dir", ".cache/train-instruct/synthface-instruct-equal"])
     return out
 
 

@@ -154,7 +154,12 @@ def test_training_continues_an_earlier_model_and_renders_the_pool_in_parallel(wo
     again, _ = train_instruct(bp, model.face_encoder, pool,
                               InstructTrainSettings(steps=0, batch_size=4, lora_rank=2,
                                                     init_from=str(tmp_path / "first.safetensors")))
-    assert again.info["continues"]["steps"] == 3
+    assert again.info["continues"]["steps"] == 3 and "continues" not in again.info["continues"]
+    again.save(tmp_path / "again.safetensors")
+    third, _ = train_instruct(bp, model.face_encoder, pool,
+                              InstructTrainSettings(steps=0, batch_size=4, lora_rank=2,
+                                                    init_from=str(tmp_path / "again.safetensors")))
+    assert third.info["continues"]["continues"] == again.info["continues"]  # every stage of the file's making
     assert all(torch.equal(a, b) for a, b in zip(again.net.state_dict().values(), first.net.state_dict().values()))
     assert torch.equal(again.source_weight, first.source_weight)
     assert all(torch.equal(again.lora[p][0], first.lora[p][0]) and torch.equal(again.lora[p][1], first.lora[p][1])

@@ -54,9 +54,13 @@ def check_continuation(earlier, model, path, what: str = "configuration", rebase
 
 def continuation_record(earlier, path) -> dict:
     """What a continued run's ``info["continues"]`` says about the earlier file it started from (its base too, which
-    differs from the run's after ``--rebase``)."""
-    return {"file": str(path), "steps": earlier.info.get("steps"), "command": earlier.info.get("command"),
-            "base_name": earlier.base_name, "base_fingerprint": earlier.base_fingerprint}
+    differs from the run's after ``--rebase``), with what that file itself continued: a file made in several stages
+    carries all of them."""
+    out = {"file": str(path), "steps": earlier.info.get("steps"), "command": earlier.info.get("command"),
+           "base_name": earlier.base_name, "base_fingerprint": earlier.base_fingerprint}
+    if earlier.info.get("continues"):
+        out["continues"] = earlier.info["continues"]
+    return out
 
 
 def training_device(device: str = "auto") -> str:
