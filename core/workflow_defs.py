@@ -317,7 +317,8 @@ def instruct_subject_generation() -> list[N]:
 
 def instruct_edit_check() -> list[N]:
     """Describe a photo, edit it by an instruction, and check the edit with the face understanding model: its
-    attributes against what the instruction asked (pass/fail + reasons), so a graph verifies its own edit."""
+    attributes against what the instruction asked, and those not asked against the photo's own (pass/fail +
+    reasons: an unasked change fails), so a graph verifies its own edit."""
     text = "make <image1> with red hair"
     return [
         N(1, "FaceSmithLoadBaseModel", dict(model=BASE, arch="auto", device="auto", dtype="auto"), {}, (40, 80)),
@@ -332,8 +333,10 @@ def instruct_edit_check() -> list[N]:
         N(8, "SaveImage", dict(filename_prefix="facesmith/instruct_edit_check"), {"images": (7, 0)}, (1220, 80)),
         N(9, "FaceSmithFaceAttributes", dict(keep_model_loaded=True), {"images": (7, 0), "face_model": (4, 0)},
           (820, 460)),
-        N(10, "FaceSmithCheckAttributes", dict(prompt=text, min_confidence=0.5), {"attributes_json": (9, 0)},
-          (1220, 460)),
+        N(10, "FaceSmithCheckAttributes", dict(prompt=text, min_confidence=0.5),
+          {"attributes_json": (9, 0), "source_attributes_json": (11, 0)}, (1220, 460)),
+        N(11, "FaceSmithFaceAttributes", dict(keep_model_loaded=True), {"images": (3, 0), "face_model": (4, 0)},
+          (820, 800), title="Face Attributes of the photo"),
     ]
 
 

@@ -247,10 +247,13 @@ class FaceSmithCheckAttributes:
     DESCRIPTION = ("Compares the attributes read from images (Face Attributes' JSON) with those a prompt asks for "
                    "(SynthFace phrases such as 'with red hair', 'wearing glasses', 'blue eyes', 'mole on chin'): "
                    "passes only when every image shows every asked attribute with at least min_confidence; the "
-                   "reasons name what was asked, what was seen and how sure.")
+                   "reasons name what was asked, what was seen and how sure. For an edit, connect the source photo's "
+                   "Face Attributes to source_attributes_json: then the attributes not asked must also keep the "
+                   "source's values (an unasked change fails).")
     RETURN_TYPES = ("BOOLEAN", "STRING")
     RETURN_NAMES = ("passed", "reasons")
-    OUTPUT_TOOLTIPS = ("True when every asked attribute is seen confidently in every image.",
+    OUTPUT_TOOLTIPS = ("True when every asked attribute is seen confidently in every image (and, given the "
+                       "source's attributes, every other one kept).",
                        "One line per image and problem.")
     FUNCTION = "check"
     OUTPUT_NODE = True
@@ -263,22 +266,39 @@ class FaceSmithCheckAttributes:
                                   "tooltip": "The prompt the images were made from."}),
             "min_confidence": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01,
                                          "tooltip": "A reading below this confidence does not count as seen."}),
+        }, "optional": {
+            "source_attributes_json": ("STRING", {"forceInput": True,
+                                                  "tooltip": "For an edit: Face Attributes of the source photo (one "
+                                                             "image). The attributes the prompt does not ask must "
+                                                             "keep its values."}),
         }}
 
-    def check(self, attributes_json, prompt, min_confidence):
-        from ..core.understand.check import check_attributes, requested
+    def check(self, attributes_json, prompt, min_confidence, source_attributes_json=None):
+        from ..core.understand.check import check_attributes, check_unchanged, requested
 
         node = self.DISPLAY_NAME
+        seen = self._parsed(attributes_json, "attributes_json")
+        asked = requested(prompt or "")
+        ok, reasons = check_attributes(seen, asked, float(min_confidence))
+        if source_attributes_json:
+            source = self._parsed(source_attributes_json, "source_attributes_json")
+            if len(source) != 1:
+                raise input_error(node, "source_attributes_json", f"holds {len(source)} images' attributes; "
+                                  "connect the Face Attributes of the one source photo")
+            kept, more = check_unchanged(seen, source[0], asked, float(min_confidence))
+            ok, reasons = ok and kept, reasons + more
+        text = ("PASS" if ok else "FAIL") + "\n" + "\n".join(reasons)
+        return {"ui": {"text": [text]}, "result": (bool(ok), text)}
+
+    def _parsed(self, text: str, name: str) -> list[dict]:
         try:
-            seen = json.loads(attributes_json)
+            seen = json.loads(text)
             if isinstance(seen, dict):
                 seen = [seen]
             assert isinstance(seen, list) and all(isinstance(s, dict) for s in seen)
         except (json.JSONDecodeError, AssertionError):
-            raise input_error(node, "attributes_json", "is not Face Attributes' JSON (a list of objects)") from None
-        ok, reasons = check_attributes(seen, requested(prompt or ""), float(min_confidence))
-        text = ("PASS" if ok else "FAIL") + "\n" + "\n".join(reasons)
-        return {"ui": {"text": [text]}, "result": (bool(ok), text)}
+            raise input_error(self.DISPLAY_NAME, name, "is not Face Attributes' JSON (a list of objects)") from None
+        return seen
 
 
 class FaceSmithTrainFaceVQA:

@@ -238,6 +238,25 @@ def test_nodes_answer_per_image_and_check_attributes_against_a_prompt(u, heldout
     assert not ok and "glasses" in reasons and "not verified" in reasons
     with pytest.raises(ValueError, match="input 'attributes_json'"):
         check("not json", "with red hair", 0.5)
+    # an edit checked against its source: what was not asked must keep the source's value
+    def r(value, answer, confidence=0.9):
+        return {"value": value, "answer": answer, "confidence": confidence, "low_confidence": False}
+    source = {"hair": r("brown", "brown"), "beard": r(False, "no"), "hat": r(False, "no", 0.3),
+              "skin_tone": r("deep", "deep")}
+    edited = {"hair": r("red", "red"), "beard": r(True, "yes", 0.8), "hat": r(True, "yes"), "skin_tone": r("pale", "pale")}
+    kept = dict(edited, beard=r(False, "no"))
+    text = "make <image1> with red hair"
+    ok, reasons = check(json.dumps([kept]), text, 0.5, source_attributes_json=json.dumps([source]))["result"]
+    assert ok and "the 1 attribute not asked kept" in reasons  # the unsure hat and the identity trait are not compared
+    ok, reasons = check(json.dumps([edited, kept]), text, 0.5, source_attributes_json=json.dumps([source]))["result"]
+    assert not ok and "image 1: beard changed without being asked: 'no' on the source, seen 'yes'" in reasons
+    assert "image 2: the 1 attribute not asked kept" in reasons and "hat" not in reasons
+    ok, reasons = check(json.dumps([dict(kept, beard=r(False, "no", 0.4))]), text, 0.5,
+                        source_attributes_json=json.dumps([source]))["result"]
+    assert not ok and "beard looks unchanged ('no'), but only with confidence 0.40" in reasons
+    assert check(json.dumps([edited]), text, 0.5)["result"][0]  # no source: only the asked attribute is checked
+    with pytest.raises(ValueError, match="input 'source_attributes_json'.*2 images"):
+        check(json.dumps([kept]), text, 0.5, source_attributes_json=json.dumps([source, source]))
 
 
 def test_tuning_caption_names_what_the_shipped_model_reads(u):

@@ -3,7 +3,8 @@
 ``read_attributes`` gives per image ``{type: {"value", "answer", "confidence", "low_confidence"}}`` (either backend);
 ``check_attributes`` compares it with the attributes and identity traits a prompt names (SynthFace caption
 phrases, ``captions.parse_caption`` / ``parse_identity``): pass only when every asked one is seen with enough
-confidence; each reason names the attribute, what was asked, what was seen and how sure.
+confidence; each reason names the attribute, what was asked, what was seen and how sure. ``check_unchanged`` checks
+an edit's other side: the attributes not asked keep the source's values.
 """
 from __future__ import annotations
 
@@ -142,6 +143,36 @@ def check_attributes(seen: list[dict], asked: dict, min_confidence: float = 0.5)
                                f"{got['confidence']:.2f} (< {min_confidence:.2f}): not verified")
         if ok and not any(r.startswith(f"image {i + 1}:") for r in reasons):
             reasons.append(f"image {i + 1}: all {len(asked)} asked attributes seen")
+    return ok, reasons
+
+
+def check_unchanged(seen: list[dict], source: dict, asked: dict, min_confidence: float = 0.5) -> tuple[bool, list[str]]:
+    """For an edit: (every image keeps the source's value of each attribute the prompt does not ask to change,
+    reasons). Only the editable attributes (hair, expression, glasses, hat, beard, background) are compared, and only
+    those read on the source with at least ``min_confidence``; a result that reads otherwise fails (an unasked
+    change), and one read too unsurely to tell is not verified."""
+    from ..synthface.render import ATTRIBUTES
+
+    sure = {t: r for t, r in source.items() if t in ATTRIBUTES and t not in asked and r.get("value") is not None
+            and r["confidence"] >= min_confidence and not r["low_confidence"]}
+    ok, reasons = True, []
+    for i, s in enumerate(seen):
+        for t, was in sure.items():
+            got = s.get(t)
+            if got is None:
+                ok = False
+                reasons.append(f"image {i + 1}: {t} was not read, so not verified unchanged")
+            elif got["value"] != was["value"]:
+                ok = False
+                reasons.append(f"image {i + 1}: {t} changed without being asked: {was['answer']!r} on the source, "
+                               f"seen {got['answer']!r} (confidence {got['confidence']:.2f})")
+            elif got["confidence"] < min_confidence or got["low_confidence"]:
+                ok = False
+                reasons.append(f"image {i + 1}: {t} looks unchanged ({got['answer']!r}), but only with confidence "
+                               f"{got['confidence']:.2f} (< {min_confidence:.2f}): not verified")
+        if not any(r.startswith(f"image {i + 1}:") for r in reasons):
+            reasons.append(f"image {i + 1}: the {len(sure)} attribute{'s' if len(sure) != 1 else ''} not asked "
+                           "kept the source's values")
     return ok, reasons
 
 
