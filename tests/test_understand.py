@@ -243,7 +243,8 @@ def test_nodes_answer_per_image_and_check_attributes_against_a_prompt(u, heldout
         return {"value": value, "answer": answer, "confidence": confidence, "low_confidence": False}
     source = {"hair": r("brown", "brown"), "beard": r(False, "no"), "hat": r(False, "no", 0.3),
               "skin_tone": r("deep", "deep")}
-    edited = {"hair": r("red", "red"), "beard": r(True, "yes", 0.8), "hat": r(True, "yes"), "skin_tone": r("pale", "pale")}
+    edited = {"hair": r("red", "red"), "beard": r(True, "yes", 0.8), "hat": r(True, "yes"),
+              "skin_tone": r("pale", "pale")}
     kept = dict(edited, beard=r(False, "no"))
     text = "make <image1> with red hair"
     ok, reasons = check(json.dumps([kept]), text, 0.5, source_attributes_json=json.dumps([source]))["result"]
