@@ -77,9 +77,10 @@ def _instruct_steps(name: str, tasks: str | None, steps: int) -> list[list[str]]
     H200, the four trainings at once, each given 270 seconds (``--seconds 270``), which the trainer turned into the
     step counts recorded here; then the joint model continued on the same pool at twice the batch and half the
     learning rate (1,661 steps from ``--seconds 240``, another H200 job); then each of the four 200 more steps at
-    that learning rate on stage 3 of the base (a 2-core CPU; a smaller pool of the same seed, new batches), and the
+    that learning rate on stage 3 of the base (a 2-core CPU; a smaller pool of the same seed, new batches), the
     joint model 990 more on that pool (new batches) so that it has seen as many samples per task as each single-task
-    model (the paper's comparison at equal budget). The
+    model (the paper's comparison at equal budget), and all four on at equal samples per task (900 steps for the
+    joint model, 300 for each single-task model). The
     shipped files' earlier stages ran on stage 2 of the base and the last continued them on stage 3 (``--rebase``);
     rebuilt here, all stages run on the shipped base. The four share their ``--pool-cache`` files."""
     path, task_args = str(INSTRUCT_DIR / f"{name}.safetensors"), (["--tasks", tasks] if tasks else [])
@@ -94,11 +95,19 @@ def _instruct_steps(name: str, tasks: str | None, steps: int) -> list[list[str]]
                 "--lr", "5e-4", "--init-from", path, "--out", path, "--overwrite", "--no-resume",
                 "--work-dir", f".cache/train-instruct/{name}-stage3"])
     if tasks is None:  # the joint model brought to the single-task models' samples per task (same pool, new batches)
-        reseeded = [("2" if prev == "--seed" else a)
-                    for prev, a in zip(["", *INSTRUCT_CONTINUATION], INSTRUCT_CONTINUATION)]
-        out.append(["train", "instruct", *reseeded, "--steps", "990", "--lr", "5e-4", "--init-from", path, "--out",
-                    path, "--overwrite", "--no-resume", "--work-dir", ".cache/train-instruct/synthface-instruct-equal"])
+        out.append(["train", "instruct", *_reseeded(INSTRUCT_CONTINUATION, 2), "--steps", "990", "--lr", "5e-4",
+                    "--init-from", path, "--out", path, "--overwrite", "--no-resume", "--work-dir",
+                    ".cache/train-instruct/synthface-instruct-equal"])
+    # then all four on, at equal samples per task (the joint model three times the single-task models' steps)
+    out.append(["train", "instruct", *_reseeded(INSTRUCT_CONTINUATION, 3), *task_args, "--steps",
+                "900" if tasks is None else "300", "--lr", "5e-4", "--init-from", path, "--out", path, "--overwrite",
+                "--no-resume", "--work-dir", f".cache/train-instruct/{name}-more3"])
     return out
+
+
+def _reseeded(args: list[str], seed: int) -> list[str]:
+    """``args`` with its ``--seed`` value replaced (the same pool, other batches)."""
+    return [(str(seed) if prev == "--seed" else a) for prev, a in zip(["", *args], args)]
 
 
 def _understand_steps(arch: str) -> list[list[str]]:
