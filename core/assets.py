@@ -87,27 +87,26 @@ def _instruct_steps(name: str, tasks: str | None, steps: int) -> list[list[str]]
     out = [["train", "instruct", *INSTRUCT_TRAINING, "--steps", str(steps), *task_args, "--out", path, "--work-dir",
             f".cache/train-instruct/{name}"]]
     if tasks is None:  # the joint model's continuation
-        doubled = [("256" if prev == "--batch-size" else a)
-                   for prev, a in zip(["", *INSTRUCT_TRAINING], INSTRUCT_TRAINING)]
+        doubled = _with_value(INSTRUCT_TRAINING, "--batch-size", 256)
         out.append(["train", "instruct", *doubled, "--steps", "1661", "--lr", "5e-4", "--init-from", path, "--out",
                     path, "--overwrite", "--work-dir", ".cache/train-instruct/synthface-instruct-more"])
     out.append(["train", "instruct", *INSTRUCT_CONTINUATION, *task_args, "--steps", "200",
                 "--lr", "5e-4", "--init-from", path, "--out", path, "--overwrite", "--no-resume",
                 "--work-dir", f".cache/train-instruct/{name}-stage3"])
     if tasks is None:  # the joint model brought to the single-task models' samples per task (same pool, new batches)
-        out.append(["train", "instruct", *_reseeded(INSTRUCT_CONTINUATION, 2), "--steps", "990", "--lr", "5e-4",
+        out.append(["train", "instruct", *_with_value(INSTRUCT_CONTINUATION, "--seed", 2), "--steps", "990", "--lr", "5e-4",
                     "--init-from", path, "--out", path, "--overwrite", "--no-resume", "--work-dir",
                     ".cache/train-instruct/synthface-instruct-equal"])
     # then all four on, at equal samples per task (the joint model three times the single-task models' steps)
-    out.append(["train", "instruct", *_reseeded(INSTRUCT_CONTINUATION, 3), *task_args, "--steps",
+    out.append(["train", "instruct", *_with_value(INSTRUCT_CONTINUATION, "--seed", 3), *task_args, "--steps",
                 "900" if tasks is None else "300", "--lr", "5e-4", "--init-from", path, "--out", path, "--overwrite",
                 "--no-resume", "--work-dir", f".cache/train-instruct/{name}-more3"])
     return out
 
 
-def _reseeded(args: list[str], seed: int) -> list[str]:
-    """``args`` with its ``--seed`` value replaced (the same pool, other batches)."""
-    return [(str(seed) if prev == "--seed" else a) for prev, a in zip(["", *args], args)]
+def _with_value(args: list[str], flag: str, value) -> list[str]:
+    """``args`` with the value after ``flag`` replaced (e.g. another ``--seed``: the same pool, other batches)."""
+    return [(str(value) if prev == flag else a) for prev, a in zip(["", *args], args)]
 
 
 def _understand_steps(arch: str) -> list[list[str]]:
