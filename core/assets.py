@@ -80,27 +80,27 @@ def _instruct_steps(name: str, tasks: str | None, steps: int) -> list[list[str]]
     that learning rate on stage 3 of the base (a 2-core CPU; a smaller pool of the same seed, new batches), the
     joint model 990 more on that pool (new batches) so that it has seen as many samples per task as each single-task
     model (the paper's comparison at equal budget), and all four on at equal samples per task (900 steps for the
-    joint model, 300 for each single-task model). The
-    shipped files' earlier stages ran on stage 2 of the base and the last continued them on stage 3 (``--rebase``);
-    rebuilt here, all stages run on the shipped base. The four share their ``--pool-cache`` files."""
+    joint model, 300 for each single-task model). The shipped files' earlier stages ran on stage 2 of the base and
+    the last continued them on stage 3 (``--rebase``); rebuilt here, all stages run on the shipped base. The four
+    share their ``--pool-cache`` files."""
     path, task_args = str(INSTRUCT_DIR / f"{name}.safetensors"), (["--tasks", tasks] if tasks else [])
+
+    def continued(args: list[str], steps: int, work: str, no_resume: bool = True) -> list[str]:
+        return ["train", "instruct", *args, *task_args, "--steps", str(steps), "--lr", "5e-4", "--init-from", path,
+                "--out", path, "--overwrite", *(["--no-resume"] if no_resume else []), "--work-dir",
+                f".cache/train-instruct/{work}"]
+
     out = [["train", "instruct", *INSTRUCT_TRAINING, "--steps", str(steps), *task_args, "--out", path, "--work-dir",
             f".cache/train-instruct/{name}"]]
     if tasks is None:  # the joint model's continuation
-        doubled = _with_value(INSTRUCT_TRAINING, "--batch-size", 256)
-        out.append(["train", "instruct", *doubled, "--steps", "1661", "--lr", "5e-4", "--init-from", path, "--out",
-                    path, "--overwrite", "--work-dir", ".cache/train-instruct/synthface-instruct-more"])
-    out.append(["train", "instruct", *INSTRUCT_CONTINUATION, *task_args, "--steps", "200",
-                "--lr", "5e-4", "--init-from", path, "--out", path, "--overwrite", "--no-resume",
-                "--work-dir", f".cache/train-instruct/{name}-stage3"])
+        out.append(continued(_with_value(INSTRUCT_TRAINING, "--batch-size", 256), 1661, "synthface-instruct-more",
+                             no_resume=False))
+    out.append(continued(INSTRUCT_CONTINUATION, 200, f"{name}-stage3"))
     if tasks is None:  # the joint model brought to the single-task models' samples per task (same pool, new batches)
-        out.append(["train", "instruct", *_with_value(INSTRUCT_CONTINUATION, "--seed", 2), "--steps", "990", "--lr", "5e-4",
-                    "--init-from", path, "--out", path, "--overwrite", "--no-resume", "--work-dir",
-                    ".cache/train-instruct/synthface-instruct-equal"])
+        out.append(continued(_with_value(INSTRUCT_CONTINUATION, "--seed", 2), 990, "synthface-instruct-equal"))
     # then all four on, at equal samples per task (the joint model three times the single-task models' steps)
-    out.append(["train", "instruct", *_with_value(INSTRUCT_CONTINUATION, "--seed", 3), *task_args, "--steps",
-                "900" if tasks is None else "300", "--lr", "5e-4", "--init-from", path, "--out", path, "--overwrite",
-                "--no-resume", "--work-dir", f".cache/train-instruct/{name}-more3"])
+    out.append(continued(_with_value(INSTRUCT_CONTINUATION, "--seed", 3), 900 if tasks is None else 300,
+                         f"{name}-more3"))
     return out
 
 
