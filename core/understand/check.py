@@ -121,6 +121,17 @@ def _word(t: str, v) -> str:
     return answer_word(t, v) if v is not None else "?"
 
 
+def _problem(got: dict | None, want, min_confidence: float) -> str | None:
+    """What stops one reading from verifying the value ``want``: "unread", "differs", "unsure", or None."""
+    if got is None:
+        return "unread"
+    if got["value"] != want:
+        return "differs"
+    if got["confidence"] < min_confidence or got["low_confidence"]:
+        return "unsure"
+    return None
+
+
 def check_attributes(seen: list[dict], asked: dict, min_confidence: float = 0.5) -> tuple[bool, list[str]]:
     """(all images show every asked attribute confidently, reasons: one line per image and problem)."""
     if not asked:
@@ -129,18 +140,16 @@ def check_attributes(seen: list[dict], asked: dict, min_confidence: float = 0.5)
     for i, s in enumerate(seen):
         for t, want in asked.items():
             got = s.get(t)
-            if got is None:
-                ok = False
+            problem = _problem(got, want, min_confidence)
+            if problem == "unread":
                 reasons.append(f"image {i + 1}: {t} was not read")
-                continue
-            if got["value"] != want:
-                ok = False
+            elif problem == "differs":
                 reasons.append(f"image {i + 1}: {t} asked {_word(t, want)!r}, seen {got['answer']!r} "
                                f"(confidence {got['confidence']:.2f})")
-            elif got["confidence"] < min_confidence or got["low_confidence"]:
-                ok = False
+            elif problem == "unsure":
                 reasons.append(f"image {i + 1}: {t} looks {got['answer']!r} as asked, but only with confidence "
                                f"{got['confidence']:.2f} (< {min_confidence:.2f}): not verified")
+            ok = ok and problem is None
         if ok and not any(r.startswith(f"image {i + 1}:") for r in reasons):
             reasons.append(f"image {i + 1}: all {len(asked)} asked attributes seen")
     return ok, reasons
@@ -154,22 +163,21 @@ def check_unchanged(seen: list[dict], source: dict, asked: dict, min_confidence:
     from ..synthface.render import ATTRIBUTES
 
     sure = {t: r for t, r in source.items() if t in ATTRIBUTES and t not in asked and r.get("value") is not None
-            and r["confidence"] >= min_confidence and not r["low_confidence"]}
+            and _problem(r, r["value"], min_confidence) is None}
     ok, reasons = True, []
     for i, s in enumerate(seen):
         for t, was in sure.items():
             got = s.get(t)
-            if got is None:
-                ok = False
+            problem = _problem(got, was["value"], min_confidence)
+            if problem == "unread":
                 reasons.append(f"image {i + 1}: {t} was not read, so not verified unchanged")
-            elif got["value"] != was["value"]:
-                ok = False
+            elif problem == "differs":
                 reasons.append(f"image {i + 1}: {t} changed without being asked: {was['answer']!r} on the source, "
                                f"seen {got['answer']!r} (confidence {got['confidence']:.2f})")
-            elif got["confidence"] < min_confidence or got["low_confidence"]:
-                ok = False
+            elif problem == "unsure":
                 reasons.append(f"image {i + 1}: {t} looks unchanged ({got['answer']!r}), but only with confidence "
                                f"{got['confidence']:.2f} (< {min_confidence:.2f}): not verified")
+            ok = ok and problem is None
         if not any(r.startswith(f"image {i + 1}:") for r in reasons):
             reasons.append(f"image {i + 1}: the {len(sure)} attribute{'s' if len(sure) != 1 else ''} not asked "
                            "kept the source's values")
