@@ -280,3 +280,72 @@ def test_pool_seed_keeps_the_pool_while_seed_draws_new_batches(facesmith, tmp_pa
                             "--work-dir", str(tmp_path / "wb")]) == 0
     with pytest.raises(SystemExit, match="holds another pool"):  # --pool-seed defaults to --seed: seed=1's pool
         cli.main(argv + ["--seed", "1", "--out", str(tmp_path / "c.safetensors"), "--work-dir", str(tmp_path / "wc")])
+
+
+def test_training_with_the_identity_adapter_matches_apply_identity(world):
+    """``--identity-adapter``: subject generation rows get image1's identity as Apply Identity gives it at use (the
+    adapter's offsets at the weight on its class word, right after <image1>'s words, and its decoupled attention),
+    edits and rows without the instruction do not; the LoRA learns through it; a pool without patch tokens is
+    refused."""
+    import dataclasses
+
+    from facesmith.core.concept.diffusion import ParamHolder, frozen
+    from facesmith.core.concept.lora import trainable_lora
+    from facesmith.core.concept.tokens import vector_tokens
+    from facesmith.core.identity.adapter import IdentityAdapter, synthface_crops
+    from facesmith.core.instruct.instruction import image_token
+    from facesmith.core.paths import BUILTIN_MODELS_DIR
+    from facesmith.trainers.instruct import (ADAPTER_TOKEN, IdentityJoin, InstructObjective, build_pool,
+                                             lora_targets, render_samples)
+
+    bp, model, _ = world
+    dp = bp.pipe
+    adapter = IdentityAdapter.load(BUILTIN_MODELS_DIR / "facesmith" / "identity" / "synthface-idadapter.safetensors")
+    images, samples = render_samples(3, seed=3, size=64)
+    fe = adapter.face_encoder  # the pool's faces are embedded by the adapter's face encoder, as in real training
+    pool = build_pool(bp, fe, images, samples, grid=model.cfg.grid, patch_pool=4)
+    assert pool.patches.shape == (len(images), 16, adapter.cfg.patch_dim)
+    with pytest.raises(ValueError, match="build the pool again"):
+        IdentityJoin(adapter, dataclasses.replace(pool, patches=None), 0.5, fe)
+    with pytest.raises(ValueError, match="face encoder"):
+        IdentityJoin(adapter, pool, 0.5, model.face_encoder)  # the fixture's untrained one
+    join = IdentityJoin(adapter, pool, 0.5, fe)
+
+    sg = int(np.flatnonzero(pool.task == 0)[0])  # image1's identity, as the adapter makes it at use
+    first = int(pool.images[sg, 0])
+    x = torch.from_numpy(images[first:first + 1]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    want = adapter.identity_from_features(*adapter.features(bp, synthface_crops(x)))
+    vec, ctx = join.condition(pool, np.array([sg]), "cpu")
+    assert torch.allclose(vec[0], adapter.class_embedding + 0.5 * want.offsets, atol=1e-4)
+    assert torch.allclose(ctx[0], want.ctx, atol=1e-4)
+
+    with frozen(dp.unet, dp.text_encoder, dp.vae, model.face_encoder.net, adapter.net), \
+            trainable_lora(dp.unet, 2, 2.0, targets=lora_targets(dp.unet)) as mods:
+        def objective(identity=None, drop_p=0.0):
+            return InstructObjective(dp, model, pool, mods, ParamHolder(model.source_weight), batch_size=9,
+                                     drop_p=drop_p, identity=identity)
+
+        plain, joined = objective(), objective(join)
+        words, image1 = " ".join(join.words), " ".join(vector_tokens(image_token(1), model.cfg.n_tokens))
+        assert image1 in plain.prompts[sg]
+        for row in range(len(pool)):
+            if pool.task[row] == 0:  # subject generation: the identity's words right after image1's
+                assert joined.prompts[row] == plain.prompts[row].replace(image1, f"{image1}, {words}", 1)
+            else:
+                assert joined.prompts[row] == plain.prompts[row] and ADAPTER_TOKEN not in joined.prompts[row]
+        batch = plain.make_batch(0)
+        loss0, _ = plain.loss(batch, 0)
+        loss1, _ = joined.loss(batch, 0)
+        assert abs(float(loss1) - float(loss0)) > 1e-6  # the adapter takes part in the same batch and noise
+        mods.zero_grad()
+        loss1.backward()
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in mods.parameters())
+        assert all(p.grad is None for p in adapter.net.parameters())  # the adapter stays frozen
+        # subject generation rows without their instruction, edit rows with theirs: the adapter touches neither
+        from facesmith.core.concept.diffusion import caption_ids
+
+        is_sg = torch.from_numpy(pool.task[batch["rows"].numpy()] == 0)
+        assert bool(is_sg.any()) and not bool(is_sg.all())
+        caps = ["" if g else plain.prompts[r] for r, g in zip(batch["rows"].tolist(), is_sg.tolist())]
+        dropped = dict(batch, drop_text=batch["drop_text"] | is_sg, ids=caption_ids(plain.tok, caps))
+        assert float(joined.loss(dropped, 0)[0]) == pytest.approx(float(plain.loss(dropped, 0)[0]), abs=1e-6)

@@ -13,6 +13,7 @@ Trainable: the fusion network, a peft LoRA on the UNet (``LORA_SUFFIXES``), the 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -26,7 +27,8 @@ import torch.nn.functional as F
 from ..core.concept.diffusion import ParamHolder, caption_ids, frozen, sample_latents, scaling_factor, \
     training_scheduler
 from ..core.concept.lora import trainable_lora
-from ..core.concept.tokens import swapped_embedding, tokenizer_with
+from ..core.concept.tokens import swapped_embedding, tokenizer_with, vector_tokens
+from ..core.identity.adapter import attached
 from ..core.image_conditioning import extra_input_channels
 from ..core.instruct.instruction import parse
 from ..core.instruct.model import TASKS, InstructModel, expanded_prompt, lora_targets, new_model, token_words
@@ -60,6 +62,8 @@ class InstructPool:
     instruction: list
     source_name: str = ""
     person: np.ndarray | None = None  # (S,) identity of each sample's target (the person of image1)
+    patches: torch.Tensor | None = None  # (M, T, C) float16: face-crop patch tokens (identity adapter), if built
+
 
     def __len__(self) -> int:
         return len(self.instruction)
@@ -95,22 +99,27 @@ def render_samples(n_per_task: int, seed: int, size: int, split: str = "train", 
 
 @torch.no_grad()
 def build_pool(pipe, face_encoder, images, samples: list, grid: int = 8, batch: int = 128,
-               progress: Optional[Progress] = None, source_name: str = "") -> InstructPool:
+               progress: Optional[Progress] = None, source_name: str = "", patch_pool: int = 0) -> InstructPool:
+    """The pool of ``samples`` over their rendered ``images``; ``patch_pool`` > 0 also keeps each image's face-crop
+    patch tokens at that pooling (what the identity adapter reads; training with ``--identity-adapter``)."""
     from ..core.concept.encoder import preprocess
-    from ..core.identity.adapter import synthface_crops
+    from ..core.identity.adapter import patch_features, synthface_crops
 
     dp = getattr(pipe, "pipe", pipe)
     size = native_size(dp)
     dev = next(dp.vae.parameters()).device
     arr = np.asarray(images)
-    faces, toks, stats = [], [], []
+    faces, toks, stats, patches = [], [], [], []
     for i in range(0, len(arr), batch):
         x = preprocess(arr[i:i + batch], size).to(dev)
         t, _ = vae_tokens(dp, x, grid)
         d = dp.vae.encode(x).latent_dist
         toks.append(t.half().cpu())
         stats.append(torch.cat([d.mean, d.std], 1).float().cpu())
-        faces.append(face_encoder.embed_aligned(synthface_crops(x)))
+        crops = synthface_crops(x)
+        faces.append(face_encoder.embed_aligned(crops))
+        if patch_pool > 0:
+            patches.append(patch_features(dp, crops, patch_pool).half().cpu())
         report(progress, min(len(arr), i + batch), len(arr))
     return InstructPool(face=torch.cat(faces), tokens=torch.cat(toks), stats=torch.cat(stats),
                         task=np.array([s["task"] for s in samples], np.int64),
@@ -118,7 +127,8 @@ def build_pool(pipe, face_encoder, images, samples: list, grid: int = 8, batch: 
                         source=np.array([s["source"] for s in samples], np.int64),
                         target=np.array([s["target"] for s in samples], np.int64),
                         instruction=[s["instruction"] for s in samples], source_name=source_name,
-                        person=np.array([s["person"] for s in samples], np.int64))
+                        person=np.array([s["person"] for s in samples], np.int64),
+                        patches=torch.cat(patches) if patches else None)
 
 
 def save_pool(path, pool: InstructPool) -> None:
@@ -127,7 +137,8 @@ def save_pool(path, pool: InstructPool) -> None:
     save_safetensors(path, {"face": pool.face, "tokens": pool.tokens, "stats": pool.stats,
                             "task": torch.from_numpy(pool.task), "images": torch.from_numpy(pool.images),
                             "source": torch.from_numpy(pool.source), "target": torch.from_numpy(pool.target),
-                            "person": torch.from_numpy(pool.person)},
+                            "person": torch.from_numpy(pool.person),
+                            **({} if pool.patches is None else {"patches": pool.patches})},
                      {"instruction": json.dumps(pool.instruction), "source_name": pool.source_name}, overwrite=True)
 
 
@@ -138,14 +149,58 @@ def load_pool(path) -> InstructPool:
     return InstructPool(face=t["face"], tokens=t["tokens"], stats=t["stats"], task=t["task"].numpy(),
                         images=t["images"].numpy(), source=t["source"].numpy(), target=t["target"].numpy(),
                         instruction=json.loads(meta["instruction"]), source_name=meta.get("source_name", ""),
-                        person=t["person"].numpy() if "person" in t else None)
+                        person=t["person"].numpy() if "person" in t else None, patches=t.get("patches"))
+
+
+ADAPTER_TOKEN = "<fs-identity>"  # the identity token's words in training (any free word: only vectors are trained)
+
+
+class IdentityJoin:
+    """A frozen identity adapter applied, as Apply Identity applies it into Instruct Generate, to subject generation
+    rows in training: image1's identity (adapter offsets at ``weight`` on the class word) as a token right after
+    ``<image1>`` and its decoupled cross-attention at ``weight`` on the rows whose instruction is kept. So the
+    instruction model learns to generate WITH the adapter (``train instruct --identity-adapter``)."""
+
+    def __init__(self, adapter, pool: InstructPool, weight: float, face_encoder):
+        if face_encoder.fingerprint != adapter.face_encoder.fingerprint:  # the pool's face embeddings are reused
+            raise ValueError(f"the identity adapter embeds faces with face encoder {adapter.face_encoder.fingerprint}, "
+                             f"the instruction model (and its pool) with {face_encoder.fingerprint}: use the same one")
+        if pool.patches is None:
+            raise ValueError("training with an identity adapter needs the pool's face-crop patch tokens, which this "
+                             "pool lacks: build the pool again with them (another --pool-cache file)")
+        if pool.patches.shape[1] != adapter.cfg.patch_pool ** 2:
+            raise ValueError(f"the pool's patch tokens are pooled to {pool.patches.shape[1]} per crop, the adapter "
+                             f"reads {adapter.cfg.patch_pool ** 2}: build the pool again for this adapter")
+        self.adapter, self.weight = adapter, float(weight)
+        self.words = vector_tokens(ADAPTER_TOKEN, adapter.cfg.n_id)
+
+    def prompt(self, prompt: str) -> str:
+        from ..core.concept.tokens import expand_prompt
+        from ..core.instruct.model import with_tokens_after_image1
+
+        return expand_prompt(with_tokens_after_image1(prompt, [ADAPTER_TOKEN]), ADAPTER_TOKEN, len(self.words))
+
+    @torch.no_grad()
+    def condition(self, pool: InstructPool, rows: np.ndarray, dev) -> tuple[torch.Tensor, torch.Tensor]:
+        """(token vectors (B, n_id, D), context (B, n_ctx, cross_dim)) of each row's image1, one reference each."""
+        first = torch.from_numpy(pool.images[rows][:, 0])
+        net = self.adapter.net.to(dev).eval()
+        offsets, ctx = net(pool.face[first].to(dev)[:, None], pool.patches[first].to(dev).float()[:, None])
+        return self.adapter.class_embedding.to(dev)[None] + self.weight * offsets, ctx
+
+    def entry(self, ctx: torch.Tensor, use: torch.Tensor):
+        from ..core.identity.adapter import AttentionEntry
+
+        return AttentionEntry(net=self.adapter.net, ctx=ctx, scale=self.weight, rows=use)
 
 
 class InstructObjective:
     def __init__(self, dp, model: InstructModel, pool: InstructPool, lora_mods, source_weight: ParamHolder,
                  tasks=TASKS, batch_size: int = 32, drop_p: float = 0.05, seed: int = 0, id_weight: float = 0.0,
-                 id_t_max: int = 600, id_rows_max: int = 8, identity_p: float = 0.0):
+                 id_t_max: int = 600, id_rows_max: int = 8, identity_p: float = 0.0,
+                 identity: Optional[IdentityJoin] = None):
         self.dp, self.model, self.pool = dp, model, pool
+        self.identity = identity
         # subject generation rows name each visible identity trait of their person with probability identity_p
         # after <image1> (as the identity adapter trains), so words a face model reads can join the image at use
         self.identity_p = float(identity_p)
@@ -162,9 +217,9 @@ class InstructObjective:
         if not len(self.rows):
             raise ValueError(f"the pool has no sample of the tasks {list(tasks)}")
         k = model.cfg.n_tokens
-        self.tok, self.start = tokenizer_with(dp.tokenizer, token_words(MAX_TRAIN_IMAGES, k))
-        self.prompts = [expanded_prompt(parse(text, _named(text)).prompt, MAX_TRAIN_IMAGES, k)
-                        for text in pool.instruction]
+        extra = identity.words if identity is not None else []
+        self.tok, self.start = tokenizer_with(dp.tokenizer, token_words(MAX_TRAIN_IMAGES, k) + extra)
+        self.prompts = [self._expanded(text, task) for text, task in zip(pool.instruction, pool.task.tolist())]
         self.sched = training_scheduler(dp)
         self.sf = scaling_factor(dp.vae)
 
@@ -195,8 +250,13 @@ class InstructObjective:
 
         said = random_mention(rng, self.identity_p, VISIBLE_TRAITS)
         words = describe_identity(identity_traits(int(self.pool.person[row])).facts(), said)
-        text = with_words(self.pool.instruction[row], words, "<image1>")
-        return expanded_prompt(parse(text, _named(text)).prompt, MAX_TRAIN_IMAGES, self.model.cfg.n_tokens)
+        return self._expanded(with_words(self.pool.instruction[row], words, "<image1>"), int(self.pool.task[row]))
+
+    def _expanded(self, text: str, task: int) -> str:
+        prompt = parse(text, _named(text)).prompt
+        if self.identity is not None and task == TASKS.index("subject_generation"):
+            prompt = self.identity.prompt(prompt)
+        return expanded_prompt(prompt, MAX_TRAIN_IMAGES, self.model.cfg.n_tokens)
 
     def loss(self, batch, step):
         dp, pool, net = self.dp, self.pool, self.model.net
@@ -210,6 +270,12 @@ class InstructObjective:
         toks = pool.tokens[torch.from_numpy(flat.reshape(-1))].to(dev).float()
         vec = image_vectors(net, self.model.class_embedding.to(dev), face, toks)   # (B*2, k, D)
         vec = vec.reshape(b, n * vec.shape[1], vec.shape[2])
+        adapter_on = contextlib.nullcontext()
+        if self.identity is not None:  # subject generation rows whose instruction is kept
+            use = torch.from_numpy(pool.task[rows] == TASKS.index("subject_generation")) & ~batch["drop_text"]
+            id_vec, ctx = self.identity.condition(pool, rows, dev)
+            vec = torch.cat([vec, id_vec.to(vec.dtype)], 1)
+            adapter_on = attached(dp.unet, self.identity.entry(ctx, use.to(dev)))
         te = dp.text_encoder
         with swapped_embedding(te, self.start, vec):
             text = te(batch["ids"].to(dev))[0]
@@ -221,7 +287,7 @@ class InstructObjective:
         noise = torch.randn(lat.shape, generator=gen).to(dev)
         t = torch.randint(0, self.sched.config.num_train_timesteps, (b,), generator=gen).to(dev)
         noisy = self.sched.add_noise(lat, noise, t)
-        with extra_input_channels(dp.unet, self.source_weight.value):
+        with extra_input_channels(dp.unet, self.source_weight.value), adapter_on:
             pred = dp.unet(torch.cat([noisy, src], 1), t, encoder_hidden_states=text).sample
         kind = self.sched.config.prediction_type
         if kind == "epsilon":
@@ -288,6 +354,8 @@ class InstructTrainSettings:
     id_weight: float = 0.0   # > 0: add the identity loss (InstructObjective) with this weight
     id_t_max: int = 600
     identity_p: float = 0.0  # > 0: subject generation instructions name the person's visible traits (InstructObjective)
+    identity_adapter: Optional[str] = None  # an identity adapter file applied to subject generation rows (IdentityJoin)
+    identity_weight: float = 0.5            # its weight there (Apply Identity's default)
 
     def check(self) -> None:
         check_whole_numbers(self, ("steps", "batch_size", "n_tokens", "grid", "lora_rank"))
@@ -300,6 +368,8 @@ class InstructTrainSettings:
             raise ValueError(f"identity_p must be in [0, 1], got {self.identity_p}")
         if not self.id_weight >= 0:
             raise ValueError(f"id_weight must be >= 0, got {self.id_weight}")
+        if self.identity_adapter and not 0 < self.identity_weight <= 2:
+            raise ValueError(f"identity_weight must be in (0, 2], got {self.identity_weight}")
         if self.rebase and not self.init_from:
             raise ValueError("rebase continues an earlier model on this base: it needs init_from")
 
@@ -318,13 +388,21 @@ def train_instruct(pipe, face_encoder, pool: InstructPool, settings: InstructTra
     rank, alpha = model.cfg.lora_rank, model.cfg.lora_alpha
     earlier = start_from(model, settings.init_from, settings.rebase) if settings.init_from else None
     lora_init = earlier.lora if earlier is not None else None
+    join = None
+    if settings.identity_adapter:
+        from ..core.identity.adapter import IdentityAdapter
+
+        adapter = IdentityAdapter.load(settings.identity_adapter)
+        adapter.check_base(pipe, f"the identity adapter {settings.identity_adapter}")
+        join = IdentityJoin(adapter, pool, settings.identity_weight, face_encoder)
 
     def objective(m: InstructModel, mods):
         return InstructObjective(dp, m, pool, mods, ParamHolder(m.source_weight), settings.tasks,
                                  settings.batch_size, settings.drop_p, settings.seed, settings.id_weight,
-                                 settings.id_t_max, identity_p=settings.identity_p)
+                                 settings.id_t_max, identity_p=settings.identity_p, identity=join)
 
-    with frozen(dp.unet, dp.text_encoder, dp.vae, face_encoder.net):
+    frozen_nets = (dp.unet, dp.text_encoder, dp.vae, face_encoder.net) + ((join.adapter.net,) if join else ())
+    with frozen(*frozen_nets):
         if settings.seconds > 0:
             with trainable_lora(dp.unet, rank, alpha, init=lora_init, targets=targets) as probe_mods:
                 probe = new_model(pipe, face_encoder, seed=settings.seed, n_tokens=settings.n_tokens,
@@ -347,6 +425,8 @@ def train_instruct(pipe, face_encoder, pool: InstructPool, settings: InstructTra
                   "pool_rows": len(pool), "pool_source": pool.source_name, "resumed_from": result.resumed_from,
                   "final_loss": float(np.mean(tail)) if tail else None, "seconds": round(time.time() - t0, 1),
                   "face_encoder": face_encoder.fingerprint}
+    if join is not None:  # Instruct Generate should get this adapter's identity of image1 (Apply Identity)
+        model.info["trained_with_identity"] = {"adapter_id": join.adapter.adapter_id, "weight": join.weight}
     if earlier is not None:
         model.info["continues"] = continuation_record(earlier, settings.init_from)
     return model, result

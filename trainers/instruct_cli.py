@@ -60,6 +60,11 @@ def add_arguments(p) -> None:
     p.add_argument("--id-weight", type=float, default=0.0,
                    help="weight of an identity loss (the model's face encoder on the decoded clean estimate against "
                         "the target's face, as the identity adapter trains; 0 = off)")
+    p.add_argument("--identity-adapter", default=None,
+                   help="an identity adapter (a name under models/facesmith/identity/ or a path) applied to subject "
+                        "generation rows in training, as Apply Identity applies image1's identity at use")
+    p.add_argument("--identity-weight", type=float, default=0.5,
+                   help="the identity adapter's weight in training (Apply Identity's default 0.5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pool-seed", type=int, default=None,
                    help="seed of the pool's renders (default: --seed); a continuation keeps its pool and draws new "
@@ -73,10 +78,27 @@ def add_arguments(p) -> None:
                    help="processes rendering the pool (0 = one per CPU core; the pool does not depend on it)")
 
 
+def existing_model(arg: str, subdir: str, flag: str) -> Path:
+    """A model file given on the command line: a path ending .safetensors, or a name found under
+    models/facesmith/SUBDIR/ (the user's folders first, then the shipped models)."""
+    from ..core import paths
+
+    if arg.endswith(".safetensors") and ("/" in arg or arg.startswith(".")):
+        if not Path(arg).is_file():
+            raise SystemExit(f"{flag} {arg}: no such file")
+        return Path(arg)
+    name = arg if arg.endswith(".safetensors") else arg + ".safetensors"
+    try:
+        return paths.resolve("facesmith", f"{subdir}/{name}")
+    except FileNotFoundError as e:
+        raise SystemExit(f"{flag} {arg}: {e}") from None
+
+
 def main(args) -> int:
     import torch
     from ..core.formats import atomic_path, atomic_write_text, check_new_file
     from ..core.identity.face_encoder import FaceEncoder
+    from ..core.instruct.model import TASKS
     from ..core.models import load_pipeline, vae_fingerprint
     from ..core.progress import tqdm_progress
     from ..core.training.loop import loss_graph
@@ -93,7 +115,10 @@ def main(args) -> int:
     settings = InstructTrainSettings(tasks=tasks, steps=args.steps, batch_size=args.batch_size,
                                      learning_rate=args.lr, drop_p=args.drop_p, n_tokens=args.n_tokens,
                                      lora_rank=args.lora_rank, seed=args.seed, id_weight=args.id_weight,
-                                     identity_p=args.identity_p,
+                                     identity_p=args.identity_p, identity_weight=args.identity_weight,
+                                     identity_adapter=(str(existing_model(args.identity_adapter, "identity",
+                                                                          "--identity-adapter"))
+                                                       if args.identity_adapter else None),
                                      checkpoint_every=args.checkpoint_every, seconds=args.seconds,
                                      init_from=str(output_path(args.init_from, SUBDIR)) if args.init_from else None,
                                      rebase=args.rebase)
@@ -106,8 +131,10 @@ def main(args) -> int:
     size = base.native_size
     # the cache holds VAE tokens and face-encoder embeddings: another VAE or face encoder must not reuse it
     pool_seed = args.seed if args.pool_seed is None else args.pool_seed
+    patch_pool = 4 if settings.identity_adapter else 0  # the shipped adapter's pooling (checked in training)
     source = (f"synthface train instruct per_task={args.per_task} seed={pool_seed} grid={settings.grid} "
-              f"vae={vae_fingerprint(base.pipe)} face_encoder={face_encoder.fingerprint}")
+              f"vae={vae_fingerprint(base.pipe)} face_encoder={face_encoder.fingerprint}"
+              + (f" patch_pool={patch_pool}" if patch_pool else ""))
     cache = Path(args.pool_cache) if args.pool_cache else None
     with shared_pool_cache(cache):
         if cache is not None and cache.is_file():
@@ -116,9 +143,12 @@ def main(args) -> int:
                 raise SystemExit(f"--pool-cache {cache} holds another pool ({pool.source_name!r}); this command wants "
                                  f"{source!r}: use another cache file")
         else:
-            images, samples = render_samples(args.per_task, pool_seed, size, workers=args.workers)
+            # a cache file is shared by runs on any subset of the tasks: it holds all three; without one only the
+            # tasks trained are rendered (a task draws the same samples in any subset)
+            images, samples = render_samples(args.per_task, pool_seed, size, workers=args.workers,
+                                             tasks=TASKS if cache is not None else tasks)
             pool = build_pool(base, face_encoder, images, samples, grid=settings.grid,
-                              progress=tqdm_progress("encode pool"), source_name=source)
+                              progress=tqdm_progress("encode pool"), source_name=source, patch_pool=patch_pool)
             del images
             if cache is not None:
                 save_pool(cache, pool)
