@@ -349,3 +349,23 @@ def test_training_with_the_identity_adapter_matches_apply_identity(world):
         caps = ["" if g else plain.prompts[r] for r, g in zip(batch["rows"].tolist(), is_sg.tolist())]
         dropped = dict(batch, drop_text=batch["drop_text"] | is_sg, ids=caption_ids(plain.tok, caps))
         assert float(joined.loss(dropped, 0)[0]) == pytest.approx(float(plain.loss(dropped, 0)[0]), abs=1e-6)
+
+
+def test_a_model_trained_with_an_identity_asks_for_it_in_subject_generation(world):
+    """A model trained with ``--identity-adapter`` warns when a subject generation runs without that adapter's
+    identity (it keeps much less of the person alone); not for an edit, nor with the identity applied, nor for a
+    model trained without one."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from facesmith.core.instruct.model import identity_missing
+
+    _, model, _ = world
+    assert identity_missing(model) is None
+    made_with = {"adapter_id": "a8fe", "weight": 0.5}
+    trained = dataclasses.replace(model, info=dict(model.info, trained_with_identity=made_with))
+    text = identity_missing(trained)
+    assert "a8fe" in text and "Apply Identity" in text
+    assert identity_missing(trained, source=np.zeros((8, 8, 3), np.uint8)) is None
+    assert identity_missing(trained, [SimpleNamespace(adapter=SimpleNamespace(adapter_id="a8fe"))]) is None
+    assert identity_missing(trained, [SimpleNamespace(adapter=SimpleNamespace(adapter_id="other"))]) is not None

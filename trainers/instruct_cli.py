@@ -5,11 +5,12 @@ Example::
     facesmith train instruct --per-task 3000 --steps 1500 --out synthface-instruct                  # joint
     facesmith train instruct ... --tasks instruction_edit --out synthface-instruct-edit-only       # single task
 
-The result is ``<models>/facesmith/instruct/<out>.safetensors`` (float16; fusion network, face encoder, UNet LoRA, source
-channel weights, metadata: base name and fingerprint, tasks, hyper-parameters, steps, command) with ``.json`` (loss
-history) and ``.loss.png`` beside it. Checkpoints go to ``--work-dir``; the same command again resumes from the
+The result is ``<models>/facesmith/instruct/<out>.safetensors`` (float16; fusion network, face encoder, UNet LoRA,
+source channel weights, metadata: base name and fingerprint, tasks, hyper-parameters, steps, command) with ``.json``
+(loss history) and ``.loss.png`` beside it. Checkpoints go to ``--work-dir``; the same command again resumes from the
 newest. ``--pool-cache FILE`` keeps the rendered samples' base features, so the joint and single-task models share
-one pool.
+one pool. ``--identity-adapter NAME`` trains subject generation with that adapter's identity of image1 applied (the
+model then expects it at use: Apply Identity into Instruct Generate's ``concepts``).
 """
 from __future__ import annotations
 

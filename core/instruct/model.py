@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -29,6 +30,8 @@ from ..models import native_size
 from ..vae_tokens import vae_tokens
 from .instruction import MAX_IMAGES, Instruction, image_token
 from .net import InstructConfig, InstructNet, image_vectors
+
+log = logging.getLogger("facesmith")
 
 FORMAT = "facesmith.instruct.v1"
 TASKS = ("subject_generation", "instruction_edit", "subject_edit")
@@ -292,6 +295,20 @@ def with_tokens_after_image1(prompt: str, tokens) -> str:
     return prompt
 
 
+def identity_missing(model: InstructModel, conditioners: Sequence = (), source=None) -> Optional[str]:
+    """A warning when ``model`` was trained with an identity adapter's identity of image1 applied
+    (``train instruct --identity-adapter``) and a subject generation runs without that adapter's identity among
+    ``conditioners``: such a model keeps much less of the person alone (instruct README). None otherwise."""
+    want = model.info.get("trained_with_identity")
+    if not want or source is not None:
+        return None
+    if any(getattr(getattr(c, "adapter", None), "adapter_id", None) == want.get("adapter_id") for c in conditioners):
+        return None
+    return (f"this instruction model was trained with the identity of <image1> from identity adapter "
+            f"{want.get('adapter_id')} applied (weight {want.get('weight')}); apply that adapter's identity of image1 "
+            "(Apply Identity into 'concepts'), or the generated person will look much less like image1")
+
+
 def instruct_images(pipe, model: InstructModel, instruction: Instruction, images: dict, source=None,
                     image_guidance: float = 1.5, text_guidance: float = 3.0, steps: int = 20, seed: int = 0,
                     batch_size: int = 1, scheduler: str = "dpmpp_2m", weight: float = 1.0, progress=None,
@@ -304,6 +321,9 @@ def instruct_images(pipe, model: InstructModel, instruction: Instruction, images
     from ..generate import GenerateRequest, generate
 
     cond = InstructionConditioner(model, instruction, images, pipe, source, image_guidance, weight)
+    warning = identity_missing(model, conditioners, source)
+    if warning:
+        log.warning("Instruct Generate: %s", warning)
     prompt = with_tokens_after_image1(instruction.prompt, [getattr(c, "token", None) for c in conditioners])
     req = GenerateRequest(prompt=prompt, seed=seed, steps=steps, cfg=text_guidance,
                           batch_size=batch_size, scheduler=scheduler)
