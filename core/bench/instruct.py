@@ -59,6 +59,7 @@ TEXT_GUIDANCE = 3.0
 IMAGE_GUIDANCE = 1.5
 WORDS_ROW = "+words"  # a row "<model>+words": see collect
 IDENTITY_ROW = "+identity"  # a row "<model>+identity": see collect
+DESCRIBED_ROW = "+described_identity"  # a row "<model>+described_identity": see collect
 GOALS = {"edit_success": 0.80, "identity_preserved": 0.80}
 FIGURES = ("edit_success", "identity_preserved", "unchanged_kept", "preservation", "reference_fidelity",
            "alignment_l1", "vae_l1", "seconds_per_image")
@@ -179,7 +180,9 @@ def collect(n_identities: int, images_per_sample: int = IMAGES_PER_SAMPLE, seed:
     ``"<model>+words"`` is that model given, in subject generation, the identity words the built-in face model reads
     on image1 after ``<image1>`` (what a graph with Face Describe does; never the judges). A row named
     ``"<model>+identity"`` (subject generation only) is that model with the identity of image1 from the shipped
-    identity adapter applied together (Apply Identity into Instruct Generate's ``concepts``)."""
+    identity adapter applied together (Apply Identity into Instruct Generate's ``concepts``); ``"<model>" +
+    DESCRIBED_ROW`` the same identity with the words the built-in face model reads on image1 folded in (Face
+    Describe's identity_words into Apply Identity's ``words``, as the adapter was trained and benchmarked)."""
     from ..concept.tokens import with_words
     from ..instruct.instruction import parse
     from ..instruct.model import instruct_images
@@ -190,12 +193,15 @@ def collect(n_identities: int, images_per_sample: int = IMAGES_PER_SAMPLE, seed:
     models = models or load_models()
     threshold = float(recognizer().threshold)
 
-    def identity_of(image):  # Apply Identity of image1 with the shipped adapter (its default weight, no words)
+    def identity_of(image, described=False):  # Apply Identity of image1 with the shipped adapter, default weight
         from ..identity import face_pipeline as fp
         from ..identity.adapter import DEFAULT_WEIGHT, IdentityConditioner
 
         faces = fp.analyze(np.asarray(image)[None], fp.FaceSettings(recognizer="none"))
-        return IdentityConditioner(_adapter(), _adapter().identity(bp, faces.crops), weight=DEFAULT_WEIGHT)
+        identity = _adapter().identity(bp, faces.crops)
+        if described:  # Face Describe's identity_words of image1 into Apply Identity's words
+            identity = identity.described(bp, read(image))
+        return IdentityConditioner(_adapter(), identity, weight=DEFAULT_WEIGHT)
 
     def read(image) -> str:  # Face Describe's identity words of image1
         from ..understand.check import identity_words
@@ -204,11 +210,11 @@ def collect(n_identities: int, images_per_sample: int = IMAGES_PER_SAMPLE, seed:
         return identity_words(_understander(), image)
     chosen = [int(i) for i in np.random.default_rng(seed).choice(identities(split), n_identities, replace=False)]
 
-    def run(model, s, gen_seed, with_identity=False):
+    def run(model, s, gen_seed, identity=None):  # identity: None, IDENTITY_ROW or DESCRIBED_ROW
         ins = parse(s["instruction"], list(range(1, len(s["images"]) + 1)))
         imgs = {i + 1: im for i, im in enumerate(s["images"])}
         t0 = time.perf_counter()
-        extra = [identity_of(s["images"][0])] if with_identity else []
+        extra = [identity_of(s["images"][0], identity == DESCRIBED_ROW)] if identity else []
         out = instruct_images(bp, model, ins, imgs, source=s["source"], image_guidance=image_guidance,
                               text_guidance=text_guidance, steps=steps, seed=gen_seed, batch_size=images_per_sample,
                               conditioners=extra)
@@ -229,10 +235,11 @@ def collect(n_identities: int, images_per_sample: int = IMAGES_PER_SAMPLE, seed:
             gen_seed = seed + 1000 * n
             for name in rows:
                 model_name, s_used = name, s
-                if name.endswith(IDENTITY_ROW):
+                identity = next((r for r in (IDENTITY_ROW, DESCRIBED_ROW) if name.endswith(r)), None)
+                if identity:
                     if task != "subject_generation":
                         continue
-                    model_name = name[:-len(IDENTITY_ROW)]
+                    model_name = name[:-len(identity)]
                 if name.endswith(WORDS_ROW):
                     model_name = name[:-len(WORDS_ROW)]
                     if task == "subject_generation":
@@ -243,7 +250,7 @@ def collect(n_identities: int, images_per_sample: int = IMAGES_PER_SAMPLE, seed:
                     secs = 0.0
                 else:
                     model = models[model_name][task] if isinstance(models[model_name], dict) else models[model_name]
-                    out, secs = run(model, s_used, gen_seed, with_identity=name.endswith(IDENTITY_ROW))
+                    out, secs = run(model, s_used, gen_seed, identity)
                 fig = judge_sample(s, out, threshold, vae_img)
                 fig["seconds_per_image"] = secs
                 rec["figures"][f"{name}/{task}"] = fig
