@@ -10,6 +10,10 @@ Classifier-free guidance on text and image separately (InstructPix2Pix's recipe)
 or both.
 
 Trainable: the fusion network, a peft LoRA on the UNet (``LORA_SUFFIXES``), the extra input channels' weights.
+
+Options measured in the instruct README (each off by default, none used by the shipped files): an identity loss
+(``id_weight``), identity words in subject generation instructions (``identity_p``), and a frozen identity adapter's
+identity of image1 applied to subject generation rows as at use (``identity_adapter``, ``IdentityJoin``).
 """
 from __future__ import annotations
 
@@ -63,7 +67,6 @@ class InstructPool:
     source_name: str = ""
     person: np.ndarray | None = None  # (S,) identity of each sample's target (the person of image1)
     patches: torch.Tensor | None = None  # (M, T, C) float16: face-crop patch tokens (identity adapter), if built
-
 
     def __len__(self) -> int:
         return len(self.instruction)
