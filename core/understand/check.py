@@ -132,25 +132,38 @@ def _problem(got: dict | None, want, min_confidence: float) -> str | None:
     return None
 
 
+def _image_problems(seen: list[dict], wants: dict, min_confidence: float, say) -> list[list[str]]:
+    """Per image, one line per attribute whose reading does not verify its wanted value: ``say(problem, t, got)``
+    words it (``problem`` from ``_problem``). The one loop of the asked-attribute and unchanged-attribute checks."""
+    out = []
+    for i, s in enumerate(seen):
+        lines = []
+        for t, want in wants.items():
+            problem = _problem(s.get(t), want, min_confidence)
+            if problem is not None:
+                lines.append(f"image {i + 1}: " + say(problem, t, s.get(t)))
+        out.append(lines)
+    return out
+
+
 def check_attributes(seen: list[dict], asked: dict, min_confidence: float = 0.5) -> tuple[bool, list[str]]:
     """(all images show every asked attribute confidently, reasons: one line per image and problem)."""
     if not asked:
         return False, ["the prompt names no attribute or identity trait FaceSmith can check"]
+
+    def say(problem, t, got):
+        if problem == "unread":
+            return f"{t} was not read"
+        if problem == "differs":
+            return f"{t} asked {_word(t, asked[t])!r}, seen {got['answer']!r} (confidence {got['confidence']:.2f})"
+        return (f"{t} looks {got['answer']!r} as asked, but only with confidence {got['confidence']:.2f} "
+                f"(< {min_confidence:.2f}): not verified")
+
     ok, reasons = True, []
-    for i, s in enumerate(seen):
-        for t, want in asked.items():
-            got = s.get(t)
-            problem = _problem(got, want, min_confidence)
-            if problem == "unread":
-                reasons.append(f"image {i + 1}: {t} was not read")
-            elif problem == "differs":
-                reasons.append(f"image {i + 1}: {t} asked {_word(t, want)!r}, seen {got['answer']!r} "
-                               f"(confidence {got['confidence']:.2f})")
-            elif problem == "unsure":
-                reasons.append(f"image {i + 1}: {t} looks {got['answer']!r} as asked, but only with confidence "
-                               f"{got['confidence']:.2f} (< {min_confidence:.2f}): not verified")
-            ok = ok and problem is None
-        if ok and not any(r.startswith(f"image {i + 1}:") for r in reasons):
+    for i, lines in enumerate(_image_problems(seen, asked, min_confidence, say)):
+        reasons += lines
+        ok = ok and not lines
+        if ok:
             reasons.append(f"image {i + 1}: all {len(asked)} asked attributes seen")
     return ok, reasons
 
@@ -164,21 +177,21 @@ def check_unchanged(seen: list[dict], source: dict, asked: dict, min_confidence:
 
     sure = {t: r for t, r in source.items() if t in ATTRIBUTES and t not in asked and r.get("value") is not None
             and _problem(r, r["value"], min_confidence) is None}
+
+    def say(problem, t, got):
+        if problem == "unread":
+            return f"{t} was not read, so not verified unchanged"
+        if problem == "differs":
+            return (f"{t} changed without being asked: {sure[t]['answer']!r} on the source, seen {got['answer']!r} "
+                    f"(confidence {got['confidence']:.2f})")
+        return (f"{t} looks unchanged ({got['answer']!r}), but only with confidence {got['confidence']:.2f} "
+                f"(< {min_confidence:.2f}): not verified")
+
     ok, reasons = True, []
-    for i, s in enumerate(seen):
-        for t, was in sure.items():
-            got = s.get(t)
-            problem = _problem(got, was["value"], min_confidence)
-            if problem == "unread":
-                reasons.append(f"image {i + 1}: {t} was not read, so not verified unchanged")
-            elif problem == "differs":
-                reasons.append(f"image {i + 1}: {t} changed without being asked: {was['answer']!r} on the source, "
-                               f"seen {got['answer']!r} (confidence {got['confidence']:.2f})")
-            elif problem == "unsure":
-                reasons.append(f"image {i + 1}: {t} looks unchanged ({got['answer']!r}), but only with confidence "
-                               f"{got['confidence']:.2f} (< {min_confidence:.2f}): not verified")
-            ok = ok and problem is None
-        if not any(r.startswith(f"image {i + 1}:") for r in reasons):
+    for i, lines in enumerate(_image_problems(seen, {t: r["value"] for t, r in sure.items()}, min_confidence, say)):
+        reasons += lines
+        ok = ok and not lines
+        if not lines:
             reasons.append(f"image {i + 1}: the {len(sure)} attribute{'s' if len(sure) != 1 else ''} not asked "
                            "kept the source's values")
     return ok, reasons
